@@ -1,0 +1,61 @@
+// The YAML configuration: where to listen, which backing files to create and
+// which devices to serve, each with its dm table in the kernel's text form.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace dmnbd {
+
+// "<file>:<line>: <reason>" — what a user needs to fix the config.
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct ListenAddress {
+  enum class Kind { tcp, unix_socket } kind = Kind::tcp;
+  std::string host;  // tcp
+  uint16_t port = 0;
+  std::filesystem::path path;  // unix
+  std::string text;            // as written, for logs
+};
+
+struct FileSpec {
+  std::filesystem::path path;  // absolute
+  uint64_t size = 0;
+  int line = 0;
+};
+
+struct DeviceSpec {
+  std::string name;
+  std::string description;
+  bool read_only = false;
+  std::string table;
+  int line = 0;              // of the device entry
+  int table_first_line = 0;  // config line of the table's first text line
+};
+
+struct Config {
+  std::string source;              // file name for messages
+  std::filesystem::path base_dir;  // relative paths resolve against it
+  std::vector<ListenAddress> listen;
+  std::vector<FileSpec> files;
+  std::vector<DeviceSpec> devices;
+};
+
+// Parses and validates everything that can be checked without touching the
+// file system. Throws ConfigError.
+Config parse_config(const std::string& yaml_text, const std::string& source,
+                    const std::filesystem::path& base_dir);
+Config load_config_file(const std::filesystem::path& path);
+
+// "1GiB", "512MiB", "4096", "10G" (binary units, like truncate -s).
+uint64_t parse_size(const std::string& text);
+// "tcp://127.0.0.1:10809", "tcp://[::1]:10809", "unix:///run/dmnbd/nbd.sock".
+ListenAddress parse_listen_address(const std::string& text);
+
+}  // namespace dmnbd

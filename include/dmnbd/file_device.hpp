@@ -1,0 +1,39 @@
+// A backing file or host block device, with I/O through the thread's IoEngine.
+#pragma once
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "dmnbd/block_device.hpp"
+
+namespace dmnbd {
+
+class FileDevice final : public BlockDevice {
+ public:
+  // Opens an existing file or block device; throws TargetError with the reason.
+  static std::shared_ptr<FileDevice> open(const std::filesystem::path& path, bool read_only);
+  ~FileDevice() override;
+
+  const std::string& name() const override { return name_; }
+  uint64_t sectors() const override { return size_bytes_ >> kSectorShift; }
+  uint64_t size_bytes() const { return size_bytes_; }
+  bool is_block_device() const { return is_block_device_; }
+
+  Task<Status> submit(Bio bio) override;
+  Task<Status> block_status(uint64_t sector, uint64_t count, ExtentList& out) override;
+
+ private:
+  FileDevice(std::string name, int fd, uint64_t size_bytes, bool is_block_device);
+  Task<Status> transfer(const Bio& bio);
+  Task<Status> punch_or_zero(const Bio& bio);
+  Task<Status> write_zero_buffers(const Bio& bio);
+  Task<Status> block_device_ioctl(const Bio& bio);
+  Task<Status> sync();
+
+  std::string name_;
+  int fd_;
+  uint64_t size_bytes_;
+  bool is_block_device_;
+};
+
+}  // namespace dmnbd

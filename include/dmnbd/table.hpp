@@ -1,0 +1,70 @@
+// A dm table: target lines contiguous from sector 0, fully built before use.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "dmnbd/target.hpp"
+
+namespace dmnbd {
+
+// A table rejected while parsing or constructing; line() is 1-based within the
+// table text (0 when the error concerns the whole table).
+class TableError : public std::runtime_error {
+ public:
+  TableError(unsigned line, const std::string& reason)
+      : std::runtime_error(line ? "line " + std::to_string(line) + ": " + reason : reason),
+        line_(line),
+        reason_(reason) {}
+  unsigned line() const { return line_; }
+  const std::string& reason() const { return reason_; }
+
+ private:
+  unsigned line_;
+  std::string reason_;
+};
+
+// One `<start> <length> <target> <args...>` line as text, before construction.
+struct TableLine {
+  unsigned line = 0;  // 1-based line number in the text
+  uint64_t start = 0;
+  uint64_t length = 0;
+  std::string type;
+  std::vector<std::string> args;
+};
+
+// dmsetup's reading of table text: blank lines and '#' comments are skipped,
+// arguments split on whitespace with backslash escaping the next character.
+std::vector<TableLine> parse_table_text(std::string_view text);
+
+class Table {
+ public:
+  struct Entry {
+    uint64_t begin;
+    uint64_t length;
+    std::string type;
+    std::unique_ptr<Target> target;
+    uint64_t end() const { return begin + length; }
+  };
+
+  // Checks the lines in the kernel's order (type, length, adjacency) and runs
+  // every constructor; throws TableError naming the line and the reason.
+  static std::shared_ptr<Table> build(std::string_view text, DeviceResolver& resolver,
+                                      bool read_only);
+
+  uint64_t sectors() const { return entries_.empty() ? 0 : entries_.back().end(); }
+  const std::vector<Entry>& entries() const { return entries_; }
+  const Entry& find(uint64_t sector) const;  // sector < sectors()
+
+  // `dmsetup table` and `dmsetup status` lines, newline-terminated.
+  std::string table_text() const;
+  std::string status_text() const;
+
+ private:
+  std::vector<Entry> entries_;
+};
+
+}  // namespace dmnbd

@@ -1,0 +1,102 @@
+// A device-mapper target: one table line's mapping, built from its arguments.
+// A target sees only what the kernel's dm gives one: sector-aligned bios whose
+// sectors are relative to the target's start, never crossing max_io_len.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "dmnbd/block_device.hpp"
+
+namespace dmnbd {
+
+// Resolves a table's device argument: another dmnbd device by name, or a path.
+class DeviceResolver {
+ public:
+  virtual ~DeviceResolver() = default;
+  // Throws TargetError with the reason when the device cannot be used.
+  virtual std::shared_ptr<BlockDevice> open(const std::string& name, bool read_only) = 0;
+};
+
+// What a constructor gets besides its arguments (the kernel's struct dm_target).
+struct TargetContext {
+  uint64_t begin = 0;   // first sector of the line in the mapped device
+  uint64_t length = 0;  // sectors
+  bool read_only = false;
+  DeviceResolver& resolver;
+
+  // dm_get_device(): resolves `name` and checks [start, start + len) fits in it.
+  std::shared_ptr<BlockDevice> get_device(const std::string& name, uint64_t start,
+                                          uint64_t len) const;
+};
+
+class Target {
+ public:
+  virtual ~Target() = default;
+
+  // Reads, writes, discards and write-zeroes inside the target, and flushes
+  // (sector 0, no length), which must reach every device the target uses.
+  virtual Task<Status> map(Bio bio) = 0;
+
+  // Allocation status; the default says "allocated, contents unknown".
+  virtual Task<Status> block_status(uint64_t sector, uint64_t count, ExtentList& out) {
+    out.append(count, 0);
+    co_return ok();
+  }
+
+  // STATUSTYPE_TABLE: the arguments that rebuild this target (re-loadable).
+  virtual std::string table() const = 0;
+  // STATUSTYPE_INFO: what `dmsetup status` prints after the target name.
+  virtual std::string status() const { return {}; }
+
+  // Largest bio, in sectors, that may reach map(); bios are split so that none
+  // crosses a multiple of it. 0 means no limit.
+  virtual uint64_t max_io_len() const { return 0; }
+
+  // The devices this target holds (the kernel's iterate_devices), for deps.
+  virtual std::vector<std::shared_ptr<BlockDevice>> devices() const { return {}; }
+};
+
+using TargetArgs = std::span<const std::string>;
+using TargetFactory = std::function<std::unique_ptr<Target>(const TargetContext&, TargetArgs)>;
+
+struct TargetVersion {
+  unsigned major, minor, patch;
+};
+
+struct TargetType {
+  std::string name;
+  TargetVersion version;
+  TargetFactory create;
+};
+
+// name -> factory, like the kernel's dm_register_target().
+class TargetRegistry {
+ public:
+  static TargetRegistry& instance();
+  bool add(TargetType type);
+  const TargetType* find(const std::string& name) const;
+  std::vector<const TargetType*> all() const;  // sorted by name
+
+ private:
+  std::vector<TargetType> types_;
+};
+
+// Parses a sector count or offset the way the kernel's sscanf("%llu%c") does:
+// digits only, nothing after. Throws TargetError(error) otherwise.
+uint64_t parse_sector(const std::string& text, const char* error);
+
+}  // namespace dmnbd
+
+// One line at the bottom of targets/<name>.cpp registers the target.
+#define DMNBD_REGISTER_TARGET(NAME, CLASS, MAJOR, MINOR, PATCH)              \
+  [[maybe_unused]] static const bool dmnbd_registered_##CLASS =              \
+      ::dmnbd::TargetRegistry::instance().add(                               \
+          {NAME,                                                             \
+           {MAJOR, MINOR, PATCH},                                            \
+           [](const ::dmnbd::TargetContext& ctx, ::dmnbd::TargetArgs args) { \
+             return std::unique_ptr<::dmnbd::Target>(new CLASS(ctx, args));  \
+           }})

@@ -1,0 +1,235 @@
+#include "dmnbd/device.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace dmnbd {
+namespace {
+
+constexpr uint64_t kSectorMask = kSectorSize - 1;
+
+bool aligned(uint64_t v) {
+  return (v & kSectorMask) == 0;
+}
+uint64_t round_down(uint64_t v) {
+  return v & ~kSectorMask;
+}
+uint64_t round_up(uint64_t v) {
+  return (v + kSectorMask) & ~kSectorMask;
+}
+
+}  // namespace
+
+Device::Device(std::string name, std::string description, bool read_only,
+               std::shared_ptr<Table> table)
+    : name_(std::move(name)),
+      description_(std::move(description)),
+      read_only_(read_only),
+      live_(std::move(table)) {}
+
+Status Device::check_range(const Table& table, uint64_t offset, uint64_t length,
+                           bool writes) const {
+  if (writes && read_only_) return errno_status(EPERM);
+  const uint64_t size = table.sectors() << kSectorShift;
+  if (offset > size || length > size - offset) return errno_status(writes ? ENOSPC : EINVAL);
+  return ok();
+}
+
+// Splits the bio at target boundaries and at each target's max_io_len, and
+// hands each piece to its target with the sector made target-relative.
+Task<Status> Device::route(const Table& table, Bio bio, std::vector<ZeroRun>* zero_runs) {
+  bool all_zero = true;
+  for (uint64_t done = 0; done < bio.sectors;) {
+    const uint64_t sector = bio.sector + done;
+    const Table::Entry& entry = table.find(sector);
+    const uint64_t rel = sector - entry.begin;
+    uint64_t count = std::min(bio.sectors - done, entry.end() - sector);
+    if (uint64_t max = entry.target->max_io_len()) count = std::min(count, max - rel % max);
+
+    bool piece_zero = false;
+    Bio piece = bio.part(done, count).at(rel);
+    piece.reads_zero = bio.op == BioOp::read ? &piece_zero : nullptr;
+    if (Status st = co_await entry.target->map(piece)) co_return st;
+    if (piece_zero && zero_runs) {
+      if (!zero_runs->empty() && zero_runs->back().sector + zero_runs->back().sectors == done)
+        zero_runs->back().sectors += count;
+      else
+        zero_runs->push_back({done, count});
+    }
+    all_zero = all_zero && piece_zero;
+    done += count;
+  }
+  if (bio.reads_zero && all_zero) *bio.reads_zero = true;
+  co_return ok();
+}
+
+// dm sends an empty flush to every target; each passes it to its devices.
+Task<Status> Device::flush_table(const Table& table) {
+  Status first_error;
+  for (const auto& entry : table.entries()) {
+    Status st = co_await entry.target->map(flush_bio());
+    if (st && !first_error) first_error = st;
+  }
+  co_return first_error;
+}
+
+Task<Status> Device::submit(Bio bio) {
+  std::shared_ptr<Table> table = live_table();  // keeps the targets alive for this bio
+  if (bio.op == BioOp::flush) co_return co_await flush_table(*table);
+  if (bio.op != BioOp::read && read_only_) co_return errno_status(EPERM);
+  if (bio.end() > table->sectors() || bio.end() < bio.sector) co_return errno_status(EIO);
+  co_return co_await route(*table, bio, nullptr);
+}
+
+Task<Status> Device::block_status(uint64_t sector, uint64_t count, ExtentList& out) {
+  std::shared_ptr<Table> table = live_table();
+  if (sector + count > table->sectors()) co_return errno_status(EIO);
+  for (uint64_t done = 0; done < count;) {
+    const Table::Entry& entry = table->find(sector + done);
+    const uint64_t rel = sector + done - entry.begin;
+    const uint64_t want = std::min(count - done, entry.length - rel);
+    ExtentList piece;
+    if (Status st = co_await entry.target->block_status(rel, want, piece)) co_return st;
+    const uint64_t got = std::min(piece.total_sectors(), want);
+    uint64_t left = got;
+    for (const Extent& e : piece.extents()) {
+      uint64_t n = std::min(e.sectors, left);
+      out.append(n, e.flags);
+      left -= n;
+      if (left == 0) break;
+    }
+    done += got;
+    if (got < want) break;  // the target answered for less; the caller asks again
+  }
+  co_return ok();
+}
+
+Task<Status> Device::read(uint64_t offset, std::span<std::byte> buf,
+                          std::vector<ZeroRun>* zero_runs) {
+  std::shared_ptr<Table> table = live_table();
+  if (Status st = check_range(*table, offset, buf.size(), false)) co_return st;
+  if (aligned(offset) && aligned(buf.size())) {
+    Bio bio{.op = BioOp::read,
+            .sector = offset >> kSectorShift,
+            .sectors = buf.size() >> kSectorShift,
+            .data = buf};
+    co_return co_await route(*table, bio, zero_runs);
+  }
+  // A client that ignored the advertised block size: read whole sectors aside.
+  const uint64_t first = round_down(offset);
+  std::vector<std::byte> whole(round_up(offset + buf.size()) - first);
+  Bio bio{.op = BioOp::read,
+          .sector = first >> kSectorShift,
+          .sectors = whole.size() >> kSectorShift,
+          .data = whole};
+  if (Status st = co_await route(*table, bio, nullptr)) co_return st;
+  std::memcpy(buf.data(), whole.data() + (offset - first), buf.size());
+  co_return ok();
+}
+
+Task<Status> Device::write(uint64_t offset, std::span<std::byte> buf, uint32_t flags) {
+  std::shared_ptr<Table> table = live_table();
+  if (Status st = check_range(*table, offset, buf.size(), true)) co_return st;
+  if (!aligned(offset) || !aligned(buf.size()))
+    co_return co_await write_unaligned(*table, offset, buf, flags);
+  Bio bio{.op = BioOp::write,
+          .sector = offset >> kSectorShift,
+          .sectors = buf.size() >> kSectorShift,
+          .data = buf,
+          .flags = flags & kBioFua};
+  co_return co_await route(*table, bio, nullptr);
+}
+
+// Read-modify-write of the partial sectors at either end; targets only ever
+// see whole sectors.
+Task<Status> Device::write_unaligned(const Table& table, uint64_t offset, std::span<std::byte> buf,
+                                     uint32_t flags) {
+  auto guard = co_await rmw_mutex_.lock();
+  const uint64_t first = round_down(offset);
+  const uint64_t last = round_up(offset + buf.size());
+  std::vector<std::byte> whole(last - first);
+  auto read_sector = [&](uint64_t byte_pos) -> Task<Status> {
+    Bio rd{.op = BioOp::read,
+           .sector = byte_pos >> kSectorShift,
+           .sectors = 1,
+           .data = std::span(whole).subspan(byte_pos - first, kSectorSize)};
+    co_return co_await route(table, rd, nullptr);
+  };
+  if (!aligned(offset))
+    if (Status st = co_await read_sector(first)) co_return st;
+  if (!aligned(offset + buf.size()) && (last - kSectorSize != first || aligned(offset)))
+    if (Status st = co_await read_sector(last - kSectorSize)) co_return st;
+  std::memcpy(whole.data() + (offset - first), buf.data(), buf.size());
+  Bio wr{.op = BioOp::write,
+         .sector = first >> kSectorShift,
+         .sectors = whole.size() >> kSectorShift,
+         .data = whole,
+         .flags = flags & kBioFua};
+  co_return co_await route(table, wr, nullptr);
+}
+
+// Discard is advisory: only the whole sectors inside the range are discarded.
+Task<Status> Device::discard(uint64_t offset, uint64_t length, uint32_t flags) {
+  std::shared_ptr<Table> table = live_table();
+  if (read_only_) co_return errno_status(EPERM);
+  if (Status st = check_range(*table, offset, length, false)) co_return st;
+  const uint64_t first = round_up(offset), last = round_down(offset + length);
+  if (last <= first) co_return ok();
+  Bio bio{.op = BioOp::discard,
+          .sector = first >> kSectorShift,
+          .sectors = (last - first) >> kSectorShift,
+          .flags = flags & kBioFua};
+  co_return co_await route(*table, bio, nullptr);
+}
+
+Task<Status> Device::write_zeroes(uint64_t offset, uint64_t length, uint32_t flags) {
+  std::shared_ptr<Table> table = live_table();
+  if (Status st = check_range(*table, offset, length, true)) co_return st;
+  const uint64_t first = round_up(offset), last = round_down(offset + length);
+  if (first >= last || !aligned(offset) || !aligned(offset + length)) {
+    // Partial sectors are written as zero bytes, which is never fast.
+    if (flags & kBioFastZero) co_return errno_status(ENOTSUP);
+  }
+  if (first < last) {
+    Bio bio{.op = BioOp::write_zeroes,
+            .sector = first >> kSectorShift,
+            .sectors = (last - first) >> kSectorShift,
+            .flags = flags};
+    if (Status st = co_await route(*table, bio, nullptr)) co_return st;
+  }
+  auto zero_bytes = [&](uint64_t from, uint64_t to) -> Task<Status> {
+    std::vector<std::byte> zeroes(to - from);
+    co_return co_await write_unaligned(*table, from, zeroes, flags);
+  };
+  if (first >= last) co_return co_await zero_bytes(offset, offset + length);
+  if (offset < first)
+    if (Status st = co_await zero_bytes(offset, first)) co_return st;
+  if (last < offset + length)
+    if (Status st = co_await zero_bytes(last, offset + length)) co_return st;
+  co_return ok();
+}
+
+Task<Status> Device::flush() {
+  std::shared_ptr<Table> table = live_table();
+  co_return co_await flush_table(*table);
+}
+
+Task<Status> Device::block_status_bytes(uint64_t offset, uint64_t length, size_t max_extents,
+                                        std::vector<ByteExtent>& out) {
+  std::shared_ptr<Table> table = live_table();
+  if (Status st = check_range(*table, offset, length, false)) co_return st;
+  const uint64_t first = offset >> kSectorShift;
+  const uint64_t count = (round_up(offset + length) >> kSectorShift) - first;
+  ExtentList sectors;
+  if (Status st = co_await block_status(first, count, sectors)) co_return st;
+  uint64_t skip = offset - (first << kSectorShift);  // an unaligned start trims the first extent
+  for (const Extent& e : sectors.extents()) {
+    uint64_t bytes = (e.sectors << kSectorShift) - skip;
+    skip = 0;
+    out.push_back({bytes, e.flags});
+    if (out.size() >= max_extents) break;
+  }
+  co_return ok();
+}
+
+}  // namespace dmnbd

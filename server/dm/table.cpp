@@ -1,0 +1,108 @@
+#include "dmnbd/table.hpp"
+
+#include <algorithm>
+#include <charconv>
+
+namespace dmnbd {
+namespace {
+
+// Splits on whitespace; a backslash makes the next character literal (dm_split_args).
+std::vector<std::string> split_words(std::string_view s) {
+  std::vector<std::string> words;
+  std::string word;
+  bool in_word = false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (c == '\\' && i + 1 < s.size()) {
+      word += s[++i];
+      in_word = true;
+    } else if (c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f') {
+      if (in_word) words.push_back(std::move(word));
+      word.clear();
+      in_word = false;
+    } else {
+      word += c;
+      in_word = true;
+    }
+  }
+  if (in_word) words.push_back(std::move(word));
+  return words;
+}
+
+bool parse_u64(const std::string& s, uint64_t& out) {
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return !s.empty() && ec == std::errc() && end == s.data() + s.size();
+}
+
+std::string join_line(uint64_t begin, uint64_t length, const std::string& type,
+                      const std::string& rest) {
+  std::string line = std::to_string(begin) + " " + std::to_string(length) + " " + type;
+  if (!rest.empty()) line += " " + rest;
+  return line + "\n";
+}
+
+}  // namespace
+
+std::vector<TableLine> parse_table_text(std::string_view text) {
+  std::vector<TableLine> lines;
+  unsigned number = 0;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t nl = text.find('\n', pos);
+    std::string_view raw = text.substr(pos, nl == std::string_view::npos ? text.npos : nl - pos);
+    pos = nl == std::string_view::npos ? text.size() + 1 : nl + 1;
+    ++number;
+    // Everything after '#' is a comment, so arguments can never contain one.
+    raw = raw.substr(0, raw.find('#'));
+    std::vector<std::string> words = split_words(raw);
+    if (words.empty()) continue;
+    TableLine line{.line = number};
+    if (words.size() < 3 || !parse_u64(words[0], line.start) || !parse_u64(words[1], line.length))
+      throw TableError(number, "Invalid format: expected <start> <length> <target> [<args>...]");
+    line.type = words[2];
+    line.args.assign(words.begin() + 3, words.end());
+    lines.push_back(std::move(line));
+  }
+  return lines;
+}
+
+std::shared_ptr<Table> Table::build(std::string_view text, DeviceResolver& resolver,
+                                    bool read_only) {
+  auto table = std::make_shared<Table>();
+  const std::vector<TableLine> lines = parse_table_text(text);
+  if (lines.empty()) throw TableError(0, "table is empty");
+  for (const TableLine& line : lines) {
+    const TargetType* type = TargetRegistry::instance().find(line.type);
+    if (!type) throw TableError(line.line, line.type + ": unknown target type");
+    if (line.length == 0) throw TableError(line.line, line.type + ": zero-length target");
+    if (line.start != table->sectors()) throw TableError(line.line, line.type + ": Gap in table");
+    TargetContext ctx{
+        .begin = line.start, .length = line.length, .read_only = read_only, .resolver = resolver};
+    try {
+      table->entries_.push_back({line.start, line.length, line.type, type->create(ctx, line.args)});
+    } catch (const TargetError& e) {
+      throw TableError(line.line, line.type + ": " + e.what());
+    }
+  }
+  return table;
+}
+
+const Table::Entry& Table::find(uint64_t sector) const {
+  auto it = std::upper_bound(entries_.begin(), entries_.end(), sector,
+                             [](uint64_t s, const Entry& e) { return s < e.end(); });
+  return *it;
+}
+
+std::string Table::table_text() const {
+  std::string out;
+  for (const auto& e : entries_) out += join_line(e.begin, e.length, e.type, e.target->table());
+  return out;
+}
+
+std::string Table::status_text() const {
+  std::string out;
+  for (const auto& e : entries_) out += join_line(e.begin, e.length, e.type, e.target->status());
+  return out;
+}
+
+}  // namespace dmnbd

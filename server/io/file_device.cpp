@@ -1,0 +1,193 @@
+#include "dmnbd/file_device.hpp"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "dmnbd/io_engine.hpp"
+
+namespace dmnbd {
+namespace {
+
+// io_uring and pread take 32-bit lengths; larger bios go in pieces.
+constexpr uint64_t kMaxTransfer = 1ull << 30;
+constexpr uint64_t kZeroBufferBytes = 1ull << 20;
+
+Status from_result(int64_t r) {
+  return r < 0 ? errno_status(static_cast<int>(-r)) : ok();
+}
+
+bool unsupported(int64_t r) {
+  return r == -EOPNOTSUPP || r == -ENOTSUP || r == -EINVAL;
+}
+
+}  // namespace
+
+std::shared_ptr<FileDevice> FileDevice::open(const std::filesystem::path& path, bool read_only) {
+  int fd = ::open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  if (fd < 0) throw TargetError(path.string() + ": " + std::strerror(errno));
+  struct stat st {};
+  if (fstat(fd, &st) < 0) {
+    int e = errno;
+    ::close(fd);
+    throw TargetError(path.string() + ": " + std::strerror(e));
+  }
+  uint64_t size = 0;
+  bool is_block = S_ISBLK(st.st_mode);
+  if (is_block) {
+    if (ioctl(fd, BLKGETSIZE64, &size) < 0) {
+      int e = errno;
+      ::close(fd);
+      throw TargetError(path.string() + ": " + std::strerror(e));
+    }
+  } else if (S_ISREG(st.st_mode)) {
+    size = static_cast<uint64_t>(st.st_size);
+  } else {
+    ::close(fd);
+    throw TargetError(path.string() + ": not a regular file or block device");
+  }
+  return std::shared_ptr<FileDevice>(new FileDevice(path.string(), fd, size, is_block));
+}
+
+FileDevice::FileDevice(std::string name, int fd, uint64_t size_bytes, bool is_block_device)
+    : name_(std::move(name)), fd_(fd), size_bytes_(size_bytes), is_block_device_(is_block_device) {}
+
+FileDevice::~FileDevice() {
+  ::close(fd_);
+}
+
+Task<Status> FileDevice::submit(Bio bio) {
+  if (bio.op != BioOp::flush && bio.end() > sectors()) co_return errno_status(EIO);
+  switch (bio.op) {
+    case BioOp::read:
+    case BioOp::write:
+      co_return co_await transfer(bio);
+    case BioOp::flush:
+      co_return co_await sync();
+    case BioOp::discard:
+    case BioOp::write_zeroes: {
+      Status st = is_block_device_ ? co_await block_device_ioctl(bio) : co_await punch_or_zero(bio);
+      if (!st && (bio.flags & kBioFua)) st = co_await sync();
+      co_return st;
+    }
+  }
+  co_return errno_status(EINVAL);
+}
+
+Task<Status> FileDevice::transfer(const Bio& bio) {
+  IoEngine& engine = IoEngine::current();
+  const bool is_write = bio.op == BioOp::write;
+  uint64_t done = 0;
+  const uint64_t total = bio.bytes();
+  while (done < total) {
+    FileOp op{.kind = is_write ? FileOp::Kind::write : FileOp::Kind::read,
+              .fd = fd_,
+              .buf = bio.data.data() + done,
+              .offset = (bio.sector << kSectorShift) + done,
+              .length = std::min(total - done, kMaxTransfer),
+              .flags = is_write && (bio.flags & kBioFua) ? RWF_DSYNC : 0};
+    int64_t r = co_await engine.run(op);
+    if (r < 0) co_return errno_status(static_cast<int>(-r));
+    if (r == 0) {
+      if (is_write) co_return errno_status(EIO);
+      // The file shrank under us: what is gone reads as zeroes, like a hole.
+      std::memset(bio.data.data() + done, 0, total - done);
+      break;
+    }
+    done += static_cast<uint64_t>(r);
+  }
+  co_return ok();
+}
+
+Task<Status> FileDevice::sync() {
+  co_return from_result(
+      co_await IoEngine::current().run({.kind = FileOp::Kind::fdatasync, .fd = fd_}));
+}
+
+// Regular files: discard punches a hole; write_zeroes punches too unless the
+// caller needs the blocks kept allocated (NOUNMAP), then it zeroes in place.
+Task<Status> FileDevice::punch_or_zero(const Bio& bio) {
+  const bool keep_allocated = bio.op == BioOp::write_zeroes && (bio.flags & kBioNoUnmap);
+  const int mode =
+      FALLOC_FL_KEEP_SIZE | (keep_allocated ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE);
+  int64_t r = co_await IoEngine::current().run({.kind = FileOp::Kind::fallocate,
+                                                .fd = fd_,
+                                                .offset = bio.sector << kSectorShift,
+                                                .length = bio.bytes(),
+                                                .flags = mode});
+  if (r >= 0) co_return ok();
+  if (!unsupported(r)) co_return errno_status(static_cast<int>(-r));
+  if (bio.op == BioOp::discard) co_return ok();  // discard is advisory
+  if (bio.flags & kBioFastZero) co_return errno_status(ENOTSUP);
+  co_return co_await write_zero_buffers(bio);
+}
+
+Task<Status> FileDevice::write_zero_buffers(const Bio& bio) {
+  std::vector<std::byte> zeroes(std::min(bio.bytes(), kZeroBufferBytes));
+  for (uint64_t done = 0; done < bio.sectors;) {
+    uint64_t n = std::min<uint64_t>(bio.sectors - done, zeroes.size() >> kSectorShift);
+    Bio w{.op = BioOp::write,
+          .sector = bio.sector + done,
+          .sectors = n,
+          .data = std::span(zeroes).first(n << kSectorShift)};
+    if (Status st = co_await transfer(w)) co_return st;
+    done += n;
+  }
+  co_return ok();
+}
+
+// Host block devices: BLKDISCARD / BLKZEROOUT. They block, but only on the
+// rare discard path of a real disk; regular files never come here.
+Task<Status> FileDevice::block_device_ioctl(const Bio& bio) {
+  uint64_t range[2] = {bio.sector << kSectorShift, bio.bytes()};
+  if (bio.op == BioOp::write_zeroes && (bio.flags & kBioFastZero)) co_return errno_status(ENOTSUP);
+  unsigned long request = bio.op == BioOp::discard ? BLKDISCARD : BLKZEROOUT;
+  if (ioctl(fd_, request, range) == 0) co_return ok();
+  if (bio.op == BioOp::discard) co_return ok();
+  co_return co_await write_zero_buffers(bio);
+}
+
+// SEEK_DATA/SEEK_HOLE report a regular file's holes; anything that cannot
+// answer is reported as allocated data, which is always safe.
+Task<Status> FileDevice::block_status(uint64_t sector, uint64_t count, ExtentList& out) {
+  const off_t start = static_cast<off_t>(sector << kSectorShift);
+  const off_t end = static_cast<off_t>(std::min((sector + count) << kSectorShift, size_bytes_));
+  if (is_block_device_) {
+    out.append(count, 0);
+    co_return ok();
+  }
+  off_t pos = start;
+  while (pos < end) {
+    off_t data = lseek(fd_, pos, SEEK_DATA);
+    if (data < 0 && errno != ENXIO) {
+      out.append(count - ((pos - start) >> kSectorShift), 0);
+      co_return ok();
+    }
+    if (data < 0 || data >= end) data = end;  // the rest is a hole
+    // Holes are reported in whole sectors; a partial sector counts as data.
+    off_t hole_end = data & ~static_cast<off_t>(kSectorSize - 1);
+    if (hole_end > pos) {
+      out.append((hole_end - pos) >> kSectorShift, kExtentHole | kExtentZero);
+      pos = hole_end;
+    }
+    if (pos >= end) break;
+    off_t hole = lseek(fd_, pos, SEEK_HOLE);
+    if (hole < 0 || hole > end) hole = end;
+    off_t data_end =
+        (hole + static_cast<off_t>(kSectorSize) - 1) & ~static_cast<off_t>(kSectorSize - 1);
+    if (data_end <= pos) data_end = pos + static_cast<off_t>(kSectorSize);
+    data_end = std::min(data_end, end);
+    out.append((data_end - pos) >> kSectorShift, 0);
+    pos = data_end;
+  }
+  co_return ok();
+}
+
+}  // namespace dmnbd

@@ -1,0 +1,197 @@
+#include "nbd/protocol.hpp"
+
+namespace dmnbd::nbd {
+
+uint32_t wire_error(Status status) {
+  if (!status) return 0;
+  if (status.category() != std::generic_category()) return kEIO;
+  switch (status.value()) {
+    case EPERM:
+    case EROFS:
+      return kEPERM;
+    case ENOMEM:
+      return kENOMEM;
+    case EINVAL:
+      return kEINVAL;
+    case ENOSPC:
+    case EDQUOT:
+    case EFBIG:
+      return kENOSPC;
+    case EOVERFLOW:
+      return kEOVERFLOW;
+    case ENOTSUP:
+      return kENOTSUP;
+    case ESHUTDOWN:
+      return kESHUTDOWN;
+    default:
+      return kEIO;
+  }
+}
+
+Encoder& Encoder::u16(uint16_t v) {
+  out_.push_back(static_cast<uint8_t>(v >> 8));
+  out_.push_back(static_cast<uint8_t>(v));
+  return *this;
+}
+Encoder& Encoder::u32(uint32_t v) {
+  return u16(static_cast<uint16_t>(v >> 16)).u16(static_cast<uint16_t>(v));
+}
+Encoder& Encoder::u64(uint64_t v) {
+  return u32(static_cast<uint32_t>(v >> 32)).u32(static_cast<uint32_t>(v));
+}
+Encoder& Encoder::bytes(std::string_view s) {
+  out_.insert(out_.end(), s.begin(), s.end());
+  return *this;
+}
+Encoder& Encoder::zeroes(size_t n) {
+  out_.insert(out_.end(), n, 0);
+  return *this;
+}
+
+bool Decoder::take(size_t n) {
+  if (failed_ || in_.size() - pos_ < n) {
+    failed_ = true;
+    return false;
+  }
+  return true;
+}
+uint16_t Decoder::u16() {
+  if (!take(2)) return 0;
+  uint16_t v = static_cast<uint16_t>(in_[pos_] << 8 | in_[pos_ + 1]);
+  pos_ += 2;
+  return v;
+}
+uint32_t Decoder::u32() {
+  uint32_t hi = u16();
+  return hi << 16 | u16();
+}
+uint64_t Decoder::u64() {
+  uint64_t hi = u32();
+  return hi << 32 | u32();
+}
+std::string Decoder::string(size_t n) {
+  if (!take(n)) return {};
+  std::string s(reinterpret_cast<const char*>(in_.data() + pos_), n);
+  pos_ += n;
+  return s;
+}
+
+std::optional<Request> decode_request(std::span<const uint8_t, kRequestHeaderSize> header) {
+  Decoder d(header);
+  if (d.u32() != kRequestMagic) return std::nullopt;
+  Request r;
+  r.flags = d.u16();
+  r.type = d.u16();
+  r.cookie = d.u64();
+  r.offset = d.u64();
+  r.length = d.u32();
+  return r;
+}
+
+void encode_request(std::vector<uint8_t>& out, const Request& r) {
+  Encoder(out)
+      .u32(kRequestMagic)
+      .u16(r.flags)
+      .u16(r.type)
+      .u64(r.cookie)
+      .u64(r.offset)
+      .u32(r.length);
+}
+
+// Strings are limited to 4096 bytes by the spec.
+constexpr uint32_t kMaxString = 4096;
+
+std::optional<InfoRequest> parse_info_request(std::span<const uint8_t> payload) {
+  Decoder d(payload);
+  InfoRequest req;
+  uint32_t name_len = d.u32();
+  if (d.failed() || name_len > kMaxString || name_len > d.remaining()) return std::nullopt;
+  req.name = d.string(name_len);
+  uint16_t count = d.u16();
+  if (d.failed() || d.remaining() != 2u * count) return std::nullopt;
+  for (uint16_t i = 0; i < count; ++i) req.info_types.push_back(d.u16());
+  return req;
+}
+
+std::optional<MetaContextRequest> parse_meta_context_request(std::span<const uint8_t> payload) {
+  Decoder d(payload);
+  MetaContextRequest req;
+  uint32_t name_len = d.u32();
+  if (d.failed() || name_len > kMaxString || name_len > d.remaining()) return std::nullopt;
+  req.name = d.string(name_len);
+  uint32_t count = d.u32();
+  if (d.failed()) return std::nullopt;
+  for (uint32_t i = 0; i < count; ++i) {
+    uint32_t len = d.u32();
+    if (d.failed() || len > kMaxString || len > d.remaining()) return std::nullopt;
+    req.queries.push_back(d.string(len));
+  }
+  if (d.remaining() != 0) return std::nullopt;
+  return req;
+}
+
+void encode_option_reply(std::vector<uint8_t>& out, uint32_t option, uint32_t type,
+                         std::string_view payload) {
+  Encoder(out)
+      .u64(kOptReplyMagic)
+      .u32(option)
+      .u32(type)
+      .u32(static_cast<uint32_t>(payload.size()))
+      .bytes(payload);
+}
+
+void encode_simple_reply(std::vector<uint8_t>& out, uint32_t error, uint64_t cookie) {
+  Encoder(out).u32(kSimpleReplyMagic).u32(error).u64(cookie);
+}
+
+void encode_chunk_header(std::vector<uint8_t>& out, uint16_t flags, uint16_t type, uint64_t cookie,
+                         uint32_t length) {
+  Encoder(out).u32(kStructuredReplyMagic).u16(flags).u16(type).u64(cookie).u32(length);
+}
+
+void encode_error_chunk(std::vector<uint8_t>& out, uint64_t cookie, uint32_t error,
+                        std::string_view message) {
+  message = message.substr(0, kMaxString);
+  encode_chunk_header(out, kReplyFlagDone, kReplyError, cookie,
+                      static_cast<uint32_t>(6 + message.size()));
+  Encoder(out).u32(error).u16(static_cast<uint16_t>(message.size())).bytes(message);
+}
+
+uint16_t allowed_flags(uint16_t command, bool structured_replies) {
+  // FUA is accepted on every command: clients set it on non-writes too.
+  switch (command) {
+    case kCmdRead:
+      return kCmdFlagFua | (structured_replies ? kCmdFlagDf : 0);
+    case kCmdWriteZeroes:
+      return kCmdFlagFua | kCmdFlagNoHole | kCmdFlagFastZero;
+    case kCmdBlockStatus:
+      return kCmdFlagFua | kCmdFlagReqOne;
+    default:
+      return kCmdFlagFua;
+  }
+}
+
+const char* command_name(uint16_t command) {
+  switch (command) {
+    case kCmdRead:
+      return "READ";
+    case kCmdWrite:
+      return "WRITE";
+    case kCmdDisc:
+      return "DISC";
+    case kCmdFlush:
+      return "FLUSH";
+    case kCmdTrim:
+      return "TRIM";
+    case kCmdCache:
+      return "CACHE";
+    case kCmdWriteZeroes:
+      return "WRITE_ZEROES";
+    case kCmdBlockStatus:
+      return "BLOCK_STATUS";
+    default:
+      return "unknown";
+  }
+}
+
+}  // namespace dmnbd::nbd

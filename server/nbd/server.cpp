@@ -1,0 +1,230 @@
+#include "nbd/server.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <filesystem>
+#include <optional>
+
+#include "dmnbd/io_engine.hpp"
+#include "nbd/session.hpp"
+
+namespace dmnbd::nbd {
+
+using tcp = asio::ip::tcp;
+using local = asio::local::stream_protocol;
+
+struct Server::Worker {
+  asio::io_context ctx{1};
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> guard{
+      ctx.get_executor()};
+  std::thread thread;
+  std::atomic<const char*> engine_kind = nullptr;
+};
+
+// Accepts on one address and hands each connection to a worker loop.
+class Server::Listener {
+ public:
+  Listener(Server& server, const ListenAddress& addr)
+      : server_(server),
+        addr_(addr),
+        tcp_(server.workers_[0]->ctx),
+        unix_(server.workers_[0]->ctx) {}
+
+  void open() {
+    if (addr_.kind == ListenAddress::Kind::tcp) {
+      tcp::resolver resolver(server_.workers_[0]->ctx);
+      auto results = resolver.resolve(addr_.host, std::to_string(addr_.port),
+                                      tcp::resolver::passive | tcp::resolver::numeric_service);
+      tcp::endpoint ep = results.begin()->endpoint();
+      tcp_.open(ep.protocol());
+      tcp_.set_option(asio::socket_base::reuse_address(true));
+      tcp_.bind(ep);
+      tcp_.listen();
+      asio::co_spawn(tcp_.get_executor(), accept_tcp(), asio::detached);
+    } else {
+      remove_stale_socket();
+      unix_.open();
+      unix_.bind(local::endpoint(addr_.path.string()));
+      unix_.listen();
+      bound_path_ = true;
+      asio::co_spawn(unix_.get_executor(), accept_unix(), asio::detached);
+    }
+  }
+
+  void close() {
+    asio::post(tcp_.get_executor(), [this] {
+      boost::system::error_code ignored;
+      tcp_.close(ignored);
+      unix_.close(ignored);
+    });
+    if (bound_path_) {
+      std::error_code ignored;
+      std::filesystem::remove(addr_.path, ignored);
+      bound_path_ = false;
+    }
+  }
+
+ private:
+  // A socket file left by a crashed server is replaced; a live one is not.
+  void remove_stale_socket() {
+    std::error_code ec;
+    if (!std::filesystem::exists(addr_.path, ec)) return;
+    if (!std::filesystem::is_socket(addr_.path, ec))
+      throw std::runtime_error(addr_.path.string() + " exists and is not a socket");
+    local::socket probe(server_.workers_[0]->ctx);
+    boost::system::error_code connect_ec;
+    probe.connect(local::endpoint(addr_.path.string()), connect_ec);
+    if (!connect_ec)
+      throw std::runtime_error("another server is listening on " + addr_.path.string());
+    std::filesystem::remove(addr_.path, ec);
+  }
+
+  Task<void> accept_tcp() {
+    for (;;) {
+      Worker& worker = server_.next_worker();
+      auto [ec, sock] = co_await tcp_.async_accept(worker.ctx, asio::as_tuple(asio::use_awaitable));
+      if (ec == asio::error::operation_aborted || !tcp_.is_open()) co_return;
+      if (ec) continue;
+      boost::system::error_code ignored;
+      sock.set_option(tcp::no_delay(true), ignored);
+      auto remote = sock.remote_endpoint(ignored);
+      std::string peer =
+          "tcp:" + remote.address().to_string() + ":" + std::to_string(remote.port());
+      auto protocol = sock.local_endpoint(ignored).protocol();
+      Socket generic(worker.ctx,
+                     asio::generic::stream_protocol(protocol.family(), protocol.protocol()),
+                     sock.release());
+      server_.adopt(std::make_shared<Session>(std::move(generic), server_.exports_, peer), worker);
+    }
+  }
+
+  Task<void> accept_unix() {
+    for (;;) {
+      Worker& worker = server_.next_worker();
+      auto [ec, sock] =
+          co_await unix_.async_accept(worker.ctx, asio::as_tuple(asio::use_awaitable));
+      if (ec == asio::error::operation_aborted || !unix_.is_open()) co_return;
+      if (ec) continue;
+      std::string peer = "unix:" + addr_.path.string() + "#" + std::to_string(++accepted_);
+      Socket generic(worker.ctx, asio::generic::stream_protocol(AF_UNIX, 0), sock.release());
+      server_.adopt(std::make_shared<Session>(std::move(generic), server_.exports_, peer), worker);
+    }
+  }
+
+  Server& server_;
+  ListenAddress addr_;
+  tcp::acceptor tcp_;
+  local::acceptor unix_;
+  bool bound_path_ = false;
+  uint64_t accepted_ = 0;
+};
+
+Server::Server(ExportRegistry& exports, std::vector<ListenAddress> listen, unsigned threads)
+    : exports_(exports), listen_(std::move(listen)) {
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < threads; ++i) workers_.push_back(std::make_unique<Worker>());
+}
+
+Server::~Server() {
+  for (auto& w : workers_) {
+    w->guard.reset();
+    w->ctx.stop();
+    if (w->thread.joinable()) w->thread.join();
+  }
+}
+
+void Server::start() {
+  for (const ListenAddress& addr : listen_) {
+    auto listener = std::make_unique<Listener>(*this, addr);
+    try {
+      listener->open();
+    } catch (const std::exception& e) {
+      for (auto& l : listeners_) l->close();
+      throw std::runtime_error("cannot listen on " + addr.text + ": " + e.what());
+    }
+    listeners_.push_back(std::move(listener));
+    spdlog::info("listening on {}", addr.text);
+  }
+  for (auto& w : workers_) {
+    Worker* worker = w.get();
+    worker->thread = std::thread([worker] {
+      IoEngineScope engine(worker->ctx);
+      worker->engine_kind = engine.engine().kind();
+      worker->ctx.run();
+    });
+  }
+  for (auto& w : workers_)
+    while (!w->engine_kind) std::this_thread::yield();
+  spdlog::info("{} event loop(s), backing I/O through {}", workers_.size(),
+               workers_[0]->engine_kind.load());
+}
+
+Server::Worker& Server::next_worker() {
+  return *workers_[next_++ % workers_.size()];
+}
+
+void Server::adopt(std::shared_ptr<Session> session, Worker& worker) {
+  {
+    std::lock_guard lk(mutex_);
+    if (stopping_) return;  // dropped: the socket closes with the session
+    sessions_.insert(session);
+  }
+  spdlog::info("{}: connected", session->peer());
+  asio::co_spawn(worker.ctx, session->run(),
+                 [this, session](std::exception_ptr error, std::string why) {
+                   if (error) why = "internal error";
+                   spdlog::info("{}: disconnected: {}", session->peer(), why);
+                   session_ended(session);
+                 });
+}
+
+void Server::session_ended(const std::shared_ptr<Session>& session) {
+  std::lock_guard lk(mutex_);
+  sessions_.erase(session);
+  if (stopping_ && sessions_.empty()) asio::post(main_, [this] { finish_if_idle(); });
+}
+
+void Server::stop() {
+  std::vector<std::shared_ptr<Session>> live;
+  {
+    std::lock_guard lk(mutex_);
+    if (stopping_) return;
+    stopping_ = true;
+    live.assign(sessions_.begin(), sessions_.end());
+  }
+  for (auto& l : listeners_) l->close();
+  spdlog::info("stopping: {} connection(s) finishing their requests", live.size());
+  for (auto& s : live) s->stop();
+  asio::post(main_, [this] { finish_if_idle(); });
+}
+
+void Server::finish_if_idle() {
+  std::lock_guard lk(mutex_);
+  if (finished_ || !sessions_.empty()) return;
+  finished_ = true;
+  main_.stop();
+}
+
+void Server::run_until_signal() {
+  asio::signal_set signals(main_, SIGINT, SIGTERM);
+  signals.async_wait([this](boost::system::error_code ec, int signo) {
+    if (ec) return;
+    spdlog::info("received {}", signo == SIGINT ? "SIGINT" : "SIGTERM");
+    stop();
+  });
+  auto guard = asio::make_work_guard(main_);
+  main_.run();
+  for (auto& w : workers_) {
+    w->guard.reset();
+    w->ctx.stop();
+    if (w->thread.joinable()) w->thread.join();
+  }
+}
+
+}  // namespace dmnbd::nbd

@@ -1,0 +1,91 @@
+// One NBD connection: the option haggling, then transmission with many
+// requests in flight, completed out of order, replies written whole.
+#pragma once
+#include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dmnbd/asio.hpp"
+#include "dmnbd/device.hpp"
+#include "nbd/exports.hpp"
+#include "nbd/protocol.hpp"
+
+namespace dmnbd::nbd {
+
+using Socket = asio::generic::stream_protocol::socket;
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(Socket socket, const ExportRegistry& exports, std::string peer);
+
+  // Runs the connection to its end; the returned text says why it ended.
+  Task<std::string> run();
+
+  // Thread-safe: stop reading requests; those in flight finish and are answered.
+  void stop();
+
+  const std::string& peer() const { return peer_; }
+
+ private:
+  // A reply in wire order: protocol bytes from `meta`, payload bytes from `data`.
+  struct Reply {
+    struct Segment {
+      bool from_data;
+      size_t offset, length;
+    };
+    std::vector<uint8_t> meta;
+    std::vector<std::byte> data;
+    std::vector<Segment> segments;
+  };
+  class ReplyBuilder;
+  enum class HandshakeResult { transmission, closed };
+
+  // Handshake.
+  Task<HandshakeResult> handshake(std::string& why);
+  Task<bool> handle_option(uint32_t option, std::vector<uint8_t>& payload, std::string& why,
+                           bool& go);
+  Task<void> send_option_reply(uint32_t option, uint32_t type, std::string_view payload = {});
+  Task<void> send_info(uint32_t option, const InfoRequest& req, const Device& device);
+  Task<void> handle_meta_context(uint32_t option, std::span<const uint8_t> payload);
+  uint16_t transmission_flags(const Device& device) const;
+
+  // Transmission.
+  Task<std::string> transmission();
+  Task<void> serve(Request req, std::vector<std::byte> payload);
+  Task<void> serve_read(const Request& req);
+  Task<void> serve_block_status(const Request& req);
+  void reply_status(const Request& req, Status status);
+  void reply_error(const Request& req, uint32_t error, std::string_view message);
+  void queue_reply(Reply reply);
+  Task<void> write_replies();
+  Task<void> discard_payload(uint64_t length);
+  std::vector<std::byte> take_buffer(size_t size);
+  void give_buffer(std::vector<std::byte> buffer);
+  Task<void> wait_for_change();
+  void notify_change();
+
+  Socket socket_;
+  const ExportRegistry& exports_;
+  std::string peer_;
+
+  // Negotiated state.
+  bool no_zeroes_ = false;
+  bool structured_replies_ = false;
+  bool base_allocation_ = false;
+  std::string meta_context_export_;
+  std::shared_ptr<Device> device_;
+
+  // Transmission state; all touched only on this connection's thread.
+  size_t in_flight_ = 0;
+  bool writing_ = false;
+  bool broken_ = false;
+  std::deque<Reply> pending_;
+  std::vector<std::vector<std::byte>> spare_buffers_;
+  asio::steady_timer change_;  // wakes the reader when in-flight work completes
+};
+
+}  // namespace dmnbd::nbd
