@@ -1,0 +1,88 @@
+// Helpers shared by the unit tests: temp directories, backing files, and a
+// way to run a coroutine to completion on a private event loop.
+#pragma once
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dmnbd/file_device.hpp"
+#include "dmnbd/io_engine.hpp"
+#include "dmnbd/target.hpp"
+
+namespace dmnbd::test {
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "dmnbd-test-XXXXXX").string();
+    path_ = mkdtemp(tmpl.data());
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// A file of `size` bytes where byte i is (i / 512 + seed) & 0xff, so every
+// sector is recognisable.
+inline void make_patterned_file(const std::filesystem::path& p, size_t size, uint8_t seed = 0) {
+  std::vector<char> data(size);
+  for (size_t i = 0; i < size; ++i) data[i] = static_cast<char>((i / 512 + seed) & 0xff);
+  std::ofstream(p, std::ios::binary).write(data.data(), static_cast<std::streamsize>(size));
+}
+
+inline std::vector<std::byte> read_file_bytes(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::vector<char> raw((std::istreambuf_iterator<char>(in)), {});
+  std::vector<std::byte> out(raw.size());
+  std::memcpy(out.data(), raw.data(), raw.size());
+  return out;
+}
+
+inline uint8_t pattern_byte(uint64_t byte_offset, uint8_t seed = 0) {
+  return static_cast<uint8_t>((byte_offset / 512 + seed) & 0xff);
+}
+
+// Runs `task` on a fresh io_context with an I/O engine and returns its result.
+template <typename T>
+T run_sync(Task<T> task, bool use_uring = true) {
+  asio::io_context ctx;
+  IoEngineScope engine(ctx, use_uring);
+  std::optional<T> result;
+  std::exception_ptr error;
+  asio::co_spawn(ctx, std::move(task), [&](std::exception_ptr e, T value) {
+    error = e;
+    if (!e) result = std::move(value);
+    ctx.stop();
+  });
+  ctx.run();
+  if (error) std::rethrow_exception(error);
+  return std::move(*result);
+}
+
+// Resolves device arguments to files in a directory, or to registered devices.
+class DirResolver final : public DeviceResolver {
+ public:
+  explicit DirResolver(std::filesystem::path dir) : dir_(std::move(dir)) {}
+  void add(const std::string& name, std::shared_ptr<BlockDevice> dev) { named_[name] = dev; }
+  std::shared_ptr<BlockDevice> open(const std::string& name, bool read_only) override {
+    if (auto it = named_.find(name); it != named_.end()) return it->second;
+    return FileDevice::open(dir_ / name, read_only);
+  }
+
+ private:
+  std::filesystem::path dir_;
+  std::map<std::string, std::shared_ptr<BlockDevice>> named_;
+};
+
+}  // namespace dmnbd::test
