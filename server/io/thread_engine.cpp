@@ -52,9 +52,10 @@ class ThreadEngine final : public IoEngine {
           asio::post(blocking_pool(), [op, home, guard = asio::make_work_guard(home),
                                        handler = std::move(handler)]() mutable {
             int64_t result = perform(op);
-            asio::post(home, [handler = std::move(handler), result]() mutable {
-              std::move(handler)(result);
-            });
+            // The guard travels back with the result: releasing it here, after
+            // the post, could touch a loop that has already finished and gone.
+            asio::post(home, [handler = std::move(handler), guard = std::move(guard),
+                              result]() mutable { std::move(handler)(result); });
           });
         },
         asio::use_awaitable);
