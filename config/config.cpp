@@ -138,6 +138,8 @@ Config parse_config(const std::string& yaml_text, const std::string& source,
   }
   for (auto& addr : cfg.listen)
     if (addr.kind == ListenAddress::Kind::unix_socket) addr.path = resolve(cfg, addr.path.string());
+  cfg.control =
+      resolve(cfg, root["control"] ? scalar(cfg, root["control"], "control") : "control.sock");
 
   if (const YAML::Node files = root["files"]) {
     if (!files.IsSequence()) fail(cfg, line_of(files), "'files' must be a list");

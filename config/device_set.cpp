@@ -8,7 +8,10 @@
 #include <cstring>
 #include <map>
 
-#include "dmnbd/file_device.hpp"
+#include <functional>
+
+#include "dmnbd/run_blocking.hpp"
+#include "dmnbd/table.hpp"
 
 namespace dmnbd {
 namespace {
@@ -64,63 +67,66 @@ void create_sparse_file(const Config& cfg, const FileSpec& spec, CreatedPaths& c
   spdlog::info("created sparse backing file {} ({} bytes)", spec.path.string(), spec.size);
 }
 
-// Resolves table arguments: a configured device name first, else a file path.
-class ConfigResolver final : public DeviceResolver {
- public:
-  explicit ConfigResolver(const Config& cfg) : cfg_(cfg) {}
+std::string at(const Config& cfg, int line) {
+  return cfg.source + ":" + std::to_string(line) + ": ";
+}
 
-  std::shared_ptr<BlockDevice> open(const std::string& name, bool read_only) override {
-    for (const DeviceSpec& spec : cfg_.devices)
-      if (spec.name == name) return build(spec);
-    fs::path path(name);
-    if (!path.is_absolute()) path = (cfg_.base_dir / path).lexically_normal();
-    // One FileDevice per file and mode, so every table flushes the same descriptor.
-    auto key = std::make_pair(path.string(), read_only);
-    if (auto it = files_.find(key); it != files_.end()) return it->second;
-    auto file = FileDevice::open(path, read_only);
-    files_[key] = file;
-    return file;
-  }
-
-  std::shared_ptr<Device> build(const DeviceSpec& spec) {
-    if (auto it = built_.find(spec.name); it != built_.end()) return it->second;
-    for (const std::string& n : building_)
-      if (n == spec.name) throw TargetError("device '" + spec.name + "' is stacked on itself");
-    building_.push_back(spec.name);
-    std::shared_ptr<Table> table;
-    try {
-      table = Table::build(spec.table, *this, spec.read_only);
-    } catch (const TableError& e) {
-      building_.pop_back();
-      const int line =
-          e.line() ? spec.table_first_line + static_cast<int>(e.line()) - 1 : spec.line;
-      throw ConfigError(cfg_.source + ":" + std::to_string(line) + ": device " + spec.name + ": " +
-                        (e.line() ? "table line " + std::to_string(e.line()) + ": " : "") +
-                        e.reason());
+// The configured devices in an order where every device comes after the
+// devices its table names. Throws ConfigError on a cycle.
+std::vector<const DeviceSpec*> creation_order(const Config& cfg) {
+  std::map<std::string, const DeviceSpec*> by_name;
+  for (const auto& spec : cfg.devices) by_name[spec.name] = &spec;
+  std::vector<const DeviceSpec*> order;
+  std::map<std::string, int> state;  // 1 = being visited, 2 = placed
+  std::vector<std::string> path;
+  std::function<void(const DeviceSpec&)> visit = [&](const DeviceSpec& spec) {
+    if (state[spec.name] == 2) return;
+    path.push_back(spec.name);
+    if (state[spec.name] == 1) {
+      std::string cycle;
+      for (const auto& n : path) cycle += (cycle.empty() ? "" : " -> ") + n;
+      throw ConfigError(at(cfg, spec.line) + "device " + spec.name +
+                        ": stacked devices form a cycle: " + cycle);
     }
-    building_.pop_back();
-    auto device = std::make_shared<Device>(spec.name, spec.description, spec.read_only, table);
-    built_[spec.name] = device;
-    return device;
-  }
-
- private:
-  const Config& cfg_;
-  std::map<std::pair<std::string, bool>, std::shared_ptr<FileDevice>> files_;
-  std::map<std::string, std::shared_ptr<Device>> built_;
-  std::vector<std::string> building_;
-};
+    state[spec.name] = 1;
+    std::vector<TableLine> lines;
+    try {
+      lines = parse_table_text(spec.table);
+    } catch (const TableError&) {
+      // Reported with its line when the device is created.
+    }
+    for (const auto& line : lines)
+      for (const auto& arg : line.args)
+        if (auto it = by_name.find(arg); it != by_name.end()) visit(*it->second);
+    state[spec.name] = 2;
+    path.pop_back();
+    order.push_back(&spec);
+  };
+  for (const auto& spec : cfg.devices) visit(spec);
+  return order;
+}
 
 }  // namespace
 
-std::vector<std::shared_ptr<Device>> build_devices(const Config& config) {
+void build_devices(const Config& config, DeviceManager& manager) {
   CreatedPaths created;
   for (const FileSpec& spec : config.files) create_sparse_file(config, spec, created);
-  ConfigResolver resolver(config);
-  std::vector<std::shared_ptr<Device>> devices;
-  for (const DeviceSpec& spec : config.devices) devices.push_back(resolver.build(spec));
+  for (const DeviceSpec* spec : creation_order(config)) {
+    try {
+      run_blocking(
+          manager.create(spec->name, spec->table,
+                         {.description = spec->description, .read_only = spec->read_only}));
+    } catch (const TableError& e) {
+      const int line =
+          e.line() ? spec->table_first_line + static_cast<int>(e.line()) - 1 : spec->line;
+      throw ConfigError(at(config, line) + "device " + spec->name + ": " +
+                        (e.line() ? "table line " + std::to_string(e.line()) + ": " : "") +
+                        e.reason());
+    } catch (const ControlError& e) {
+      throw ConfigError(at(config, spec->line) + "device " + spec->name + ": " + e.what());
+    }
+  }
   created.commit();
-  return devices;
 }
 
 }  // namespace dmnbd

@@ -1,18 +1,20 @@
 // dmnbd: the device-mapper in userspace, served over NBD.
+//   dmnbd serve [CONFIG]      run the server
+//   dmnbd <verb> ...          dmsetup's verbs, sent to a running server
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
 #include <csignal>
-#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 
+#include "cli/cli.hpp"
+#include "control/control_server.hpp"
 #include "demo_config.hpp"
 #include "dmnbd/config.hpp"
+#include "dmnbd/device_manager.hpp"
 #include "dmnbd/device_set.hpp"
-#include "dmnbd/target.hpp"
-#include "nbd/exports.hpp"
 #include "nbd/server.hpp"
 
 namespace {
@@ -20,18 +22,11 @@ namespace {
 namespace fs = std::filesystem;
 using namespace dmnbd;
 
-// Where the built-in demo keeps its backing file: $XDG_DATA_HOME/dmnbd.
-fs::path default_data_dir() {
-  if (const char* xdg = std::getenv("XDG_DATA_HOME"); xdg && *xdg) return fs::path(xdg) / "dmnbd";
-  if (const char* home = std::getenv("HOME"); home && *home)
-    return fs::path(home) / ".local/share/dmnbd";
-  return fs::current_path() / "dmnbd-data";
-}
-
 struct ServeOptions {
   std::string config;
   std::string data_dir;
   std::vector<std::string> listen;
+  std::string control;
   unsigned threads = 0;
   std::string log_level = "info";
 };
@@ -40,7 +35,7 @@ int serve(const ServeOptions& opts) {
   spdlog::set_level(spdlog::level::from_str(opts.log_level));
   Config config;
   if (opts.config.empty()) {
-    const fs::path data = opts.data_dir.empty() ? default_data_dir() : fs::path(opts.data_dir);
+    const fs::path data = opts.data_dir.empty() ? cli::default_data_dir() : fs::path(opts.data_dir);
     config = parse_config(kDemoConfigYaml, "<built-in demo config>", fs::absolute(data));
     spdlog::info("no config given: serving the built-in demo, data in {}", data.string());
   } else {
@@ -50,15 +45,18 @@ int serve(const ServeOptions& opts) {
     config.listen.clear();
     for (const auto& text : opts.listen) config.listen.push_back(parse_listen_address(text));
   }
+  if (!opts.control.empty()) config.control = fs::absolute(opts.control);
 
-  nbd::ExportRegistry exports;
-  for (auto& device : build_devices(config)) {
+  DeviceManager devices(config.base_dir);
+  build_devices(config, devices);
+  for (const auto& device : devices.list())
     spdlog::info("device {}: {} sectors ({} bytes){}", device->name(), device->sectors(),
                  device->size_bytes(), device->read_only() ? ", read-only" : "");
-    exports.add(std::move(device));
-  }
 
-  nbd::Server server(exports, config.listen, opts.threads);
+  nbd::Server server(devices, config.listen, opts.threads);
+  control::ControlServer control(server.control_context(), devices, config.control);
+  control.start();
+  server.on_stop([&control] { control.stop(); });
   server.start();
   server.run_until_signal();
   spdlog::info("stopped");
@@ -84,21 +82,23 @@ int main(int argc, char** argv) {
                         "Data directory of the built-in demo (default $XDG_DATA_HOME/dmnbd)");
   serve_cmd->add_option("--listen", serve_opts.listen,
                         "Override the config's listen addresses (tcp://HOST:PORT, unix:///PATH)");
+  serve_cmd->add_option("--control-socket", serve_opts.control,
+                        "Override the config's control socket path");
   serve_cmd->add_option("--threads", serve_opts.threads, "Event loops (default: one per core)");
   serve_cmd->add_option("--log-level", serve_opts.log_level, "trace, debug, info, warn, error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
 
-  auto* targets_cmd = app.add_subcommand("targets", "List the target types this build provides");
+  auto run_control_verb = cli::add_control_commands(app);
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int status = app.exit(e);
+    return status == 0 ? 0 : 2;  // help and --version exit 0; usage errors 2
+  }
   try {
     if (*serve_cmd) return serve(serve_opts);
-    if (*targets_cmd) {
-      for (const auto* t : TargetRegistry::instance().all())
-        std::cout << t->name << std::string(16 - std::min<size_t>(15, t->name.size()), ' ') << "v"
-                  << t->version.major << "." << t->version.minor << "." << t->version.patch << "\n";
-      return 0;
-    }
+    return run_control_verb();
   } catch (const ConfigError& e) {
     std::cerr << "dmnbd: " << e.what() << "\n";
     return 2;
@@ -106,5 +106,4 @@ int main(int argc, char** argv) {
     std::cerr << "dmnbd: " << e.what() << "\n";
     return 1;
   }
-  return 0;
 }

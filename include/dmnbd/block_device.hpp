@@ -16,7 +16,7 @@ class BlockDevice {
   virtual ~BlockDevice() = default;
 
   // How tables and logs name this device: a file path or a device name.
-  virtual const std::string& name() const = 0;
+  virtual std::string name() const = 0;
   virtual uint64_t sectors() const = 0;
 
   // Performs the bio; flush makes every completed write durable.
@@ -25,6 +25,10 @@ class BlockDevice {
   // Appends the allocation status of [sector, sector + count) to `out`. It may
   // stop early (out.total_sectors() < count) but must report at least one sector.
   virtual Task<Status> block_status(uint64_t sector, uint64_t count, ExtentList& out) = 0;
+
+  // The device that really serves the I/O: a handle that only references
+  // another device (to count it as open) answers with that device.
+  virtual const BlockDevice* identity() const { return this; }
 };
 
 }  // namespace dmnbd

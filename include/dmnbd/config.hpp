@@ -43,6 +43,7 @@ struct Config {
   std::string source;              // file name for messages
   std::filesystem::path base_dir;  // relative paths resolve against it
   std::vector<ListenAddress> listen;
+  std::filesystem::path control;  // the control socket; default <base_dir>/control.sock
   std::vector<FileSpec> files;
   std::vector<DeviceSpec> devices;
 };

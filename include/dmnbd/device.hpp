@@ -1,14 +1,17 @@
-// A mapped device: a name, a live table, and the routing of every request to
-// the targets. It speaks sectors to stacked targets (BlockDevice) and bytes
-// to the NBD layer, where it also does read-modify-write for unaligned I/O.
+// A mapped device: a name, a live and an inactive table, a suspend gate, and
+// the routing of every request to the targets. It speaks sectors to stacked
+// targets (BlockDevice) and bytes to the NBD layer, where it also does
+// read-modify-write for unaligned I/O. Lifecycle calls follow dmsetup.
 #pragma once
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "dmnbd/async_mutex.hpp"
 #include "dmnbd/block_device.hpp"
+#include "dmnbd/suspend_gate.hpp"
 #include "dmnbd/table.hpp"
 
 namespace dmnbd {
@@ -25,18 +28,56 @@ struct ByteExtent {
   uint32_t flags;
 };
 
-class Device final : public BlockDevice {
+class Device final : public BlockDevice, public std::enable_shared_from_this<Device> {
  public:
-  Device(std::string name, std::string description, bool read_only, std::shared_ptr<Table> table);
+  Device(std::string name, std::string description, bool read_only, unsigned minor);
 
-  const std::string& name() const override { return name_; }
+  std::string name() const override;
+  void rename(std::string name);
   const std::string& description() const { return description_; }
   bool read_only() const { return read_only_; }
-  uint64_t sectors() const override { return live_table()->sectors(); }
+  unsigned minor() const { return minor_; }
+  // Size of the live table; 0 when there is none.
+  uint64_t sectors() const override;
   uint64_t size_bytes() const { return sectors() << kSectorShift; }
   std::shared_ptr<Table> live_table() const { return live_.load(); }
+  std::shared_ptr<Table> inactive_table() const;
 
-  // BlockDevice: sector-aligned bios from a target stacked on this device.
+  // ---- Lifecycle (dmsetup). Serialise calls per device with control_lock().
+  AsyncMutex& control_lock() { return control_mutex_; }
+  // Puts `table` in the inactive slot, replacing what was there.
+  void load(std::shared_ptr<Table> table);
+  // Drops the inactive table; false if there was none.
+  bool clear();
+  // Holds back new I/O, waits for I/O in flight, then (unless noflush)
+  // flushes every backing device. Idempotent.
+  Task<Status> suspend(bool noflush);
+  // Swaps in the inactive table if there is one (suspending first), then lets
+  // I/O through. Fails without a change if a target's preresume refuses.
+  Task<Status> resume();
+  bool suspended() const { return gate_.suspended(); }
+  // At server shutdown: lets I/O held by a suspend through, so every request
+  // received gets its answer. Leaves the tables as they are.
+  void release_held_io() { gate_.resume(); }
+  // I/O requests that had to wait for a resume since the device was made.
+  uint64_t suspended_waits() const { return gate_.waited(); }
+
+  // ---- Events (dm_table_event) and open counts.
+  uint64_t event_nr() const { return event_nr_.load(); }
+  void raise_event() { ++event_nr_; }
+  // What targets of this device's tables call; safe after the device is gone.
+  std::function<void()> event_callback();
+  // Connections and other devices' tables that use this device.
+  int open_count() const { return open_count_.load(); }
+  void opened() { ++open_count_; }
+  void closed() { --open_count_; }
+
+  // Every device, file or mapped, the live and inactive tables hold.
+  std::vector<std::shared_ptr<BlockDevice>> dependencies(bool include_inactive) const;
+  // True if this device's tables reach `other`, directly or through others.
+  bool depends_on(const BlockDevice& other) const;
+
+  // ---- I/O. BlockDevice: sector-aligned bios from a stacked target.
   Task<Status> submit(Bio bio) override;
   Task<Status> block_status(uint64_t sector, uint64_t count, ExtentList& out) override;
 
@@ -55,14 +96,23 @@ class Device final : public BlockDevice {
  private:
   Task<Status> route(const Table& table, Bio bio, std::vector<ZeroRun>* zero_runs);
   Task<Status> flush_table(const Table& table);
+  Task<Status> block_status_in(const Table& table, uint64_t sector, uint64_t count,
+                               ExtentList& out);
   Task<Status> write_unaligned(const Table& table, uint64_t offset, std::span<std::byte> buf,
                                uint32_t flags);
-  Status check_range(const Table& table, uint64_t offset, uint64_t length, bool writes) const;
+  Status check_range(const Table* table, uint64_t offset, uint64_t length, bool writes) const;
 
+  mutable std::mutex mutex_;  // name_ and inactive_
   std::string name_;
-  std::string description_;
-  bool read_only_;
+  const std::string description_;
+  const bool read_only_;
+  const unsigned minor_;
   std::atomic<std::shared_ptr<Table>> live_;
+  std::shared_ptr<Table> inactive_;
+  SuspendGate gate_;
+  AsyncMutex control_mutex_;
+  std::atomic<int> open_count_ = 0;
+  std::atomic<uint64_t> event_nr_ = 0;
   // Serialises read-modify-write cycles, so unaligned writes that share a
   // sector but not bytes both land.
   AsyncMutex rmw_mutex_;

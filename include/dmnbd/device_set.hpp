@@ -1,17 +1,14 @@
-// Turns a Config into live Devices: creates the missing backing files, opens
-// the rest, and builds every table, lower devices before the ones stacked on
+// Turns a Config into live devices: creates the missing backing files, then
+// creates every device in `manager`, lower devices before the ones stacked on
 // them. Either everything is built or nothing is left behind.
 #pragma once
-#include <memory>
-#include <vector>
-
 #include "dmnbd/config.hpp"
-#include "dmnbd/device.hpp"
+#include "dmnbd/device_manager.hpp"
 
 namespace dmnbd {
 
 // Throws ConfigError ("<file>:<line>: device <name>: <reason>") and removes
 // any file or directory it created before failing.
-std::vector<std::shared_ptr<Device>> build_devices(const Config& config);
+void build_devices(const Config& config, DeviceManager& manager);
 
 }  // namespace dmnbd

@@ -14,7 +14,7 @@ class FileDevice final : public BlockDevice {
   static std::shared_ptr<FileDevice> open(const std::filesystem::path& path, bool read_only);
   ~FileDevice() override;
 
-  const std::string& name() const override { return name_; }
+  std::string name() const override { return name_; }
   uint64_t sectors() const override { return size_bytes_ >> kSectorShift; }
   uint64_t size_bytes() const { return size_bytes_; }
   bool is_block_device() const { return is_block_device_; }

@@ -52,12 +52,14 @@ class Table {
 
   // Checks the lines in the kernel's order (type, length, adjacency) and runs
   // every constructor; throws TableError naming the line and the reason.
-  static std::shared_ptr<Table> build(std::string_view text, DeviceResolver& resolver,
-                                      bool read_only);
+  static std::shared_ptr<Table> build(
+      std::string_view text, DeviceResolver& resolver, bool read_only,
+      std::function<void()> raise_event = [] {});
 
   uint64_t sectors() const { return entries_.empty() ? 0 : entries_.back().end(); }
   const std::vector<Entry>& entries() const { return entries_; }
-  const Entry& find(uint64_t sector) const;  // sector < sectors()
+  const Entry& find(uint64_t sector) const;        // sector < sectors()
+  const Entry* find_entry(uint64_t sector) const;  // nullptr past the end
 
   // `dmsetup table` and `dmsetup status` lines, newline-terminated.
   std::string table_text() const;

@@ -27,6 +27,9 @@ struct TargetContext {
   uint64_t length = 0;  // sectors
   bool read_only = false;
   DeviceResolver& resolver;
+  // dm_table_event(): bumps the device's event counter and wakes `wait`ers.
+  // Callable from any thread, for as long as the target lives.
+  std::function<void()> raise_event = [] {};
 
   // dm_get_device(): resolves `name` and checks [start, start + len) fits in it.
   std::shared_ptr<BlockDevice> get_device(const std::string& name, uint64_t start,
@@ -51,6 +54,21 @@ class Target {
   virtual std::string table() const = 0;
   // STATUSTYPE_INFO: what `dmsetup status` prints after the target name.
   virtual std::string status() const { return {}; }
+
+  // `dmsetup message`: the words after the sector. Returns the text to print
+  // (often empty); throws TargetError for words it does not understand.
+  virtual Task<std::string> message(std::vector<std::string> words) {
+    throw TargetError("Target type does not support messages");
+    co_return std::string();
+  }
+
+  // Suspend and resume hooks, in the kernel's order: presuspend before new
+  // I/O is held back, postsuspend once in-flight I/O has drained, preresume
+  // (may refuse) and resume when the table goes live.
+  virtual Task<void> presuspend() { co_return; }
+  virtual Task<void> postsuspend() { co_return; }
+  virtual Task<Status> preresume() { co_return ok(); }
+  virtual Task<void> resume() { co_return; }
 
   // Largest bio, in sectors, that may reach map(); bios are split so that none
   // crosses a multiple of it. 0 means no limit.

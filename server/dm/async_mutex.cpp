@@ -1,26 +1,20 @@
 #include "dmnbd/async_mutex.hpp"
 
-#include <memory>
+#include "dmnbd/park.hpp"
 
 namespace dmnbd {
 
 Task<AsyncMutex::Guard> AsyncMutex::lock() {
-  co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
-      [this](auto handler) {
-        auto home = asio::get_associated_executor(handler);
-        // std::function needs a copyable callable; the handler is move-only.
-        auto shared = std::make_shared<decltype(handler)>(std::move(handler));
-        auto resume = [home, shared] { asio::post(home, [shared] { std::move (*shared)(); }); };
-        std::unique_lock lk(state_mutex_);
-        if (!locked_) {
-          locked_ = true;
-          lk.unlock();
-          resume();
-        } else {
-          waiters_.push_back(std::move(resume));
-        }
-      },
-      asio::use_awaitable);
+  co_await park_until_woken([this](std::function<void()> wake) {
+    std::unique_lock lk(state_mutex_);
+    if (!locked_) {
+      locked_ = true;
+      lk.unlock();
+      wake();
+    } else {
+      waiters_.push_back(std::move(wake));
+    }
+  });
   co_return Guard(this);
 }
 

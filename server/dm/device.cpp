@@ -20,17 +20,115 @@ uint64_t round_up(uint64_t v) {
 
 }  // namespace
 
-Device::Device(std::string name, std::string description, bool read_only,
-               std::shared_ptr<Table> table)
+Device::Device(std::string name, std::string description, bool read_only, unsigned minor)
     : name_(std::move(name)),
       description_(std::move(description)),
       read_only_(read_only),
-      live_(std::move(table)) {}
+      minor_(minor) {}
 
-Status Device::check_range(const Table& table, uint64_t offset, uint64_t length,
+std::string Device::name() const {
+  std::lock_guard lk(mutex_);
+  return name_;
+}
+
+void Device::rename(std::string name) {
+  std::lock_guard lk(mutex_);
+  name_ = std::move(name);
+}
+
+uint64_t Device::sectors() const {
+  auto table = live_table();
+  return table ? table->sectors() : 0;
+}
+
+std::shared_ptr<Table> Device::inactive_table() const {
+  std::lock_guard lk(mutex_);
+  return inactive_;
+}
+
+void Device::load(std::shared_ptr<Table> table) {
+  std::lock_guard lk(mutex_);
+  inactive_ = std::move(table);
+}
+
+bool Device::clear() {
+  std::lock_guard lk(mutex_);
+  bool had = inactive_ != nullptr;
+  inactive_.reset();
+  return had;
+}
+
+std::function<void()> Device::event_callback() {
+  return [weak = weak_from_this()] {
+    if (auto device = weak.lock()) device->raise_event();
+  };
+}
+
+// dm's order: presuspend hooks, hold back new I/O, drain what is in flight,
+// flush the backing devices, postsuspend hooks.
+Task<Status> Device::suspend(bool noflush) {
+  if (gate_.suspended()) co_return ok();
+  std::shared_ptr<Table> table = live_table();
+  if (table)
+    for (const auto& e : table->entries()) co_await e.target->presuspend();
+  co_await gate_.suspend();
+  Status status;
+  if (table && !noflush) status = co_await flush_table(*table);
+  if (table)
+    for (const auto& e : table->entries()) co_await e.target->postsuspend();
+  co_return status;
+}
+
+Task<Status> Device::resume() {
+  std::shared_ptr<Table> next = inactive_table();
+  if (!next && !gate_.suspended()) co_return ok();
+  if (next && !gate_.suspended())
+    if (Status st = co_await suspend(false)) co_return st;
+  std::shared_ptr<Table> going_live = next ? next : live_table();
+  if (going_live)
+    for (const auto& e : going_live->entries())
+      if (Status st = co_await e.target->preresume()) co_return st;
+  if (next) {
+    live_.store(next);
+    std::lock_guard lk(mutex_);
+    if (inactive_ == next) inactive_.reset();
+  }
+  if (going_live)
+    for (const auto& e : going_live->entries()) co_await e.target->resume();
+  gate_.resume();
+  co_return ok();
+}
+
+std::vector<std::shared_ptr<BlockDevice>> Device::dependencies(bool include_inactive) const {
+  std::vector<std::shared_ptr<BlockDevice>> deps;
+  auto add_from = [&deps](const std::shared_ptr<Table>& table) {
+    if (!table) return;
+    for (const auto& e : table->entries())
+      for (auto& dev : e.target->devices()) {
+        bool seen = false;
+        for (const auto& d : deps) seen = seen || d->identity() == dev->identity();
+        if (!seen) deps.push_back(dev);
+      }
+  };
+  add_from(live_table());
+  if (include_inactive) add_from(inactive_table());
+  return deps;
+}
+
+bool Device::depends_on(const BlockDevice& other) const {
+  for (const auto& dep : dependencies(true)) {
+    if (dep->identity() == other.identity()) return true;
+    auto* mapped = dynamic_cast<const Device*>(dep->identity());
+    if (mapped && mapped->depends_on(other)) return true;
+  }
+  return false;
+}
+
+Status Device::check_range(const Table* table, uint64_t offset, uint64_t length,
                            bool writes) const {
   if (writes && read_only_) return errno_status(EPERM);
-  const uint64_t size = table.sectors() << kSectorShift;
+  if (!table) return errno_status(writes ? ENOSPC : EINVAL);  // created, never resumed
+  const uint64_t size = table->sectors() << kSectorShift;
   if (offset > size || length > size - offset) return errno_status(writes ? ENOSPC : EINVAL);
   return ok();
 }
@@ -73,8 +171,12 @@ Task<Status> Device::flush_table(const Table& table) {
   co_return first_error;
 }
 
+// Every I/O entry point passes the suspend gate first, then holds on to the
+// live table it started with, so a table swap never pulls targets from under it.
 Task<Status> Device::submit(Bio bio) {
-  std::shared_ptr<Table> table = live_table();  // keeps the targets alive for this bio
+  auto pass = co_await gate_.enter();
+  std::shared_ptr<Table> table = live_table();
+  if (!table) co_return errno_status(EIO);
   if (bio.op == BioOp::flush) co_return co_await flush_table(*table);
   if (bio.op != BioOp::read && read_only_) co_return errno_status(EPERM);
   if (bio.end() > table->sectors() || bio.end() < bio.sector) co_return errno_status(EIO);
@@ -82,10 +184,16 @@ Task<Status> Device::submit(Bio bio) {
 }
 
 Task<Status> Device::block_status(uint64_t sector, uint64_t count, ExtentList& out) {
+  auto pass = co_await gate_.enter();
   std::shared_ptr<Table> table = live_table();
-  if (sector + count > table->sectors()) co_return errno_status(EIO);
+  if (!table || sector + count > table->sectors()) co_return errno_status(EIO);
+  co_return co_await block_status_in(*table, sector, count, out);
+}
+
+Task<Status> Device::block_status_in(const Table& table, uint64_t sector, uint64_t count,
+                                     ExtentList& out) {
   for (uint64_t done = 0; done < count;) {
-    const Table::Entry& entry = table->find(sector + done);
+    const Table::Entry& entry = table.find(sector + done);
     const uint64_t rel = sector + done - entry.begin;
     const uint64_t want = std::min(count - done, entry.length - rel);
     ExtentList piece;
@@ -106,8 +214,9 @@ Task<Status> Device::block_status(uint64_t sector, uint64_t count, ExtentList& o
 
 Task<Status> Device::read(uint64_t offset, std::span<std::byte> buf,
                           std::vector<ZeroRun>* zero_runs) {
+  auto pass = co_await gate_.enter();
   std::shared_ptr<Table> table = live_table();
-  if (Status st = check_range(*table, offset, buf.size(), false)) co_return st;
+  if (Status st = check_range(table.get(), offset, buf.size(), false)) co_return st;
   if (aligned(offset) && aligned(buf.size())) {
     Bio bio{.op = BioOp::read,
             .sector = offset >> kSectorShift,
@@ -128,8 +237,9 @@ Task<Status> Device::read(uint64_t offset, std::span<std::byte> buf,
 }
 
 Task<Status> Device::write(uint64_t offset, std::span<std::byte> buf, uint32_t flags) {
+  auto pass = co_await gate_.enter();
   std::shared_ptr<Table> table = live_table();
-  if (Status st = check_range(*table, offset, buf.size(), true)) co_return st;
+  if (Status st = check_range(table.get(), offset, buf.size(), true)) co_return st;
   if (!aligned(offset) || !aligned(buf.size()))
     co_return co_await write_unaligned(*table, offset, buf, flags);
   Bio bio{.op = BioOp::write,
@@ -170,9 +280,10 @@ Task<Status> Device::write_unaligned(const Table& table, uint64_t offset, std::s
 
 // Discard is advisory: only the whole sectors inside the range are discarded.
 Task<Status> Device::discard(uint64_t offset, uint64_t length, uint32_t flags) {
+  auto pass = co_await gate_.enter();
   std::shared_ptr<Table> table = live_table();
   if (read_only_) co_return errno_status(EPERM);
-  if (Status st = check_range(*table, offset, length, false)) co_return st;
+  if (Status st = check_range(table.get(), offset, length, false)) co_return st;
   const uint64_t first = round_up(offset), last = round_down(offset + length);
   if (last <= first) co_return ok();
   Bio bio{.op = BioOp::discard,
@@ -183,8 +294,9 @@ Task<Status> Device::discard(uint64_t offset, uint64_t length, uint32_t flags) {
 }
 
 Task<Status> Device::write_zeroes(uint64_t offset, uint64_t length, uint32_t flags) {
+  auto pass = co_await gate_.enter();
   std::shared_ptr<Table> table = live_table();
-  if (Status st = check_range(*table, offset, length, true)) co_return st;
+  if (Status st = check_range(table.get(), offset, length, true)) co_return st;
   const uint64_t first = round_up(offset), last = round_down(offset + length);
   if (first >= last || !aligned(offset) || !aligned(offset + length)) {
     // Partial sectors are written as zero bytes, which is never fast.
@@ -210,18 +322,21 @@ Task<Status> Device::write_zeroes(uint64_t offset, uint64_t length, uint32_t fla
 }
 
 Task<Status> Device::flush() {
+  auto pass = co_await gate_.enter();
   std::shared_ptr<Table> table = live_table();
+  if (!table) co_return ok();
   co_return co_await flush_table(*table);
 }
 
 Task<Status> Device::block_status_bytes(uint64_t offset, uint64_t length, size_t max_extents,
                                         std::vector<ByteExtent>& out) {
+  auto pass = co_await gate_.enter();
   std::shared_ptr<Table> table = live_table();
-  if (Status st = check_range(*table, offset, length, false)) co_return st;
+  if (Status st = check_range(table.get(), offset, length, false)) co_return st;
   const uint64_t first = offset >> kSectorShift;
   const uint64_t count = (round_up(offset + length) >> kSectorShift) - first;
   ExtentList sectors;
-  if (Status st = co_await block_status(first, count, sectors)) co_return st;
+  if (Status st = co_await block_status_in(*table, first, count, sectors)) co_return st;
   uint64_t skip = offset - (first << kSectorShift);  // an unaligned start trims the first extent
   for (const Extent& e : sectors.extents()) {
     uint64_t bytes = (e.sectors << kSectorShift) - skip;

@@ -66,8 +66,8 @@ std::vector<TableLine> parse_table_text(std::string_view text) {
   return lines;
 }
 
-std::shared_ptr<Table> Table::build(std::string_view text, DeviceResolver& resolver,
-                                    bool read_only) {
+std::shared_ptr<Table> Table::build(std::string_view text, DeviceResolver& resolver, bool read_only,
+                                    std::function<void()> raise_event) {
   auto table = std::make_shared<Table>();
   const std::vector<TableLine> lines = parse_table_text(text);
   if (lines.empty()) throw TableError(0, "table is empty");
@@ -76,8 +76,11 @@ std::shared_ptr<Table> Table::build(std::string_view text, DeviceResolver& resol
     if (!type) throw TableError(line.line, line.type + ": unknown target type");
     if (line.length == 0) throw TableError(line.line, line.type + ": zero-length target");
     if (line.start != table->sectors()) throw TableError(line.line, line.type + ": Gap in table");
-    TargetContext ctx{
-        .begin = line.start, .length = line.length, .read_only = read_only, .resolver = resolver};
+    TargetContext ctx{.begin = line.start,
+                      .length = line.length,
+                      .read_only = read_only,
+                      .resolver = resolver,
+                      .raise_event = raise_event};
     try {
       table->entries_.push_back({line.start, line.length, line.type, type->create(ctx, line.args)});
     } catch (const TargetError& e) {
@@ -91,6 +94,10 @@ const Table::Entry& Table::find(uint64_t sector) const {
   auto it = std::upper_bound(entries_.begin(), entries_.end(), sector,
                              [](uint64_t s, const Entry& e) { return s < e.end(); });
   return *it;
+}
+
+const Table::Entry* Table::find_entry(uint64_t sector) const {
+  return sector < sectors() ? &find(sector) : nullptr;
 }
 
 std::string Table::table_text() const {

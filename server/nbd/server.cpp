@@ -125,7 +125,7 @@ class Server::Listener {
   uint64_t accepted_ = 0;
 };
 
-Server::Server(ExportRegistry& exports, std::vector<ListenAddress> listen, unsigned threads)
+Server::Server(DeviceManager& exports, std::vector<ListenAddress> listen, unsigned threads)
     : exports_(exports), listen_(std::move(listen)) {
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < threads; ++i) workers_.push_back(std::make_unique<Worker>());
@@ -201,7 +201,16 @@ void Server::stop() {
   for (auto& l : listeners_) l->close();
   spdlog::info("stopping: {} connection(s) finishing their requests", live.size());
   for (auto& s : live) s->stop();
-  asio::post(main_, [this] { finish_if_idle(); });
+  // Requests held by a suspended device must still be answered.
+  for (auto& device : exports_.list())
+    if (device->suspended()) {
+      spdlog::info("device {}: suspended; letting its held requests through", device->name());
+      device->release_held_io();
+    }
+  asio::post(main_, [this] {
+    for (auto& hook : stop_hooks_) hook();
+    finish_if_idle();
+  });
 }
 
 void Server::finish_if_idle() {
@@ -219,6 +228,7 @@ void Server::run_until_signal() {
     stop();
   });
   auto guard = asio::make_work_guard(main_);
+  IoEngineScope engine(main_);  // suspend flushes backing files from here
   main_.run();
   for (auto& w : workers_) {
     w->guard.reset();

@@ -2,6 +2,7 @@
 // sockets, connections spread across the loops, clean stop on a signal.
 #pragma once
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -10,7 +11,7 @@
 
 #include "dmnbd/asio.hpp"
 #include "dmnbd/config.hpp"
-#include "nbd/exports.hpp"
+#include "dmnbd/device_manager.hpp"
 
 namespace dmnbd::nbd {
 
@@ -18,7 +19,7 @@ class Session;
 
 class Server {
  public:
-  Server(ExportRegistry& exports, std::vector<ListenAddress> listen, unsigned threads);
+  Server(DeviceManager& exports, std::vector<ListenAddress> listen, unsigned threads);
   ~Server();
 
   // Binds every listener; throws std::runtime_error naming the address.
@@ -27,6 +28,10 @@ class Server {
   void run_until_signal();
   // Thread-safe: stop accepting and end every connection after its requests.
   void stop();
+  // The loop of the main thread (signals, control socket); it has an I/O engine.
+  asio::io_context& control_context() { return main_; }
+  // Runs on the main loop when stopping begins.
+  void on_stop(std::function<void()> hook) { stop_hooks_.push_back(std::move(hook)); }
 
  private:
   struct Worker;
@@ -37,7 +42,7 @@ class Server {
   void session_ended(const std::shared_ptr<Session>& session);
   void finish_if_idle();
 
-  ExportRegistry& exports_;
+  DeviceManager& exports_;
   std::vector<ListenAddress> listen_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::unique_ptr<Listener>> listeners_;
@@ -47,7 +52,8 @@ class Server {
   std::set<std::shared_ptr<Session>> sessions_;
   bool stopping_ = false;
   bool finished_ = false;
-  asio::io_context main_;  // signals, and the place where shutdown completes
+  asio::io_context main_;  // signals, control socket, and where shutdown completes
+  std::vector<std::function<void()>> stop_hooks_;
 };
 
 }  // namespace dmnbd::nbd

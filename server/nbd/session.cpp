@@ -55,7 +55,7 @@ class Session::ReplyBuilder {
   Reply reply_;
 };
 
-Session::Session(Socket socket, const ExportRegistry& exports, std::string peer)
+Session::Session(Socket socket, const DeviceManager& exports, std::string peer)
     : socket_(std::move(socket)),
       exports_(exports),
       peer_(std::move(peer)),
@@ -80,7 +80,13 @@ Task<std::string> Session::run() {
   boost::system::error_code ignored;
   socket_.shutdown(asio::socket_base::shutdown_both, ignored);
   socket_.close(ignored);
+  if (device_) device_->closed();
   co_return why;
+}
+
+void Session::attach(std::shared_ptr<Device> device) {
+  device_ = std::move(device);
+  device_->opened();
 }
 
 // ---- Handshake -------------------------------------------------------------
@@ -153,13 +159,14 @@ Task<bool> Session::handle_option(uint32_t option, std::vector<uint8_t>& payload
   switch (option) {
     case kOptExportName: {
       std::string name(payload.begin(), payload.end());
-      device_ = exports_.find(name);
-      if (!device_) {
+      auto device = exports_.find(name);
+      if (!device) {
         // EXPORT_NAME has no error reply: closing is the only answer.
         why = "unknown export '" + name + "' requested with EXPORT_NAME";
         co_return false;
       }
       if (meta_context_export_ != name) base_allocation_ = false;
+      attach(std::move(device));
       std::vector<uint8_t> out;
       Encoder(out).u64(device_->size_bytes()).u16(transmission_flags(*device_));
       if (!no_zeroes_) Encoder(out).zeroes(124);
@@ -207,14 +214,15 @@ Task<bool> Session::handle_option(uint32_t option, std::vector<uint8_t>& payload
       }
       auto device = exports_.find(req->name);
       if (!device) {
-        co_await send_option_reply(option, kRepErrUnknown, "unknown export '" + req->name + "'");
+        const std::string message = "unknown export '" + req->name + "'";
+        co_await send_option_reply(option, kRepErrUnknown, message);
         co_return true;
       }
       co_await send_info(option, *req, *device);
       co_await send_option_reply(option, kRepAck);
       if (option == kOptGo) {
         if (meta_context_export_ != req->name) base_allocation_ = false;
-        device_ = std::move(device);
+        attach(std::move(device));
         spdlog::info("{}: export '{}' (GO, {} replies{})", peer_, device_->name(),
                      structured_replies_ ? "structured" : "simple",
                      base_allocation_ ? ", base:allocation" : "");
@@ -280,7 +288,8 @@ Task<void> Session::handle_meta_context(uint32_t option, std::span<const uint8_t
     co_return;
   }
   if (!exports_.find(req->name)) {
-    co_await send_option_reply(option, kRepErrUnknown, "unknown export '" + req->name + "'");
+    const std::string message = "unknown export '" + req->name + "'";
+    co_await send_option_reply(option, kRepErrUnknown, message);
     co_return;
   }
   bool match = !set && req->queries.empty();  // LIST with no queries lists everything

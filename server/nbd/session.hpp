@@ -11,7 +11,7 @@
 
 #include "dmnbd/asio.hpp"
 #include "dmnbd/device.hpp"
-#include "nbd/exports.hpp"
+#include "dmnbd/device_manager.hpp"
 #include "nbd/protocol.hpp"
 
 namespace dmnbd::nbd {
@@ -20,7 +20,7 @@ using Socket = asio::generic::stream_protocol::socket;
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(Socket socket, const ExportRegistry& exports, std::string peer);
+  Session(Socket socket, const DeviceManager& exports, std::string peer);
 
   // Runs the connection to its end; the returned text says why it ended.
   Task<std::string> run();
@@ -52,6 +52,7 @@ class Session : public std::enable_shared_from_this<Session> {
   Task<void> send_info(uint32_t option, const InfoRequest& req, const Device& device);
   Task<void> handle_meta_context(uint32_t option, std::span<const uint8_t> payload);
   uint16_t transmission_flags(const Device& device) const;
+  void attach(std::shared_ptr<Device> device);
 
   // Transmission.
   Task<std::string> transmission();
@@ -69,7 +70,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void notify_change();
 
   Socket socket_;
-  const ExportRegistry& exports_;
+  const DeviceManager& exports_;
   std::string peer_;
 
   // Negotiated state.
@@ -77,7 +78,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool structured_replies_ = false;
   bool base_allocation_ = false;
   std::string meta_context_export_;
-  std::shared_ptr<Device> device_;
+  std::shared_ptr<Device> device_;  // counted in its open count while set
 
   // Transmission state; all touched only on this connection's thread.
   size_t in_flight_ = 0;

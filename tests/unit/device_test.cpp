@@ -40,8 +40,7 @@ class DeviceTest : public ::testing::Test {
     g_recorded.clear();
   }
   std::shared_ptr<Device> make(const std::string& table, bool read_only = false) {
-    return std::make_shared<Device>("dev", "", read_only,
-                                    Table::build(table, resolver_, read_only));
+    return test::make_device(table, resolver_, read_only);
   }
   test::TempDir dir_;
   test::DirResolver resolver_{dir_.path()};
@@ -169,8 +168,7 @@ TEST_F(DeviceTest, BlockStatusMergesAcrossTargets) {
 TEST_F(DeviceTest, StackedDeviceRoutesThroughTheLowerOne) {
   auto lower = make("0 8 zero\n8 2040 linear a.img 8\n");
   resolver_.add("lower", lower);
-  auto upper = std::make_shared<Device>("upper", "", false,
-                                        Table::build("0 100 linear lower 4\n", resolver_, false));
+  auto upper = test::make_device("0 100 linear lower 4\n", resolver_, false, "upper");
   std::vector<std::byte> buf(8 * 512);
   bool zero = false;
   ASSERT_FALSE(run_sync(upper->submit({.op = BioOp::read,

@@ -13,8 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "dmnbd/device.hpp"
 #include "dmnbd/file_device.hpp"
 #include "dmnbd/io_engine.hpp"
+#include "dmnbd/run_blocking.hpp"
 #include "dmnbd/target.hpp"
 
 namespace dmnbd::test {
@@ -53,21 +55,10 @@ inline uint8_t pattern_byte(uint64_t byte_offset, uint8_t seed = 0) {
   return static_cast<uint8_t>((byte_offset / 512 + seed) & 0xff);
 }
 
-// Runs `task` on a fresh io_context with an I/O engine and returns its result.
+// Runs `task` to completion; `use_uring` false selects the thread-pool engine.
 template <typename T>
 T run_sync(Task<T> task, bool use_uring = true) {
-  asio::io_context ctx;
-  IoEngineScope engine(ctx, use_uring);
-  std::optional<T> result;
-  std::exception_ptr error;
-  asio::co_spawn(ctx, std::move(task), [&](std::exception_ptr e, T value) {
-    error = e;
-    if (!e) result = std::move(value);
-    ctx.stop();
-  });
-  ctx.run();
-  if (error) std::rethrow_exception(error);
-  return std::move(*result);
+  return run_blocking(std::move(task), use_uring);
 }
 
 // Resolves device arguments to files in a directory, or to registered devices.
@@ -84,5 +75,15 @@ class DirResolver final : public DeviceResolver {
   std::filesystem::path dir_;
   std::map<std::string, std::shared_ptr<BlockDevice>> named_;
 };
+
+// A resumed device named `name` with `table` live.
+inline std::shared_ptr<Device> make_device(const std::string& table, DeviceResolver& resolver,
+                                           bool read_only = false,
+                                           const std::string& name = "dev") {
+  auto device = std::make_shared<Device>(name, "", read_only, 0);
+  device->load(Table::build(table, resolver, read_only, device->event_callback()));
+  if (Status st = run_blocking(device->resume())) throw std::runtime_error(st.message());
+  return device;
+}
 
 }  // namespace dmnbd::test

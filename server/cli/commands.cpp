@@ -1,0 +1,323 @@
+// dmsetup's verbs on the command line, printed the way dmsetup prints them.
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "cli/cli.hpp"
+#include "cli/control_client.hpp"
+#include "dmnbd/target.hpp"
+
+namespace dmnbd::cli {
+namespace {
+
+using json = nlohmann::json;
+
+struct Options {
+  std::string control;
+  bool json_output = false;
+  std::string name, new_name, table_file, table_text, description;
+  bool read_only = false, noflush = false, nolockfs = false, force = false, tree = false,
+       showkeys = false, inactive = false, no_table = false;
+  uint64_t sector = 0, event_nr = 0;
+  double timeout = 0;
+  std::vector<std::string> words;
+};
+
+std::string read_table(const Options& o) {
+  if (!o.table_text.empty()) return o.table_text;
+  std::stringstream text;
+  if (!o.table_file.empty() && o.table_file != "-") {
+    std::ifstream in(o.table_file);
+    if (!in) throw std::runtime_error("cannot read table file " + o.table_file);
+    text << in.rdbuf();
+  } else if (!o.table_file.empty() || !isatty(STDIN_FILENO)) {
+    text << std::cin.rdbuf();
+  } else {
+    throw std::runtime_error("no table given: name a file, use --table '...', or pipe it in");
+  }
+  return text.str();
+}
+
+std::string dev_label(const json& ref) {
+  if (ref.contains("path")) return ref["path"].get<std::string>();
+  return ref["name"].get<std::string>() + " (" + std::to_string(ref["major"].get<int>()) + ":" +
+         std::to_string(ref["minor"].get<int>()) + ")";
+}
+
+void print_lines(const json& response, bool prefix_names) {
+  const auto& devices = response["devices"];
+  if (devices.empty()) std::cout << "No devices found\n";
+  for (const auto& d : devices)
+    for (const auto& line : d["lines"])
+      std::cout << (prefix_names ? d["name"].get<std::string>() + ": " : "")
+                << line.get<std::string>() << "\n";
+}
+
+// dmsetup's _display_info_long layout.
+void print_info(const json& response) {
+  const auto& devices = response["devices"];
+  if (devices.empty()) std::cout << "No devices found\n";
+  bool first = true;
+  for (const auto& d : devices) {
+    if (!first) std::cout << "\n";
+    first = false;
+    auto field = [](const char* label, const std::string& value) {
+      std::printf("%-19s%s\n", label, value.c_str());
+    };
+    const bool live = d["live_table"], inactive = d["inactive_table"];
+    std::string state =
+        d["state"].get<std::string>() + (d["read_only"].get<bool>() ? " (READ-ONLY)" : "");
+    std::string tables = live && inactive ? "LIVE & INACTIVE"
+                         : live           ? "LIVE"
+                         : inactive       ? "INACTIVE"
+                                          : "None";
+    field("Name:", d["name"]);
+    field("State:", state);
+    field("Read Ahead:", "256");
+    field("Tables present:", tables);
+    field("Open count:", std::to_string(d["open_count"].get<int>()));
+    field("Event number:", std::to_string(d["event_nr"].get<uint64_t>()));
+    field("Major, minor:",
+          std::to_string(d["major"].get<int>()) + ", " + std::to_string(d["minor"].get<int>()));
+    field("Number of targets:", std::to_string(d["targets"].get<size_t>()));
+  }
+  std::fflush(stdout);
+}
+
+void print_deps(const json& response, bool prefix_names) {
+  for (const auto& d : response["devices"]) {
+    if (prefix_names) std::cout << d["name"].get<std::string>() << ": ";
+    std::cout << d["deps"].size() << " dependencies\t:";
+    for (const auto& dep : d["deps"]) {
+      if (dep.contains("path"))
+        std::cout << " (" << dep["path"].get<std::string>() << ")";
+      else
+        std::cout << " (" << dep["major"].get<int>() << ", " << dep["minor"].get<int>() << ")";
+    }
+    std::cout << "\n";
+  }
+}
+
+void print_tree(const json& devices, const json& node, const std::string& indent, bool last,
+                bool root) {
+  std::cout << (root ? "" : indent + (last ? " └─" : " ├─")) << dev_label(node) << "\n";
+  if (!node.contains("name")) return;
+  const json* entry = nullptr;
+  for (const auto& d : devices)
+    if (d["name"] == node["name"]) entry = &d;
+  if (!entry) return;
+  const auto& deps = (*entry)["deps"];
+  for (size_t i = 0; i < deps.size(); ++i)
+    print_tree(devices, deps[i], root ? "" : indent + (last ? "   " : " │ "), i + 1 == deps.size(),
+               false);
+}
+
+void print_ls(const json& response, bool tree) {
+  const auto& devices = response["devices"];
+  if (devices.empty()) {
+    std::cout << "No devices found\n";
+    return;
+  }
+  if (!tree) {
+    for (const auto& d : devices)
+      std::cout << d["name"].get<std::string>() << "\t(" << d["major"].get<int>() << ":"
+                << d["minor"].get<int>() << ")\n";
+    return;
+  }
+  std::set<std::string> used;
+  for (const auto& d : devices)
+    for (const auto& dep : d["deps"])
+      if (dep.contains("name")) used.insert(dep["name"]);
+  for (const auto& d : devices)
+    if (!used.count(d["name"])) print_tree(devices, d, "", true, true);
+}
+
+void print_targets(const json& targets) {
+  for (const auto& t : targets) {
+    const auto& v = t["version"];
+    std::printf("%-16s v%d.%d.%d\n", t["name"].get<std::string>().c_str(), v[0].get<int>(),
+                v[1].get<int>(), v[2].get<int>());
+  }
+  std::fflush(stdout);
+}
+
+json local_targets() {
+  json out = json::array();
+  for (const auto* t : TargetRegistry::instance().all())
+    out.push_back(
+        {{"name", t->name}, {"version", {t->version.major, t->version.minor, t->version.patch}}});
+  return out;
+}
+
+}  // namespace
+
+std::filesystem::path default_data_dir() {
+  if (const char* xdg = std::getenv("XDG_DATA_HOME"); xdg && *xdg)
+    return std::filesystem::path(xdg) / "dmnbd";
+  if (const char* home = std::getenv("HOME"); home && *home)
+    return std::filesystem::path(home) / ".local/share/dmnbd";
+  return std::filesystem::current_path() / "dmnbd-data";
+}
+
+std::filesystem::path default_control_path() {
+  if (const char* env = std::getenv("DMNBD_CONTROL"); env && *env) return env;
+  return default_data_dir() / "control.sock";
+}
+
+std::function<int()> add_control_commands(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  app.add_option("--control", o->control,
+                 "Control socket (default: $DMNBD_CONTROL, else the demo's " +
+                     default_data_dir().string() + "/control.sock)");
+  app.add_flag("--json", o->json_output, "Print the server's JSON response");
+
+  // Each verb: its subcommand and how its request is made.
+  std::vector<std::pair<CLI::App*, std::function<json()>>> verbs;
+  auto verb = [&](const std::string& name, const std::string& help, std::function<json()> request) {
+    CLI::App* sub = app.add_subcommand(name, help);
+    verbs.push_back({sub, std::move(request)});
+    return sub;
+  };
+  auto named = [o](const char* cmd) {
+    return [o, cmd] { return json{{"cmd", cmd}, {"name", o->name}}; };
+  };
+  auto with_table = [o](const char* cmd) {
+    return [o, cmd] { return json{{"cmd", cmd}, {"name", o->name}, {"table", read_table(*o)}}; };
+  };
+
+  auto* create = verb("create", "Create a device from a table and resume it (load + resume)", [o] {
+    json req{{"cmd", "create"},
+             {"name", o->name},
+             {"read_only", o->read_only},
+             {"description", o->description}};
+    if (o->no_table)
+      req["notable"] = true;
+    else
+      req["table"] = read_table(*o);
+    return req;
+  });
+  create->add_option("name", o->name, "Device (export) name")->required();
+  create->add_option("table_file", o->table_file, "Table file ('-' or none: stdin)");
+  create->add_option("--table", o->table_text, "The table text itself");
+  create->add_flag("--readonly,-r", o->read_only, "A read-only device");
+  create->add_option("--description", o->description, "Description shown by NBD LIST");
+  create->add_flag("--notable", o->no_table, "Create without a table (load + resume later)");
+
+  for (const char* cmd : {"load", "reload"}) {
+    auto* sub = verb(cmd,
+                     std::string(cmd) == std::string("load")
+                         ? "Load a table into the inactive slot"
+                         : "Load a table and swap it in (load + suspend + resume)",
+                     with_table(cmd));
+    sub->add_option("name", o->name, "Device name")->required();
+    sub->add_option("table_file", o->table_file, "Table file ('-' or none: stdin)");
+    sub->add_option("--table", o->table_text, "The table text itself");
+  }
+  verb("clear", "Drop the inactive table", named("clear"))->add_option("name", o->name)->required();
+  auto* suspend = verb("suspend", "Hold new I/O, drain what is in flight, flush", [o] {
+    return json{{"cmd", "suspend"}, {"name", o->name}, {"noflush", o->noflush}};
+  });
+  suspend->add_option("name", o->name)->required();
+  suspend->add_flag("--noflush", o->noflush, "Do not flush the backing devices");
+  suspend->add_flag("--nolockfs", o->nolockfs,
+                    "Accepted for dmsetup compatibility (no filesystem to freeze here)");
+  verb("resume", "Swap in the inactive table, if any, and let I/O through", named("resume"))
+      ->add_option("name", o->name)
+      ->required();
+  auto* remove = verb("remove", "Remove a device (refused while open unless --force)", [o] {
+    return json{{"cmd", "remove"}, {"name", o->name}, {"force", o->force}};
+  });
+  remove->add_option("name", o->name)->required();
+  remove->add_flag("--force,-f", o->force, "Swap in an error table first, then remove");
+  auto* rename = verb("rename", "Rename a device (and its export)", [o] {
+    return json{{"cmd", "rename"}, {"name", o->name}, {"new_name", o->new_name}};
+  });
+  rename->add_option("name", o->name)->required();
+  rename->add_option("new_name", o->new_name)->required();
+
+  for (const char* cmd : {"table", "status", "info", "deps"}) {
+    auto* sub = verb(cmd, "Show a device's (or every device's) " + std::string(cmd), [o, cmd] {
+      json req{{"cmd", cmd}};
+      if (!o->name.empty()) req["name"] = o->name;
+      if (o->inactive) req["inactive"] = true;
+      return req;
+    });
+    sub->add_option("name", o->name, "Device name (default: all)");
+    if (std::string(cmd) == "table") {
+      sub->add_flag("--showkeys", o->showkeys, "Show keys (no target here hides any yet)");
+      sub->add_flag("--inactive", o->inactive, "Show the inactive table");
+    }
+  }
+  verb("ls", "List devices", [o] {
+    return json{{"cmd", "ls"}};
+  })->add_flag("--tree", o->tree, "Show the stacking as a tree");
+  auto* message = verb("message", "Send a message to the target at SECTOR", [o] {
+    return json{{"cmd", "message"}, {"name", o->name}, {"sector", o->sector}, {"words", o->words}};
+  });
+  message->add_option("name", o->name)->required();
+  message->add_option("sector", o->sector)->required();
+  message->add_option("words", o->words)->required();
+  verb("targets", "List target types and versions", [] { return json{{"cmd", "targets"}}; });
+  auto* wait = verb("wait", "Wait until the event counter exceeds EVENT_NR", [o] {
+    return json{{"cmd", "wait"},
+                {"name", o->name},
+                {"event_nr", o->event_nr},
+                {"timeout_ms", static_cast<uint64_t>(o->timeout * 1000)}};
+  });
+  wait->add_option("name", o->name)->required();
+  wait->add_option("event_nr", o->event_nr, "Event number to wait past (default 0)");
+  wait->add_option("--timeout", o->timeout, "Give up after this many seconds (default: never)");
+
+  return [o, verbs] {
+    for (const auto& [sub, make_request] : verbs) {
+      if (!*sub) continue;
+      const std::string cmd = sub->get_name();
+      json response;
+      try {
+        const json request = make_request();
+        const auto socket =
+            o->control.empty() ? default_control_path() : std::filesystem::path(o->control);
+        try {
+          response = call(socket, request);
+        } catch (const Unreachable&) {
+          if (cmd != "targets") throw;
+          response = {{"ok", true}, {"targets", local_targets()}};  // same binary, same targets
+        }
+      } catch (const Unreachable& e) {
+        std::cerr << "dmnbd: " << e.what() << "\n";
+        return 3;
+      } catch (const std::exception& e) {
+        std::cerr << "dmnbd " << cmd << ": " << e.what() << "\n";
+        return 2;
+      }
+      if (o->json_output) std::cout << response.dump(2) << "\n";
+      if (!response.value("ok", false)) {
+        std::cerr << "dmnbd " << cmd << ": " << response.value("error", "failed") << "\n";
+        return 1;
+      }
+      if (o->json_output) return 0;
+      const bool all = o->name.empty();
+      if (cmd == "table" || cmd == "status")
+        print_lines(response, all);
+      else if (cmd == "info")
+        print_info(response);
+      else if (cmd == "deps")
+        print_deps(response, all);
+      else if (cmd == "ls")
+        print_ls(response, o->tree);
+      else if (cmd == "targets")
+        print_targets(response["targets"]);
+      else if (cmd == "message" && !response.value("output", "").empty())
+        std::cout << response["output"].get<std::string>() << "\n";
+      return 0;
+    }
+    return -1;
+  };
+}
+
+}  // namespace dmnbd::cli

@@ -1,0 +1,231 @@
+#include "control/commands.hpp"
+
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <map>
+#include <set>
+
+#include "dmnbd/table.hpp"
+#include "dmnbd/target.hpp"
+
+namespace dmnbd::control {
+namespace {
+
+// dm's major number, so `ls`, `info` and `deps` read like dmsetup's.
+constexpr int kDmMajor = 253;
+
+struct BadRequest : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::string str(const json& req, const char* key) {
+  auto it = req.find(key);
+  if (it == req.end() || !it->is_string())
+    throw BadRequest(std::string("'") + key + "' must be a string");
+  return it->get<std::string>();
+}
+
+std::string opt_str(const json& req, const char* key) {
+  return req.contains(key) ? str(req, key) : std::string();
+}
+
+bool flag(const json& req, const char* key) {
+  auto it = req.find(key);
+  if (it == req.end()) return false;
+  if (!it->is_boolean()) throw BadRequest(std::string("'") + key + "' must be true or false");
+  return it->get<bool>();
+}
+
+uint64_t number(const json& req, const char* key, uint64_t fallback) {
+  auto it = req.find(key);
+  if (it == req.end()) return fallback;
+  if (!it->is_number_unsigned())
+    throw BadRequest(std::string("'") + key + "' must be a non-negative integer");
+  return it->get<uint64_t>();
+}
+
+json lines_of(const std::string& text) {
+  json lines = json::array();
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    lines.push_back(text.substr(pos, nl - pos));
+    pos = nl == std::string::npos ? text.size() : nl + 1;
+  }
+  return lines;
+}
+
+// The devices a request is about: the named one, or all of them.
+std::vector<std::shared_ptr<Device>> selected(DeviceManager& devices, const json& req) {
+  if (req.contains("name")) return {devices.get(str(req, "name"))};
+  return devices.list();
+}
+
+json device_ref(const BlockDevice& dev) {
+  if (auto* mapped = dynamic_cast<const Device*>(dev.identity()))
+    return {{"name", mapped->name()}, {"major", kDmMajor}, {"minor", mapped->minor()}};
+  return {{"path", dev.name()}};
+}
+
+json info_of(const Device& d) {
+  auto live = d.live_table();
+  return {{"name", d.name()},
+          {"state", d.suspended() ? "SUSPENDED" : "ACTIVE"},
+          {"read_only", d.read_only()},
+          {"live_table", live != nullptr},
+          {"inactive_table", d.inactive_table() != nullptr},
+          {"open_count", d.open_count()},
+          {"event_nr", d.event_nr()},
+          {"major", kDmMajor},
+          {"minor", d.minor()},
+          {"targets", live ? live->entries().size() : 0},
+          {"sectors", d.sectors()},
+          {"description", d.description()},
+          {"suspended_waits", d.suspended_waits()}};
+}
+
+// The text a table or status line shows: the live table, or for `table
+// --inactive`, the inactive one.
+json table_lines(const Device& d, bool status, bool inactive) {
+  auto table = inactive ? d.inactive_table() : d.live_table();
+  if (!table) return json::array();
+  return lines_of(status ? table->status_text() : table->table_text());
+}
+
+Task<json> wait_for_event(DeviceManager& devices, const json& req) {
+  auto device = devices.get(str(req, "name"));
+  const uint64_t after = number(req, "event_nr", 0);
+  const uint64_t timeout_ms = number(req, "timeout_ms", 0);  // 0 = forever
+  // Events are rare and waits are long: polling every 50 ms keeps the device
+  // free of waiter bookkeeping on its I/O path.
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (device->event_nr() <= after) {
+    if (timeout_ms && std::chrono::steady_clock::now() >= deadline)
+      co_return json{{"ok", false},
+                     {"error", "timed out waiting for an event"},
+                     {"errno", ETIMEDOUT},
+                     {"event_nr", device->event_nr()}};
+    timer.expires_after(std::chrono::milliseconds(50));
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+  co_return json{{"ok", true}, {"event_nr", device->event_nr()}};
+}
+
+Task<json> dispatch(DeviceManager& devices, const json& req) {
+  const std::string cmd = str(req, "cmd");
+  // Arguments are read into locals before any co_await: GCC 12 destroys
+  // temporaries of a co_await expression twice when the callee throws.
+  const std::string name = req.contains("name") ? str(req, "name") : std::string();
+  static const std::set<std::string> needs_name = {"create",  "load",   "reload", "clear",
+                                                   "suspend", "resume", "remove", "rename",
+                                                   "message", "wait"};
+  if (name.empty() && needs_name.count(cmd))
+    throw BadRequest("'" + cmd + "' needs a device 'name'");
+  json ok{{"ok", true}};
+  if (cmd == "create") {
+    const std::string table = req.contains("table") ? str(req, "table") : std::string();
+    const CreateOptions options{.description = opt_str(req, "description"),
+                                .read_only = flag(req, "read_only"),
+                                .no_table = flag(req, "notable")};
+    co_await devices.create(name, table, options);
+    co_return ok;
+  }
+  if (cmd == "load") {
+    devices.load(name, str(req, "table"));
+    co_return ok;
+  }
+  if (cmd == "reload") {
+    const std::string table = str(req, "table");
+    co_await devices.reload(name, table);
+    co_return ok;
+  }
+  if (cmd == "clear") {
+    devices.clear(name);
+    co_return ok;
+  }
+  if (cmd == "suspend") {
+    const bool noflush = flag(req, "noflush");
+    co_await devices.suspend(name, noflush);
+    co_return ok;
+  }
+  if (cmd == "resume") {
+    co_await devices.resume(name);
+    co_return ok;
+  }
+  if (cmd == "remove") {
+    const bool force = flag(req, "force");
+    co_await devices.remove(name, force);
+    co_return ok;
+  }
+  if (cmd == "rename") {
+    devices.rename(name, str(req, "new_name"));
+    co_return ok;
+  }
+  if (cmd == "table" || cmd == "status") {
+    json out = json::array();
+    for (const auto& d : selected(devices, req))
+      out.push_back({{"name", d->name()},
+                     {"lines", table_lines(*d, cmd == "status", flag(req, "inactive"))}});
+    co_return json{{"ok", true}, {"devices", out}};
+  }
+  if (cmd == "info") {
+    json out = json::array();
+    for (const auto& d : selected(devices, req)) out.push_back(info_of(*d));
+    co_return json{{"ok", true}, {"devices", out}};
+  }
+  if (cmd == "ls" || cmd == "deps") {
+    json out = json::array();
+    for (const auto& d : selected(devices, req)) {
+      json deps = json::array();
+      for (const auto& dep : d->dependencies(false)) deps.push_back(device_ref(*dep));
+      json entry = device_ref(*d);
+      entry["deps"] = deps;
+      out.push_back(entry);
+    }
+    co_return json{{"ok", true}, {"devices", out}};
+  }
+  if (cmd == "message") {
+    std::vector<std::string> words;
+    if (!req.contains("words") || !req["words"].is_array())
+      throw BadRequest("'words' must be a list of strings");
+    for (const auto& w : req["words"]) {
+      if (!w.is_string()) throw BadRequest("'words' must be a list of strings");
+      words.push_back(w.get<std::string>());
+    }
+    const uint64_t sector = number(req, "sector", 0);
+    std::string output = co_await devices.message(name, sector, words);
+    co_return json{{"ok", true}, {"output", output}};
+  }
+  if (cmd == "targets") {
+    json out = json::array();
+    for (const auto* t : TargetRegistry::instance().all())
+      out.push_back(
+          {{"name", t->name}, {"version", {t->version.major, t->version.minor, t->version.patch}}});
+    co_return json{{"ok", true}, {"targets", out}};
+  }
+  if (cmd == "wait") co_return co_await wait_for_event(devices, req);
+  throw BadRequest("unknown command '" + cmd + "'");
+}
+
+}  // namespace
+
+Task<json> execute(DeviceManager& devices, const json& request) {
+  auto failure = [](int err, const std::string& what) {
+    return json{{"ok", false}, {"error", what}, {"errno", err}};
+  };
+  try {
+    if (!request.is_object()) co_return failure(EINVAL, "a request must be a JSON object");
+    co_return co_await dispatch(devices, request);
+  } catch (const BadRequest& e) {
+    co_return failure(EINVAL, e.what());
+  } catch (const TableError& e) {
+    co_return failure(EINVAL, e.what());
+  } catch (const ControlError& e) {
+    co_return failure(e.error_number(), e.what());
+  } catch (const std::exception& e) {
+    co_return failure(EIO, e.what());
+  }
+}
+
+}  // namespace dmnbd::control
