@@ -49,6 +49,8 @@ class Device final : public BlockDevice, public std::enable_shared_from_this<Dev
   void load(std::shared_ptr<Table> table);
   // Drops the inactive table; false if there was none.
   bool clear();
+  // On removal: lets go of both tables, and with them of the devices they hold.
+  void drop_tables();
   // Holds back new I/O, waits for I/O in flight, then (unless noflush)
   // flushes every backing device. Idempotent.
   Task<Status> suspend(bool noflush);

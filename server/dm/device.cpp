@@ -58,6 +58,12 @@ bool Device::clear() {
   return had;
 }
 
+void Device::drop_tables() {
+  live_.store(nullptr);
+  std::lock_guard lk(mutex_);
+  inactive_.reset();
+}
+
 std::function<void()> Device::event_callback() {
   return [weak = weak_from_this()] {
     if (auto device = weak.lock()) device->raise_event();

@@ -197,6 +197,8 @@ Task<void> DeviceManager::remove(const std::string& name, bool force) {
     const uint64_t sectors = std::max<uint64_t>(device->sectors(), 1);
     device->load(build_table(device, "0 " + std::to_string(sectors) + " error"));
     co_await device->resume();
+  } else {
+    device->drop_tables();  // nobody uses it: release what its tables hold now
   }
   {
     std::lock_guard lk(mutex_);
