@@ -1,6 +1,7 @@
 // dmnbd: the device-mapper in userspace, served over NBD.
 //   dmnbd serve [CONFIG]      run the server
 //   dmnbd <verb> ...          dmsetup's verbs, sent to a running server
+//   dmnbd replay-log ...      replay a log-writes log (xfstests' replay-log)
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -10,6 +11,7 @@
 #include <iostream>
 
 #include "cli/cli.hpp"
+#include "cli/replay_log.hpp"
 #include "control/control_server.hpp"
 #include "demo_config.hpp"
 #include "dmnbd/config.hpp"
@@ -89,6 +91,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
 
   auto run_control_verb = cli::add_control_commands(app);
+  auto run_replay_log = cli::add_replay_log_command(app);
 
   try {
     app.parse(argc, argv);
@@ -98,6 +101,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (*serve_cmd) return serve(serve_opts);
+    if (const int status = run_replay_log(); status >= 0) return status;
     return run_control_verb();
   } catch (const ConfigError& e) {
     std::cerr << "dmnbd: " << e.what() << "\n";

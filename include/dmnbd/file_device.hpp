@@ -1,5 +1,6 @@
 // A backing file or host block device, with I/O through the thread's IoEngine.
 #pragma once
+#include <atomic>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -30,8 +31,16 @@ class FileDevice final : public BlockDevice {
   Task<Status> block_device_ioctl(const Bio& bio);
   Task<Status> sync();
 
+  // Bytes done without blocking (page cache hits), or -1 to use the engine.
+  int64_t try_without_blocking(const Bio& bio, uint64_t done);
+
   std::string name_;
   int fd_;
+  // tmpfs and ramfs never wait for a disk: their I/O is a memory copy.
+  bool memory_backed_ = false;
+  // Cleared when the file system refuses RWF_NOWAIT, so we stop asking.
+  std::atomic<bool> nowait_reads_ = true;
+  std::atomic<bool> nowait_writes_ = true;
   uint64_t size_bytes_;
   bool is_block_device_;
 };

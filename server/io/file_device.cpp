@@ -3,8 +3,11 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/magic.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -53,7 +56,11 @@ std::shared_ptr<FileDevice> FileDevice::open(const std::filesystem::path& path, 
     ::close(fd);
     throw TargetError(path.string() + ": not a regular file or block device");
   }
-  return std::shared_ptr<FileDevice>(new FileDevice(path.string(), fd, size, is_block));
+  auto device = std::shared_ptr<FileDevice>(new FileDevice(path.string(), fd, size, is_block));
+  struct statfs fs {};
+  device->memory_backed_ =
+      fstatfs(fd, &fs) == 0 && (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC);
+  return device;
 }
 
 FileDevice::FileDevice(std::string name, int fd, uint64_t size_bytes, bool is_block_device)
@@ -81,12 +88,37 @@ Task<Status> FileDevice::submit(Bio bio) {
   co_return errno_status(EINVAL);
 }
 
+// Most reads hit the page cache and most buffered writes only dirty it: a
+// non-blocking attempt on the event loop's own thread answers those without
+// the round trip through the engine. Anything that would wait goes to it.
+int64_t FileDevice::try_without_blocking(const Bio& bio, uint64_t done) {
+  const bool is_write = bio.op == BioOp::write;
+  iovec iov{bio.data.data() + done, std::min(bio.bytes() - done, kMaxTransfer)};
+  const off_t offset = static_cast<off_t>((bio.sector << kSectorShift) + done);
+  if (memory_backed_) {  // nothing to wait for, and RWF_NOWAIT is refused there anyway
+    ssize_t r = is_write ? pwritev2(fd_, &iov, 1, offset, 0) : preadv2(fd_, &iov, 1, offset, 0);
+    return r > 0 ? r : -1;
+  }
+  if (is_write && (bio.flags & kBioFua)) return -1;  // durable writes block by design
+  std::atomic<bool>& allowed = is_write ? nowait_writes_ : nowait_reads_;
+  if (!allowed.load(std::memory_order_relaxed)) return -1;
+  ssize_t r = is_write ? pwritev2(fd_, &iov, 1, offset, RWF_NOWAIT)
+                       : preadv2(fd_, &iov, 1, offset, RWF_NOWAIT);
+  if (r > 0) return r;
+  if (r < 0 && (errno == EOPNOTSUPP || errno == EINVAL)) allowed = false;
+  return -1;  // EAGAIN (would block), EOF, or an error the engine will report
+}
+
 Task<Status> FileDevice::transfer(const Bio& bio) {
   IoEngine& engine = IoEngine::current();
   const bool is_write = bio.op == BioOp::write;
   uint64_t done = 0;
   const uint64_t total = bio.bytes();
   while (done < total) {
+    if (int64_t quick = try_without_blocking(bio, done); quick > 0) {
+      done += static_cast<uint64_t>(quick);
+      continue;
+    }
     FileOp op{.kind = is_write ? FileOp::Kind::write : FileOp::Kind::read,
               .fd = fd_,
               .buf = bio.data.data() + done,

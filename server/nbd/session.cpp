@@ -20,6 +20,7 @@ constexpr int kMaxOptions = 1024;  // a handshake that never ends is a DoS
 constexpr size_t kMaxExtents = 1 << 16;
 constexpr size_t kMaxSpareBuffers = 32;
 constexpr size_t kMaxPooledBuffer = 4u << 20;
+constexpr size_t kMinPooledBuffer = 64u << 10;
 
 }  // namespace
 
@@ -37,7 +38,7 @@ class Session::ReplyBuilder {
     add(true, offset, length);
     return *this;
   }
-  Reply take(std::vector<std::byte> data) {
+  Reply take(IoBuffer data) {
     reply_.data = std::move(data);
     return std::move(reply_);
   }
@@ -335,7 +336,7 @@ Task<std::string> Session::transmission() {
       why = "client sent DISC";
       break;
     }
-    std::vector<std::byte> payload;
+    IoBuffer payload;
     if (req->type == kCmdWrite) {
       if (req->length > kMaxPayload) {
         // Too big to buffer: consume it so the stream stays in step, then refuse.
@@ -344,7 +345,8 @@ Task<std::string> Session::transmission() {
         continue;
       }
       payload = take_buffer(req->length);
-      auto [rec, rn] = co_await asio::async_read(socket_, asio::buffer(payload), kTuple);
+      auto [rec, rn] =
+          co_await asio::async_read(socket_, asio::buffer(payload.data(), payload.size()), kTuple);
       if (rec) {
         why = "client closed the connection in a WRITE payload";
         break;
@@ -367,7 +369,7 @@ Task<void> Session::discard_payload(uint64_t length) {
   }
 }
 
-Task<void> Session::serve(Request req, std::vector<std::byte> payload) {
+Task<void> Session::serve(Request req, IoBuffer payload) {
   try {
     const bool fua = req.flags & kCmdFlagFua;
     const uint32_t bio_fua = fua ? kBioFua : 0;
@@ -388,7 +390,7 @@ Task<void> Session::serve(Request req, std::vector<std::byte> payload) {
           co_await serve_read(req);
           break;
         case kCmdWrite:
-          reply_status(req, co_await device_->write(req.offset, payload, bio_fua));
+          reply_status(req, co_await device_->write(req.offset, payload.span(), bio_fua));
           break;
         case kCmdTrim:
           reply_status(req, co_await device_->discard(req.offset, req.length, bio_fua));
@@ -424,10 +426,10 @@ Task<void> Session::serve_read(const Request& req) {
     reply_error(req, kEINVAL, "read larger than the 32 MiB maximum payload");
     co_return;
   }
-  std::vector<std::byte> buf = take_buffer(req.length);
+  IoBuffer buf = take_buffer(req.length);
   std::vector<ZeroRun> zero_runs;
   const bool want_holes = structured_replies_ && !(req.flags & kCmdFlagDf);
-  Status st = co_await device_->read(req.offset, buf, want_holes ? &zero_runs : nullptr);
+  Status st = co_await device_->read(req.offset, buf.span(), want_holes ? &zero_runs : nullptr);
   if (st) {
     give_buffer(std::move(buf));
     reply_status(req, st);
@@ -568,19 +570,22 @@ Task<void> Session::write_replies() {
   notify_change();
 }
 
-std::vector<std::byte> Session::take_buffer(size_t size) {
+IoBuffer Session::take_buffer(size_t size) {
   for (auto it = spare_buffers_.begin(); it != spare_buffers_.end(); ++it) {
     if (it->capacity() >= size) {
-      std::vector<std::byte> buf = std::move(*it);
+      IoBuffer buf = std::move(*it);
       spare_buffers_.erase(it);
       buf.resize(size);
       return buf;
     }
   }
-  return std::vector<std::byte>(size);
+  // Small buffers are rounded up so one pooled buffer serves any small request.
+  IoBuffer buf(std::max<size_t>(size, kMinPooledBuffer));
+  buf.resize(size);
+  return buf;
 }
 
-void Session::give_buffer(std::vector<std::byte> buffer) {
+void Session::give_buffer(IoBuffer buffer) {
   if (buffer.capacity() == 0 || buffer.capacity() > kMaxPooledBuffer ||
       spare_buffers_.size() >= kMaxSpareBuffers)
     return;

@@ -12,6 +12,7 @@
 #include "dmnbd/asio.hpp"
 #include "dmnbd/device.hpp"
 #include "dmnbd/device_manager.hpp"
+#include "nbd/io_buffer.hpp"
 #include "nbd/protocol.hpp"
 
 namespace dmnbd::nbd {
@@ -38,7 +39,7 @@ class Session : public std::enable_shared_from_this<Session> {
       size_t offset, length;
     };
     std::vector<uint8_t> meta;
-    std::vector<std::byte> data;
+    IoBuffer data;
     std::vector<Segment> segments;
   };
   class ReplyBuilder;
@@ -56,7 +57,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Transmission.
   Task<std::string> transmission();
-  Task<void> serve(Request req, std::vector<std::byte> payload);
+  Task<void> serve(Request req, IoBuffer payload);
   Task<void> serve_read(const Request& req);
   Task<void> serve_block_status(const Request& req);
   void reply_status(const Request& req, Status status);
@@ -64,8 +65,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void queue_reply(Reply reply);
   Task<void> write_replies();
   Task<void> discard_payload(uint64_t length);
-  std::vector<std::byte> take_buffer(size_t size);
-  void give_buffer(std::vector<std::byte> buffer);
+  IoBuffer take_buffer(size_t size);
+  void give_buffer(IoBuffer buffer);
   Task<void> wait_for_change();
   void notify_change();
 
@@ -85,7 +86,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool writing_ = false;
   bool broken_ = false;
   std::deque<Reply> pending_;
-  std::vector<std::vector<std::byte>> spare_buffers_;
+  std::vector<IoBuffer> spare_buffers_;
   asio::steady_timer change_;  // wakes the reader when in-flight work completes
 };
 
