@@ -42,6 +42,7 @@ class UringEngine final : public IoEngine {
       io_uring_submit(&ring_);
       sqe = io_uring_get_sqe(&ring_);
     }
+    // (Completions of that early submit are reaped by the eventfd handler.)
     switch (op.kind) {
       case FileOp::Kind::read:
         io_uring_prep_read(sqe, op.fd, op.buf, static_cast<unsigned>(op.length), op.offset);
@@ -75,8 +76,9 @@ class UringEngine final : public IoEngine {
     });
   }
 
-  // The eventfd is registered for asynchronous completions only, so it wakes
-  // us just for I/O that really went to a worker or the disk.
+  // Every completion signals the eventfd. (Registering it for async
+  // completions only misses those the kernel posts through task_work, such as
+  // buffered reads that waited for a page, and I/O would hang.)
   void wait_for_completions() {
     events_.async_wait(
         asio::posix::descriptor_base::wait_read, [this](boost::system::error_code ec) {
@@ -110,7 +112,7 @@ std::unique_ptr<IoEngine> make_uring_engine(asio::io_context& ctx) {
   io_uring ring;
   if (io_uring_queue_init(kRingEntries, &ring, 0) < 0) return nullptr;
   int event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (event_fd < 0 || io_uring_register_eventfd_async(&ring, event_fd) < 0) {
+  if (event_fd < 0 || io_uring_register_eventfd(&ring, event_fd) < 0) {
     if (event_fd >= 0) close(event_fd);
     io_uring_queue_exit(&ring);
     return nullptr;
