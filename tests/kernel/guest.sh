@@ -1,0 +1,203 @@
+#!/bin/sh
+# guest.sh - runs as /guest-test.sh inside the QEMU guest (busybox sh, Debian's
+# nbd-client / dmsetup / e2fsprogs, the host-built static /sbin/blkprobe).
+# Parameters come from /etc/nbdvm.env (written by run.sh):
+#   NBD_HOST NBD_PORT   where dmnbd answers (QEMU forwards it to the host's socket)
+#   RUN_E2E RUN_ORACLE  1 or 0
+#   ERR_OUT             byte offset in /dev/vda for the copy of the error device
+# Oracle plan: /etc/oracle/backing ("LETTER /dev/nbdN EXPORT" per line),
+# /etc/oracle/plan ("NAME OUT_OFFSET" per line), /etc/oracle/NAME.table.
+# Output protocol (serial console, parsed by run.sh / oracle.py):
+#   NBDVM-CHECK <name> PASS|FAIL [detail]    a check decided in the guest
+#   NBDVM-SHA256 <label> <hex>               a checksum the host verifies
+#   NBDVM-ERRMAP <label> sectors=N errors=…  unreadable sectors of a device
+#   ORACLE-RESULT <name> sectors=N errors=…  the dm device was copied to /dev/vda
+#   ORACLE-REFUSED <name> <reason>           dmsetup create failed
+#   NBDVM-RESULT: PASS|FAIL
+export DM_DISABLE_UDEV=1
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin
+FAIL=0
+up() { cut -d' ' -f1 /proc/uptime; }
+res() { echo "NBDVM-CHECK $1 $2${3:+ $3}"; [ "$2" = PASS ] || FAIL=1; }
+# chk NAME CMD...: run CMD (output shown only on failure), PASS/FAIL line.
+chk() {
+  n=$1; shift
+  if "$@" > /tmp/chk.out 2>&1; then res "$n" PASS; return 0; fi
+  sed 's/^/    | /' /tmp/chk.out; res "$n" FAIL "($*)"; return 1
+}
+# chk_fails NAME CMD...: CMD must fail.
+chk_fails() {
+  n=$1; shift
+  if "$@" > /tmp/chk.out 2>&1; then res "$n" FAIL "(succeeded: $*)"; return 1; fi
+  res "$n" PASS "($(head -c 100 /tmp/chk.out | tr '\n' ' '))"; return 0
+}
+attach() { # DEV EXPORT [nbd-client options...]
+  d=$1 e=$2; shift 2
+  nbd-client "$NBD_HOST" "$NBD_PORT" "$d" -N "$e" "$@" > /tmp/attach.out 2>&1 && return 0
+  cat /tmp/attach.out; return 1
+}
+detach() {
+  nbd-client -d "$1" > /dev/null 2>&1
+  # wait until the kernel has really let go (size back to 0)
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    [ "$(cat /sys/block/${1#/dev/}/size 2>/dev/null)" = 0 ] && return 0; sleep 0.2
+  done
+  return 0
+}
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+hwqueues() { ls /sys/block/${1#/dev/}/mq 2>/dev/null | wc -l; }
+# how often the block layer ran hardware queue N of DEV (blk-mq debugfs); with
+# -C N the nbd driver has one hardware queue per connection (capped by the CPU
+# count) and sends what queue i dispatches over connection i
+hwq_runs() { cat /sys/kernel/debug/block/${1#/dev/}/hctx$2/run 2>/dev/null || echo 0; }
+
+for m in virtio_pci virtio_net virtio_blk nbd dm-mod; do
+  modprobe $m || res "modprobe-$m" FAIL
+done
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+ip link set lo up; ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0
+[ -b /dev/vda ] || res out-disk FAIL "(no /dev/vda)"
+echo "NBDVM-KERNEL $(uname -r) $(dmsetup version | tr '\n' ' ')"
+
+# ------------------------------------------------------------------ e2e
+e2e_ext4() {
+  D=/dev/nbd10 M=/mnt
+  t=$(up)
+  # round 1: one connection; mkfs, write, delete, fstrim
+  chk ext4-attach-C1 attach $D disk || return
+  echo "NBDVM-INFO disk: $(cat /sys/block/nbd10/size) sectors, $(hwqueues $D) hw queue(s), $(nproc) cpu(s), lbs $(cat /sys/block/nbd10/queue/logical_block_size), discard_max $(cat /sys/block/nbd10/queue/discard_max_bytes)"
+  chk ext4-mkfs mkfs.ext4 -q -F $D || { detach $D; return; }
+  chk ext4-mount mount -t ext4 $D $M || { detach $D; return; }
+  head -c 25165824 /dev/urandom > $M/f0.bin
+  sync
+  head -c 4194304 /dev/urandom > $M/f1.bin
+  seq 1 150000 > $M/f2.txt
+  mkdir $M/dir; for i in $(seq 1 40); do echo "small file $i" > $M/dir/s$i; done
+  S1=$(sha $M/f1.bin) S2=$(sha $M/f2.txt)
+  rm $M/f0.bin
+  sync    # commit the deletion first: ext4 only trims blocks whose freeing is committed
+  chk ext4-fstrim-1 sh -c "fstrim -v $M | tee /dev/stderr | grep -q ' [1-9][0-9]* bytes trimmed'"
+  chk ext4-sync-umount-1 sh -c "sync && umount $M"
+  detach $D
+  # round 2: two connections; fsck, verify, write more, fstrim
+  chk ext4-attach-C2 attach $D disk -C 2 || return
+  NQ=2; [ "$(nproc)" -lt 2 ] && NQ=1    # the driver caps its queues at the CPU count
+  chk ext4-C2-hw-queues-$NQ test "$(hwqueues $D)" = $NQ
+  chk ext4-fsck-1 e2fsck -fn $D
+  chk ext4-mount-C2 mount -t ext4 $D $M || { detach $D; return; }
+  chk ext4-f1-after-reconnect test "$(sha $M/f1.bin)" = "$S1"
+  chk ext4-f2-after-reconnect test "$(sha $M/f2.txt)" = "$S2"
+  # one writer pinned to each CPU, so both queues (= both connections) carry writes
+  q0=$(hwq_runs $D 0) q1=$(hwq_runs $D 1)
+  head -c 6291456 /dev/urandom > /tmp/f3.bin; head -c 6291456 /dev/urandom > /tmp/f4.bin
+  taskset 1 dd if=/tmp/f3.bin of=$M/f3.bin bs=64k oflag=direct conv=fsync 2>/dev/null &
+  taskset 2 dd if=/tmp/f4.bin of=$M/f4.bin bs=64k oflag=direct conv=fsync 2>/dev/null &
+  wait
+  S3=$(sha /tmp/f3.bin) S4=$(sha /tmp/f4.bin)
+  rm /tmp/f3.bin /tmp/f4.bin
+  chk ext4-C2-f3-written test "$(sha $M/f3.bin)" = "$S3"
+  chk ext4-C2-f4-written test "$(sha $M/f4.bin)" = "$S4"
+  echo "NBDVM-INFO C2 hardware queue runs per connection: $(( $(hwq_runs $D 0) - q0 )) $(( $(hwq_runs $D 1) - q1 ))"
+  [ $NQ = 2 ] && chk ext4-C2-both-connections-used test $(( $(hwq_runs $D 0) - q0 )) -gt 0 -a $(( $(hwq_runs $D 1) - q1 )) -gt 0
+  rm -r $M/dir
+  sync
+  chk ext4-fstrim-C2 sh -c "fstrim -v $M | tee /dev/stderr | grep -q ' [1-9][0-9]* bytes trimmed'"
+  chk ext4-sync-umount-2 sh -c "sync && umount $M"
+  detach $D
+  # round 3: reconnect once more (one connection), fsck, read-only verify
+  chk ext4-reattach attach $D disk || return
+  chk ext4-fsck-2 e2fsck -fn $D
+  chk ext4-mount-ro mount -t ext4 -o ro $D $M || { detach $D; return; }
+  chk ext4-f1-final test "$(sha $M/f1.bin)" = "$S1"
+  chk ext4-f2-final test "$(sha $M/f2.txt)" = "$S2"
+  chk ext4-f3-final test "$(sha $M/f3.bin)" = "$S3"
+  chk ext4-f4-final test "$(sha $M/f4.bin)" = "$S4"
+  chk ext4-dir-gone test ! -e $M/dir
+  echo "NBDVM-SHA256 f1.bin $S1"
+  echo "NBDVM-SHA256 f2.txt $S2"
+  echo "NBDVM-SHA256 f3.bin $S3"
+  echo "NBDVM-SHA256 f4.bin $S4"
+  echo "NBDVM-INFO df $(df -k $M | tail -1)"
+  umount $M
+  detach $D
+  echo "NBDVM-TIME e2e-ext4 $t -> $(up)"
+}
+
+e2e_readonly() {
+  D=/dev/nbd11 M=/mnt
+  chk ro-attach attach $D ro || return
+  chk ro-kernel-sees-ro test "$(cat /sys/block/nbd11/ro)" = 1
+  echo "NBDVM-SHA256 ro-device $(sha $D)"
+  chk_fails ro-write-refused blkprobe write $D 0 8
+  chk_fails ro-dd-refused dd if=/dev/zero of=$D bs=4096 count=1 conv=fsync
+  # busybox mount falls back to read-only by itself: what counts is that no
+  # read-write mount comes out of it
+  mount -t ext4 -o rw $D $M > /tmp/chk.out 2>&1
+  if grep -q " $M ext4 rw" /proc/mounts; then res ro-mount-rw-refused FAIL; else res ro-mount-rw-refused PASS; fi
+  umount $M 2>/dev/null
+  if chk ro-mount-ro mount -t ext4 -o ro,noload $D $M; then
+    echo "NBDVM-SHA256 ro-file $(sha $M/hello.bin)"
+    chk_fails ro-file-write-refused sh -c "echo x > $M/new.txt"
+    umount $M
+  fi
+  detach $D
+}
+
+e2e_error() {
+  D=/dev/nbd12
+  chk err-attach attach $D errdev -b 512 || return
+  # copy first (before the write probe below changes a sector)
+  if r=$(blkprobe copy $D /dev/vda "$ERR_OUT"); then
+    echo "NBDVM-ERRMAP errdev $r"
+  else
+    res err-copy FAIL "$r"
+  fi
+  chk err-read-before-region blkprobe read $D 2047 1
+  chk_fails err-read-region-start blkprobe read $D 2048 1
+  chk_fails err-read-region-end blkprobe read $D 2055 1
+  chk err-read-after-region blkprobe read $D 2056 1
+  chk_fails err-read-straddling blkprobe read $D 4095 2
+  chk_fails err-write-region blkprobe write $D 2050 1
+  chk err-write-elsewhere blkprobe write $D 100 1
+  chk err-readback-elsewhere sh -c "dd if=$D bs=512 skip=100 count=1 iflag=direct 2>/dev/null | head -c 12 | grep -q 'blkprobe 100'"
+  detach $D
+}
+
+# ------------------------------------------------------------------ oracle
+oracle() {
+  t=$(up)
+  while read -r letter dev export; do
+    if attach "$dev" "$export" -b 512 < /dev/null; then
+      echo "NBDVM-SHA256 backing-$letter $(sha "$dev")"
+    else
+      res "oracle-attach-$letter" FAIL
+    fi
+  done < /etc/oracle/backing
+  created=""
+  while read -r name off; do
+    n0=$(dmesg | wc -l)
+    if dmsetup create "o-$name" "/etc/oracle/$name.table" < /dev/null > /tmp/dm.out 2>&1; then
+      created="o-$name $created"
+      if r=$(blkprobe copy "/dev/mapper/o-$name" /dev/vda "$off" < /dev/null); then
+        echo "ORACLE-RESULT $name $r"
+      else
+        echo "ORACLE-COPYFAILED $name $r"
+      fi
+      echo "ORACLE-TABLE $name $(dmsetup table "o-$name" | tr '\n' ';')"
+    else
+      why=$(dmesg | tail -n +$((n0 + 1)) | grep -i 'device-mapper' | tail -2 | sed 's/^\[[ 0-9.]*\] //' | tr '\n' ' ')
+      echo "ORACLE-REFUSED $name ${why:-$(tr '\n' ' ' < /tmp/dm.out)}"
+    fi
+  done < /etc/oracle/plan
+  for d in $created; do dmsetup remove "$d" || res "oracle-remove-$d" FAIL; done
+  while read -r letter dev export; do detach "$dev"; done < /etc/oracle/backing
+  echo "NBDVM-TIME oracle $t -> $(up)"
+}
+
+[ "${RUN_E2E:-1}" = 1 ] && { e2e_ext4; e2e_readonly; e2e_error; }
+[ "${RUN_ORACLE:-1}" = 1 ] && oracle
+echo "NBDVM-TARGETS $(dmsetup targets | tr '\n' ' ')"
+# kernel messages were kept off the console (loglevel=3); show the interesting ones
+dmesg | grep -iE 'nbd|device-mapper|EXT4|I/O error|blk_update' | tail -40 | sed 's/^/NBDVM-DMESG /'
+[ $FAIL = 0 ] && echo "NBDVM-RESULT: PASS" || echo "NBDVM-RESULT: FAIL"
+exit $FAIL

@@ -1,0 +1,276 @@
+#!/bin/bash
+# run.sh - dmnbd under the REAL Linux kernel: nbd client, ext4 and device-mapper
+# in a QEMU guest booted from Debian's own kernel package (ctest: kernel.vm).
+#
+#   bash tests/kernel/run.sh [--tables FILE]... [--only e2e|oracle] [--keep]
+#
+# One guest boot runs everything:
+#  e2e     nbd-client attach (1 and 2 connections), mkfs.ext4, mount, write,
+#          fstrim, sync, umount, disconnect, reconnect, e2fsck -fn, checksums;
+#          the host then reads the same files back out of the backing file.
+#          A read-only export refuses writes; an export with error regions
+#          fails reads and writes at exactly those sectors and works elsewhere.
+#  oracle  every table of tests/kernel/oracle-tables.txt (plus --tables FILE and
+#          DMNBD_ORACLE_TABLES=FILE[:FILE...]) is built by the guest's real
+#          dmsetup over the same backing files and copied out; the host compares
+#          byte for byte with what dmnbd serves for the same table (oracle.py).
+#
+# dmnbd ($DMNBD, default build/dmnbd) is started here on a unix socket in a temp
+# dir and stopped by PID at the end; QEMU forwards the guest's connections to it.
+# Needs root and Debian's archive (host tools and the guest's .debs are fetched
+# with apt; cached in /var/cache/dmnbd/vm). KVM is used when it works, else TCG.
+# Exit: 0 pass, 1 fail, 77 = this machine cannot run it (reason printed).
+# Env: KEEP_WORK=1 keeps the work dir; see lib-vm.sh for DMNBD_VM_*.
+set -uo pipefail
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
+HERE=$(cd "$(dirname "$0")" && pwd)
+DMNBD=${DMNBD:-$HERE/../../build/dmnbd}
+PY=/usr/bin/python3
+TEST_NAME=kernel.vm
+LISTS=("$HERE/oracle-tables.txt")
+RUN_E2E=1 RUN_ORACLE=1
+KEEP=${KEEP_WORK:-0}
+IFS=: read -r -a _extra <<< "${DMNBD_ORACLE_TABLES:-}"
+for f in "${_extra[@]}"; do [ -n "$f" ] && LISTS+=("$f"); done
+while [ $# -gt 0 ]; do
+  case $1 in
+    --tables) LISTS+=("$2"); shift 2;;
+    --only) case $2 in e2e) RUN_ORACLE=0;; oracle) RUN_E2E=0;; *) echo "--only e2e|oracle" >&2; exit 2;; esac; shift 2;;
+    --keep) KEEP=1; shift;;
+    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2;;
+  esac
+done
+for i in "${!LISTS[@]}"; do
+  [ -r "${LISTS[$i]}" ] || { echo "table list ${LISTS[$i]} not readable" >&2; exit 2; }
+  LISTS[$i]=$(readlink -f "${LISTS[$i]}")
+done
+
+T0=$(date +%s.%N)
+elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
+log() { echo "# [+$(elapsed)s] $*" >&2; }
+PASSED=0 FAILED=0 FIRST_FAIL=""
+ok() { echo "ok - $*"; PASSED=$((PASSED + 1)); }
+notok() { echo "not ok - $*"; FAILED=$((FAILED + 1)); FIRST_FAIL=${FIRST_FAIL:-$*}; }
+check() { local d=$1; shift; if "$@"; then ok "$d"; else notok "$d"; fi; }
+
+WORK="" SERVER_PID="" FINISHED=0
+stop_server() { # SIGTERM by PID; the server must exit 0 within 15 s
+  local pid=$SERVER_PID rc i
+  [ -n "$pid" ] || return 0
+  SERVER_PID=""
+  kill -TERM "$pid" 2>/dev/null
+  for i in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; wait "$pid" 2>/dev/null; return 1; fi
+  wait "$pid"; rc=$?
+  [ "$rc" = 0 ]
+}
+on_exit() {
+  local rc=$?
+  trap - EXIT
+  [ -n "$SERVER_PID" ] && { stop_server || true; }
+  if [ "$FINISHED" = 0 ] && [ "$rc" != 77 ]; then
+    [ -n "$WORK" ] && echo "# work dir kept: $WORK" >&2
+    echo "FAIL $TEST_NAME: ${FIRST_FAIL:-exit status $rc}"
+  fi
+  exit "$rc"
+}
+trap on_exit EXIT
+trap 'FIRST_FAIL=${FIRST_FAIL:-interrupted}; exit 130' INT TERM
+die() { notok "$*"; [ -f "$WORK/server.log" ] && tail -20 "$WORK/server.log" | sed 's/^/#   server| /' >&2; exit 1; }
+
+# shellcheck source=tests/kernel/lib-vm.sh
+source "$HERE/lib-vm.sh"
+[ -x "$DMNBD" ] || die "server binary $DMNBD not found (build first, or set DMNBD)"
+vm_prepare
+need=()
+"$PY" -c 'import nbd' 2>/dev/null || need+=(python3-libnbd)
+command -v debugfs >/dev/null && command -v e2fsck >/dev/null || need+=(e2fsprogs)
+_vm_apt_install "${need[@]}"
+
+WORK=$(mktemp -d /tmp/dmnbd-kernel.XXXXXX)
+mkdir -p "$WORK/guest/etc" "$WORK/guest/sbin" "$WORK/mnt"
+cc -static -O2 -o "$WORK/guest/sbin/blkprobe" "$HERE/blkprobe.c" || die "cannot build blkprobe.c (cc -static)"
+cp "$HERE/guest.sh" "$WORK/guest/guest-test.sh"; chmod +x "$WORK/guest/guest-test.sh"
+
+# ------------------------------------------------------------ backing files
+# disk.img: created (sparse, 128 MiB) by dmnbd from the config's "files:".
+# ro.img: an ext4 image made here, served read-only.
+mkdir -p "$WORK/rodir"
+head -c 1048576 /dev/urandom > "$WORK/rodir/hello.bin"
+echo "hello from the host" > "$WORK/rodir/hello.txt"
+mkfs.ext4 -q -F -d "$WORK/rodir" "$WORK/ro.img" 16M > /dev/null || die "mkfs.ext4 -d failed on the host"
+RO_SHA=$(sha256sum < "$WORK/ro.img" | cut -d' ' -f1)
+HELLO_SHA=$(sha256sum < "$WORK/rodir/hello.bin" | cut -d' ' -f1)
+# err.img: 8 MiB random, served through a table with error regions at
+# sectors 2048-2055 and 4096 (the guest probes exactly these boundaries).
+head -c 8388608 /dev/urandom > "$WORK/err.img"
+cp "$WORK/err.img" "$WORK/err.orig"
+ERR_EXPECTED="2048+8,4096+1"
+ERR_OUT=0                               # its copy goes to the start of the out disk
+OUT_START=8388608                       # the oracle's copies follow
+
+OUT_SIZE=0
+if [ "$RUN_ORACLE" = 1 ]; then
+  OUT_SIZE=$("$PY" "$HERE/oracle.py" plan "$WORK" "$OUT_START" "${LISTS[@]}") || die "oracle.py plan failed"
+  log "oracle: $(grep -c '"name"' "$WORK/plan.json") tables from ${LISTS[*]}"
+else
+  mkdir -p "$WORK/guest/etc/oracle"; : > "$WORK/guest/etc/oracle/plan"; : > "$WORK/guest/etc/oracle/backing"
+  echo '{"entries": [], "out_size": 0}' > "$WORK/plan.json"
+fi
+[ "$OUT_SIZE" -lt "$OUT_START" ] && OUT_SIZE=$OUT_START
+truncate -s "$OUT_SIZE" "$WORK/out.img"
+
+cat > "$WORK/guest/etc/nbdvm.env" <<EOF
+NBD_HOST=10.0.2.100
+NBD_PORT=10809
+RUN_E2E=$RUN_E2E
+RUN_ORACLE=$RUN_ORACLE
+ERR_OUT=$ERR_OUT
+export NBD_HOST NBD_PORT RUN_E2E RUN_ORACLE ERR_OUT
+EOF
+
+# ------------------------------------------------------------ dmnbd
+SOCK=$WORK/nbd.sock
+write_config() {
+  cat > "$WORK/cfg.yaml" <<EOF
+listen: [ "unix://$SOCK" ]
+files:
+  - { path: disk.img, size: 128MiB }
+devices:
+  - name: disk
+    description: ext4 round trip
+    table: "0 262144 linear disk.img 0"
+  - name: ro
+    read_only: true
+    table: "0 32768 linear ro.img 0"
+  - name: errdev
+    table: |
+      0 2048 linear err.img 0
+      2048 8 error
+      2056 2040 linear err.img 2056
+      4096 1 error
+      4097 12287 linear err.img 4097
+EOF
+  [ "$RUN_ORACLE" = 1 ] && "$PY" "$HERE/oracle.py" config "$WORK" >> "$WORK/cfg.yaml"
+  return 0
+}
+# Start dmnbd; an oracle table it refuses (exit 2, "device oracle-NAME: ...")
+# is recorded in refused.txt (oracle.py compares that with the kernel) and left
+# out, then the server is started again.
+start_server() {
+  local i rc msg name
+  for _ in $(seq 100); do
+    write_config
+    "$DMNBD" serve "$WORK/cfg.yaml" >> "$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    for i in $(seq 100); do
+      [ -S "$SOCK" ] && return 0
+      kill -0 "$SERVER_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -0 "$SERVER_PID" 2>/dev/null && die "dmnbd did not open $SOCK within 10 s"
+    wait "$SERVER_PID"; rc=$?; SERVER_PID=""
+    msg=$(tail -1 "$WORK/server.log")
+    name=$(sed -n 's/.*: device oracle-\([a-z0-9_]*\): .*/\1/p' <<< "$msg")
+    if [ "$rc" = 2 ] && [ -n "$name" ] && ! grep -q "^$name " "$WORK/refused.txt" 2>/dev/null; then
+      echo "$name ${msg#*: device oracle-$name: }" >> "$WORK/refused.txt"
+      continue
+    fi
+    die "dmnbd failed to start (exit $rc): $msg"
+  done
+  die "dmnbd: too many refused tables"
+}
+start_server
+log "dmnbd pid $SERVER_PID on $SOCK$( [ -s "$WORK/refused.txt" ] && echo ", refused $(wc -l < "$WORK/refused.txt") oracle table(s)")"
+
+# ------------------------------------------------------------ boot
+TB=$(date +%s.%N)
+vm_boot "$WORK" "$WORK/guest" "$SOCK" "$WORK/out.img"
+QRC=$?
+log "guest finished: qemu exit $QRC after $(awk -v a="$TB" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s (accel $VM_ACCEL)"
+C=$WORK/console.txt
+grep -a -E '^(NBDVM-|ORACLE-|    \| )' "$C" | grep -v '^NBDVM-DMESG' | sed 's/^/#   guest| /' >&2
+grep -a '^NBDVM-DMESG' "$C" | sed 's/^NBDVM-DMESG/#   guest dmesg|/' >&2
+check "guest ran to the end (qemu exit $QRC)" grep -aq '^NBDVM-RESULT:' "$C"
+while read -r _ name verdict detail; do
+  if [ "$verdict" = PASS ]; then ok "guest: $name${detail:+ $detail}"; else notok "guest: $name${detail:+ $detail}"; fi
+done < <(grep -a '^NBDVM-CHECK ' "$C")
+gsha() { grep -a "^NBDVM-SHA256 $1 " "$C" | tail -1 | awk '{print $3}'; }
+
+# ------------------------------------------------------------ host checks
+if [ "$RUN_E2E" = 1 ]; then
+  check "host: e2fsck -fn of the backing file disk.img is clean" \
+    sh -c "e2fsck -fn '$WORK/disk.img' > '$WORK/e2fsck.log' 2>&1"
+  for f in f1.bin f2.txt f3.bin f4.bin; do
+    want=$(gsha "$f")
+    got=$(debugfs -R "cat /$f" "$WORK/disk.img" 2>/dev/null | sha256sum | cut -d' ' -f1)
+    check "host: /$f read from the backing file has the guest's sha256 ${want:0:16}" \
+      test -n "$want" -a "$want" = "$got"
+  done
+  # fstrim -> TRIM -> dmnbd punches the file: every block the filesystem has
+  # free must read as zeroes in disk.img (the deleted 24 MiB f0.bin was random)
+  free_check=$("$PY" - "$WORK/disk.img" <<'PY'
+import re, subprocess, sys
+out = subprocess.run(["dumpe2fs", sys.argv[1]], capture_output=True, text=True).stdout
+bs = int(re.search(r"^Block size:\s+(\d+)", out, re.M).group(1))
+ranges = []
+for m in re.finditer(r"^\s+Free blocks: (.*)$", out, re.M):
+    for r in filter(None, (x.strip() for x in m.group(1).split(","))):
+        a, _, b = r.partition("-")
+        ranges.append((int(a), int(b or a)))
+free = dirty = 0
+with open(sys.argv[1], "rb") as f:
+    for a, b in ranges:
+        f.seek(a * bs)
+        data = f.read((b - a + 1) * bs)
+        free += len(data)
+        dirty += len(data) - data.count(0)
+print(f"{free >> 20} {dirty}")
+PY
+)
+  check "host: fstrim reached the backing file (all ${free_check%% *} MiB the fs has free read as zeroes in disk.img)" \
+    test -n "$free_check" -a "${free_check#* }" = 0
+  check "host: the guest read the read-only export as the file is" test "$(gsha ro-device)" = "$RO_SHA"
+  check "host: the guest read hello.bin from the read-only ext4" test "$(gsha ro-file)" = "$HELLO_SHA"
+  check "host: ro.img unchanged" test "$(sha256sum < "$WORK/ro.img" | cut -d' ' -f1)" = "$RO_SHA"
+  errmap=$(grep -a '^NBDVM-ERRMAP errdev ' "$C" | sed -n 's/.* errors=\([^ ]*\).*/\1/p')
+  check "host: the guest's unreadable sectors of errdev are exactly $ERR_EXPECTED (got ${errmap:-nothing})" \
+    test "$errmap" = "$ERR_EXPECTED"
+  # expected copy: err.orig with the error ranges as zeroes
+  cp "$WORK/err.orig" "$WORK/err.expected"
+  for r in ${ERR_EXPECTED//,/ }; do
+    dd if=/dev/zero of="$WORK/err.expected" bs=512 seek="${r%+*}" count="${r#*+}" conv=notrunc status=none
+  done
+  check "host: the guest read every other sector of errdev correctly" \
+    cmp -s -n 8388608 "$WORK/err.expected" <(dd if="$WORK/out.img" bs=1M skip=$((ERR_OUT >> 20)) count=8 status=none)
+  check "host: the guest's write to errdev sector 100 reached err.img" \
+    test "$(dd if="$WORK/err.img" bs=512 skip=100 count=1 status=none | head -c 12)" = "blkprobe 100"
+  check "host: nothing else of err.img changed" \
+    bash -c "cmp -s <(head -c 51200 '$WORK/err.img') <(head -c 51200 '$WORK/err.orig') && cmp -s -i 51712 '$WORK/err.img' '$WORK/err.orig'"
+fi
+
+if [ "$RUN_ORACLE" = 1 ]; then
+  "$PY" "$HERE/oracle.py" check "$WORK" "$SOCK" "$C" "$WORK/out.img" > "$WORK/oracle.out" 2>&1
+  cat "$WORK/oracle.out"
+  PASSED=$((PASSED + $(grep -c '^ok - ' "$WORK/oracle.out")))
+  n=$(grep -c '^not ok - ' "$WORK/oracle.out")
+  FAILED=$((FAILED + n))
+  [ "$n" -gt 0 ] && FIRST_FAIL=${FIRST_FAIL:-$(grep -m1 '^not ok - ' "$WORK/oracle.out" | sed 's/^not ok - //')}
+  grep -q '^oracle: ' "$WORK/oracle.out" || notok "oracle.py check did not finish"
+fi
+
+if stop_server; then ok "dmnbd stopped cleanly on SIGTERM"; else notok "dmnbd did not exit 0 on SIGTERM"; fi
+FINISHED=1
+summary="$TEST_NAME: $PASSED passed, $FAILED failed ($(grep -a -c '^NBDVM-CHECK ' "$C") guest checks$(
+  [ "$RUN_ORACLE" = 1 ] && echo ", $(grep '^oracle: ' "$WORK/oracle.out" | sed 's/^oracle: //')"); accel $VM_ACCEL, $(elapsed) s)"
+if [ "$FAILED" = 0 ]; then
+  [ "$KEEP" = 1 ] && echo "# work dir kept: $WORK" >&2 || rm -rf "$WORK"
+  echo "$summary"
+  echo "PASS $TEST_NAME"
+  exit 0
+fi
+echo "# work dir kept: $WORK (console.txt, server.log, cfg.yaml, out.img)" >&2
+echo "$summary"
+echo "FAIL $TEST_NAME: $FIRST_FAIL"
+exit 1
