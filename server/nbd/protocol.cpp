@@ -28,26 +28,6 @@ uint32_t wire_error(Status status) {
   }
 }
 
-Encoder& Encoder::u16(uint16_t v) {
-  out_.push_back(static_cast<uint8_t>(v >> 8));
-  out_.push_back(static_cast<uint8_t>(v));
-  return *this;
-}
-Encoder& Encoder::u32(uint32_t v) {
-  return u16(static_cast<uint16_t>(v >> 16)).u16(static_cast<uint16_t>(v));
-}
-Encoder& Encoder::u64(uint64_t v) {
-  return u32(static_cast<uint32_t>(v >> 32)).u32(static_cast<uint32_t>(v));
-}
-Encoder& Encoder::bytes(std::string_view s) {
-  out_.insert(out_.end(), s.begin(), s.end());
-  return *this;
-}
-Encoder& Encoder::zeroes(size_t n) {
-  out_.insert(out_.end(), n, 0);
-  return *this;
-}
-
 bool Decoder::take(size_t n) {
   if (failed_ || in_.size() - pos_ < n) {
     failed_ = true;
@@ -138,23 +118,6 @@ void encode_option_reply(std::vector<uint8_t>& out, uint32_t option, uint32_t ty
       .u32(type)
       .u32(static_cast<uint32_t>(payload.size()))
       .bytes(payload);
-}
-
-void encode_simple_reply(std::vector<uint8_t>& out, uint32_t error, uint64_t cookie) {
-  Encoder(out).u32(kSimpleReplyMagic).u32(error).u64(cookie);
-}
-
-void encode_chunk_header(std::vector<uint8_t>& out, uint16_t flags, uint16_t type, uint64_t cookie,
-                         uint32_t length) {
-  Encoder(out).u32(kStructuredReplyMagic).u16(flags).u16(type).u64(cookie).u32(length);
-}
-
-void encode_error_chunk(std::vector<uint8_t>& out, uint64_t cookie, uint32_t error,
-                        std::string_view message) {
-  message = message.substr(0, kMaxString);
-  encode_chunk_header(out, kReplyFlagDone, kReplyError, cookie,
-                      static_cast<uint32_t>(6 + message.size()));
-  Encoder(out).u32(error).u16(static_cast<uint16_t>(message.size())).bytes(message);
 }
 
 uint16_t allowed_flags(uint16_t command, bool structured_replies) {

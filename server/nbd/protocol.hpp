@@ -2,6 +2,7 @@
 // parsing of option payloads. No sockets here, so it is easy to test and fuzz.
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <span>
 #include <string>
@@ -127,19 +128,35 @@ inline constexpr uint32_t kMaxPayload = 32u << 20;
 
 inline constexpr size_t kRequestHeaderSize = 28;
 
-// Appends big-endian values to a byte vector.
-class Encoder {
+// Appends big-endian values to a byte buffer (a vector, or a small_vector for
+// reply headers that should not touch the heap).
+template <typename Buffer>
+class BasicEncoder {
  public:
-  explicit Encoder(std::vector<uint8_t>& out) : out_(out) {}
-  Encoder& u16(uint16_t v);
-  Encoder& u32(uint32_t v);
-  Encoder& u64(uint64_t v);
-  Encoder& bytes(std::string_view s);
-  Encoder& zeroes(size_t n);
+  explicit BasicEncoder(Buffer& out) : out_(out) {}
+  BasicEncoder& u16(uint16_t v) { return put(__builtin_bswap16(v)); }
+  BasicEncoder& u32(uint32_t v) { return put(__builtin_bswap32(v)); }
+  BasicEncoder& u64(uint64_t v) { return put(__builtin_bswap64(v)); }
+  BasicEncoder& bytes(std::string_view s) {
+    out_.insert(out_.end(), s.begin(), s.end());
+    return *this;
+  }
+  BasicEncoder& zeroes(size_t n) {
+    out_.insert(out_.end(), n, 0);
+    return *this;
+  }
 
  private:
-  std::vector<uint8_t>& out_;
+  template <typename T>
+  BasicEncoder& put(T big_endian) {
+    const size_t at = out_.size();
+    out_.resize(at + sizeof(T));
+    std::memcpy(out_.data() + at, &big_endian, sizeof(T));
+    return *this;
+  }
+  Buffer& out_;
 };
+using Encoder = BasicEncoder<std::vector<uint8_t>>;
 
 // Reads big-endian values; any overrun sets failed() instead of throwing.
 class Decoder {
@@ -187,12 +204,25 @@ std::optional<MetaContextRequest> parse_meta_context_request(std::span<const uin
 
 void encode_option_reply(std::vector<uint8_t>& out, uint32_t option, uint32_t type,
                          std::string_view payload = {});
-void encode_simple_reply(std::vector<uint8_t>& out, uint32_t error, uint64_t cookie);
-void encode_chunk_header(std::vector<uint8_t>& out, uint16_t flags, uint16_t type, uint64_t cookie,
-                         uint32_t length);
+template <typename Buffer>
+void encode_simple_reply(Buffer& out, uint32_t error, uint64_t cookie) {
+  BasicEncoder(out).u32(kSimpleReplyMagic).u32(error).u64(cookie);
+}
+
+template <typename Buffer>
+void encode_chunk_header(Buffer& out, uint16_t flags, uint16_t type, uint64_t cookie,
+                         uint32_t length) {
+  BasicEncoder(out).u32(kStructuredReplyMagic).u16(flags).u16(type).u64(cookie).u32(length);
+}
+
 // A structured ERROR chunk (always the last one) carrying `message`.
-void encode_error_chunk(std::vector<uint8_t>& out, uint64_t cookie, uint32_t error,
-                        std::string_view message);
+template <typename Buffer>
+void encode_error_chunk(Buffer& out, uint64_t cookie, uint32_t error, std::string_view message) {
+  message = message.substr(0, 4096);  // the spec's limit for strings
+  encode_chunk_header(out, kReplyFlagDone, kReplyError, cookie,
+                      static_cast<uint32_t>(6 + message.size()));
+  BasicEncoder(out).u32(error).u16(static_cast<uint16_t>(message.size())).bytes(message);
+}
 
 // Which command flags each command accepts; anything else is EINVAL.
 uint16_t allowed_flags(uint16_t command, bool structured_replies);

@@ -446,7 +446,7 @@ Task<void> Session::serve_read(const Request& req) {
     bool hole;
     uint64_t start, length;
   };
-  std::vector<Chunk> chunks;
+  boost::container::small_vector<Chunk, 4> chunks;
   uint64_t pos = 0;
   for (const ZeroRun& run : zero_runs) {
     uint64_t start = run.sector << kSectorShift, length = run.sectors << kSectorShift;
@@ -461,11 +461,11 @@ Task<void> Session::serve_read(const Request& req) {
     reply.meta([&](auto& out) {
       if (c.hole) {
         encode_chunk_header(out, flags, kReplyOffsetHole, req.cookie, 12);
-        Encoder(out).u64(req.offset + c.start).u32(static_cast<uint32_t>(c.length));
+        BasicEncoder(out).u64(req.offset + c.start).u32(static_cast<uint32_t>(c.length));
       } else {
         encode_chunk_header(out, flags, kReplyOffsetData, req.cookie,
                             static_cast<uint32_t>(8 + c.length));
-        Encoder(out).u64(req.offset + c.start);
+        BasicEncoder(out).u64(req.offset + c.start);
       }
     });
     if (!c.hole) reply.data(c.start, c.length);
@@ -498,7 +498,7 @@ Task<void> Session::serve_block_status(const Request& req) {
   reply.meta([&](auto& out) {
     encode_chunk_header(out, kReplyFlagDone, kReplyBlockStatus, req.cookie,
                         static_cast<uint32_t>(4 + 8 * extents.size()));
-    Encoder e(out);
+    BasicEncoder e(out);
     e.u32(kBaseAllocationId);
     for (const ByteExtent& x : extents) {
       e.u32(static_cast<uint32_t>(x.length));

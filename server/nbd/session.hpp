@@ -3,6 +3,7 @@
 #pragma once
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/container/small_vector.hpp>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -38,9 +39,10 @@ class Session : public std::enable_shared_from_this<Session> {
       bool from_data;
       size_t offset, length;
     };
-    std::vector<uint8_t> meta;
+    // Inline capacity for the common replies, so answering needs no heap.
+    boost::container::small_vector<uint8_t, 64> meta;
     IoBuffer data;
-    std::vector<Segment> segments;
+    boost::container::small_vector<Segment, 3> segments;
   };
   class ReplyBuilder;
   enum class HandshakeResult { transmission, closed };
