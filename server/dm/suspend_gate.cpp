@@ -3,18 +3,20 @@
 #include "dmnbd/park.hpp"
 
 namespace dmnbd {
+
+bool SuspendGate::try_enter() {
+  // Count ourselves in first: a suspend that comes after this add waits for us.
+  if (!(state_.fetch_add(1, std::memory_order_acquire) & kSuspended)) return true;
+  leave();  // the gate was shut: undo, which may be what a suspend waits for
+  return false;
+}
+
 Task<SuspendGate::Pass> SuspendGate::enter() {
-  {
-    std::lock_guard lk(mutex_);
-    if (!suspended_) {
-      ++in_flight_;  // the common case: no suspension, no suspension point
-      co_return Pass(this);
-    }
-  }
+  if (try_enter()) co_return Pass(this);
   co_await park_until_woken([this](std::function<void()> wake) {
     std::unique_lock lk(mutex_);
-    if (!suspended_) {
-      ++in_flight_;
+    if (!(state_.load() & kSuspended)) {
+      state_.fetch_add(1);
       lk.unlock();
       wake();
       return;
@@ -28,10 +30,12 @@ Task<SuspendGate::Pass> SuspendGate::enter() {
 }
 
 void SuspendGate::leave() {
+  if (state_.fetch_sub(1, std::memory_order_release) - 1 != kSuspended) return;
+  // The last I/O left a shut gate: wake whoever suspends it.
   std::vector<std::function<void()>> wake;
   {
     std::lock_guard lk(mutex_);
-    if (--in_flight_ == 0) wake.swap(drained_);
+    if (state_.load() == kSuspended) wake.swap(drained_);
   }
   for (auto& w : wake) w();
 }
@@ -39,13 +43,18 @@ void SuspendGate::leave() {
 Task<void> SuspendGate::suspend() {
   co_await park_until_woken([this](std::function<void()> wake) {
     std::unique_lock lk(mutex_);
-    suspended_ = true;
-    if (in_flight_ == 0) {
+    if (state_.fetch_or(kSuspended) == 0) {  // nothing in flight
       lk.unlock();
       wake();
       return;
     }
     drained_.push_back(std::move(wake));
+    if (state_.load() == kSuspended) {  // drained between the two lines above
+      std::vector<std::function<void()>> now;
+      now.swap(drained_);
+      lk.unlock();
+      for (auto& w : now) w();
+    }
   });
 }
 
@@ -53,22 +62,17 @@ void SuspendGate::resume() {
   std::vector<std::function<void()>> wake;
   {
     std::lock_guard lk(mutex_);
-    suspended_ = false;
-    in_flight_ += blocked_.size();
+    state_.fetch_add(blocked_.size());  // held I/O counts as in flight before it runs
+    state_.fetch_and(~kSuspended);
     wake.swap(blocked_);
+    drained_.clear();  // a suspend still waiting is superseded by this resume
   }
   for (auto& w : wake) w();
 }
 
-bool SuspendGate::suspended() const {
-  std::lock_guard lk(mutex_);
-  return suspended_;
-}
+bool SuspendGate::suspended() const { return state_.load() & kSuspended; }
 
-size_t SuspendGate::in_flight() const {
-  std::lock_guard lk(mutex_);
-  return in_flight_;
-}
+size_t SuspendGate::in_flight() const { return state_.load() & ~kSuspended; }
 
 uint64_t SuspendGate::waited() const {
   std::lock_guard lk(mutex_);
