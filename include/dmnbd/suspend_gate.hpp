@@ -3,6 +3,7 @@
 // flight has left; resume() lets the queued I/O through. Safe across threads:
 // each waiter is resumed on its own executor.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -29,6 +30,9 @@ class SuspendGate {
 
   // Waits while suspended, then counts the caller as in flight until the Pass dies.
   Task<Pass> enter();
+  // enter() without a suspension point when the gate is open (the hot path);
+  // false means the caller must co_await enter().
+  bool try_enter();
 
   // Stops new I/O and waits for the I/O in flight to finish. Idempotent.
   Task<void> suspend();
@@ -42,9 +46,11 @@ class SuspendGate {
  private:
   void leave();
 
+  // Bit 63: suspended; the rest: I/O in flight. Entering an open gate is one
+  // atomic add; the mutex is only for suspending, resuming and waiting.
+  static constexpr uint64_t kSuspended = 1ull << 63;
+  std::atomic<uint64_t> state_ = 0;
   mutable std::mutex mutex_;
-  bool suspended_ = false;
-  size_t in_flight_ = 0;
   uint64_t waited_ = 0;
   std::vector<std::function<void()>> blocked_;  // I/O waiting for resume
   std::vector<std::function<void()>> drained_;  // suspenders waiting for in_flight_ == 0

@@ -214,6 +214,7 @@ void DeviceManager::rename(const std::string& from, const std::string& to) {
   for (const auto& d : devices_)
     if (d->name() == to) throw ControlError(EBUSY, to + ": Device or resource busy (exists)");
   device->rename(to);
+  device->raise_event();  // as dm_hash_rename() does, so `wait` sees renames
   spdlog::info("device {}: renamed to {}", from, to);
 }
 

@@ -65,14 +65,20 @@ void SuspendGate::resume() {
     state_.fetch_add(blocked_.size());  // held I/O counts as in flight before it runs
     state_.fetch_and(~kSuspended);
     wake.swap(blocked_);
-    drained_.clear();  // a suspend still waiting is superseded by this resume
+    // A suspend still waiting to drain is over too: the gate is open again.
+    for (auto& w : drained_) wake.push_back(std::move(w));
+    drained_.clear();
   }
   for (auto& w : wake) w();
 }
 
-bool SuspendGate::suspended() const { return state_.load() & kSuspended; }
+bool SuspendGate::suspended() const {
+  return state_.load() & kSuspended;
+}
 
-size_t SuspendGate::in_flight() const { return state_.load() & ~kSuspended; }
+size_t SuspendGate::in_flight() const {
+  return state_.load() & ~kSuspended;
+}
 
 uint64_t SuspendGate::waited() const {
   std::lock_guard lk(mutex_);
