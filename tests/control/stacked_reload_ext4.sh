@@ -85,14 +85,7 @@ FUSE_PID="" LOOP="" MOUNTED=0 FUSE_MOUNTED=0 RELOAD_PID=""
 fs_cleanup() {
   touch "$WORK/stop"
   [ -n "$RELOAD_PID" ] && { wait "$RELOAD_PID"; RELOAD_PID=""; }
-  [ "$MOUNTED" = 1 ] && timeout 30 umount "$WORK/mnt" && MOUNTED=0
-  [ -n "$LOOP" ] && timeout 30 losetup -d "$LOOP" && LOOP=""
-  [ "$FUSE_MOUNTED" = 1 ] && timeout 30 umount "$WORK/fuse" && FUSE_MOUNTED=0
-  local i
-  for i in $(seq 50); do [ -n "$FUSE_PID" ] && kill -0 "$FUSE_PID" 2>/dev/null || break; sleep 0.1; done
-  [ -n "$FUSE_PID" ] && kill -0 "$FUSE_PID" 2>/dev/null && kill "$FUSE_PID"
-  FUSE_PID=""
-  return 0
+  fuse_teardown
 }
 on_cleanup fs_cleanup
 

@@ -24,19 +24,7 @@ dmnbd_start "$WORK/cfg.yaml"
 U="nbd+unix:///disk?socket=$WORK/nbd.sock"
 mkdir -p "$WORK/fuse" "$WORK/mnt"
 
-FUSE_PID="" LOOP="" MOUNTED=0 FUSE_MOUNTED=0
-fs_cleanup() {
-  [ "$MOUNTED" = 1 ] && timeout 30 umount "$WORK/mnt" && MOUNTED=0
-  [ -n "$LOOP" ] && timeout 30 losetup -d "$LOOP" && LOOP=""
-  [ "$FUSE_MOUNTED" = 1 ] && timeout 30 umount "$WORK/fuse" && FUSE_MOUNTED=0
-  # nbdfuse exits by itself once its mount is gone; kill it (by PID) only if it lingers.
-  local i
-  for i in $(seq 50); do [ -n "$FUSE_PID" ] && kill -0 "$FUSE_PID" 2>/dev/null || break; sleep 0.1; done
-  [ -n "$FUSE_PID" ] && kill -0 "$FUSE_PID" 2>/dev/null && kill "$FUSE_PID"
-  FUSE_PID=""
-  return 0
-}
-on_cleanup fs_cleanup
+on_cleanup fuse_teardown
 
 dd if=/dev/urandom of="$WORK/ref.bin" bs=1M count=32 status=none
 REF=$(sha256sum < "$WORK/ref.bin")
@@ -70,7 +58,7 @@ cycle() {
   timeout 30 umount "$WORK/mnt" && MOUNTED=0
   timeout 30 losetup -d "$LOOP" && LOOP=""
   timeout 30 umount "$WORK/fuse" && FUSE_MOUNTED=0
-  fs_cleanup
+  fuse_teardown
 }
 cycle 1
 cycle 4
@@ -83,5 +71,5 @@ LOOP=$(timeout 30 losetup -f --show -r "$WORK/copy.img") || fail "losetup of the
 timeout 30 mount -t ext4 -o ro "$LOOP" "$WORK/mnt" && MOUNTED=1 || fail "mount of the copy failed"
 check "backing file copy: 32 MiB file checksum" test "$(timeout 60 sha256sum < "$WORK/mnt/f1.bin")" = "$REF"
 check "backing file copy: text file checksum" test "$(timeout 60 sha256sum < "$WORK/mnt/f2.txt")" = "$SEQ"
-fs_cleanup
+fuse_teardown
 pass

@@ -89,6 +89,22 @@ run_probe() {
   fail "$n check(s) failed, first: ${first:-exit status $rc}"
 }
 
+# The kernel path without a VM: nbdfuse exposes an export as a file, a loop
+# device makes it a block device. Scripts set FUSE_PID, LOOP, MOUNTED and
+# FUSE_MOUNTED as they go; fuse_teardown undoes whatever is set, in order.
+FUSE_PID="" LOOP="" MOUNTED=0 FUSE_MOUNTED=0
+fuse_teardown() {
+  [ "$MOUNTED" = 1 ] && timeout 30 umount "$WORK/mnt" && MOUNTED=0
+  [ -n "$LOOP" ] && timeout 30 losetup -d "$LOOP" && LOOP=""
+  [ "$FUSE_MOUNTED" = 1 ] && timeout 30 umount "$WORK/fuse" && FUSE_MOUNTED=0
+  # nbdfuse exits by itself once its mount is gone; kill it (by PID) only if it lingers.
+  local i
+  for i in $(seq 50); do [ -n "$FUSE_PID" ] && kill -0 "$FUSE_PID" 2>/dev/null || break; sleep 0.1; done
+  [ -n "$FUSE_PID" ] && kill -0 "$FUSE_PID" 2>/dev/null && kill "$FUSE_PID"
+  FUSE_PID=""
+  return 0
+}
+
 # Socket paths of "unix://..." listen entries in a config.
 _config_unix_sockets() { grep -o 'unix://[^]"'"'"' ,]*' "$1" | sed 's|^unix://||'; }
 _config_tcp_ports() { grep -o 'tcp://[^]"'"'"' ,]*' "$1" | sed 's|.*:||'; }

@@ -19,18 +19,7 @@ targets_start fl "$ALLOW" 256MiB
 U="nbd+unix:///fl?socket=$WORK/nbd.sock"
 mkdir -p "$WORK/fuse" "$WORK/mnt"
 
-FUSE_PID="" LOOP="" MOUNTED=0 FUSE_MOUNTED=0
-fs_cleanup() {
-  [ "$MOUNTED" = 1 ] && timeout 30 umount "$WORK/mnt" && MOUNTED=0
-  [ -n "$LOOP" ] && timeout 30 losetup -d "$LOOP" && LOOP=""
-  [ "$FUSE_MOUNTED" = 1 ] && timeout 30 umount "$WORK/fuse" && FUSE_MOUNTED=0
-  local i
-  for i in $(seq 50); do [ -n "$FUSE_PID" ] && kill -0 "$FUSE_PID" 2>/dev/null || break; sleep 0.1; done
-  [ -n "$FUSE_PID" ] && kill -0 "$FUSE_PID" 2>/dev/null && kill "$FUSE_PID"
-  FUSE_PID=""
-  return 0
-}
-on_cleanup fs_cleanup
+on_cleanup fuse_teardown
 
 attach() {
   local i
@@ -45,7 +34,7 @@ attach() {
 detach() {
   timeout 30 losetup -d "$LOOP" && LOOP=""
   timeout 30 umount "$WORK/fuse" && FUSE_MOUNTED=0
-  fs_cleanup
+  fuse_teardown
   echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 }
 # common/dmflakey's _load_flakey_table: suspend without freezing, load, resume.

@@ -93,18 +93,7 @@ for dev in /dev/fuse /dev/loop-control; do
 done
 U="nbd+unix:///lw2?socket=$WORK/nbd.sock"
 mkdir -p "$WORK/fuse" "$WORK/mnt"
-FUSE_PID="" LOOP="" MOUNTED=0 FUSE_MOUNTED=0
-fs_cleanup() {
-  [ "$MOUNTED" = 1 ] && timeout 30 umount "$WORK/mnt" && MOUNTED=0
-  [ -n "$LOOP" ] && timeout 30 losetup -d "$LOOP" && LOOP=""
-  [ "$FUSE_MOUNTED" = 1 ] && timeout 30 umount "$WORK/fuse" && FUSE_MOUNTED=0
-  local i
-  for i in $(seq 50); do [ -n "$FUSE_PID" ] && kill -0 "$FUSE_PID" 2>/dev/null || break; sleep 0.1; done
-  [ -n "$FUSE_PID" ] && kill -0 "$FUSE_PID" 2>/dev/null && kill "$FUSE_PID"
-  FUSE_PID=""
-  return 0
-}
-on_cleanup fs_cleanup
+on_cleanup fuse_teardown
 rm -f "$WORK/nbdfuse.pid"
 nbdfuse -P "$WORK/nbdfuse.pid" "$WORK/fuse" "$U" > "$WORK/nbdfuse.log" 2>&1 &
 for i in $(seq 100); do [ -s "$WORK/nbdfuse.pid" ] && break; sleep 0.1; done
@@ -121,7 +110,7 @@ dm message lw2 0 mark s1 || fail "mark s1 failed"
 timeout 60 cp "$WORK/ref2.bin" "$WORK/mnt/f2.bin" && timeout 60 rm "$WORK/mnt/f1.bin" && timeout 60 sync || fail "writing f2 failed"
 dm message lw2 0 mark s2 || fail "mark s2 failed"
 timeout 30 umount "$WORK/mnt" && MOUNTED=0 || fail "umount failed"
-fs_cleanup
+fuse_teardown
 dm reload lw2 --table "0 131072 linear disk2.img 0" || fail "reload to linear failed"
 
 # replayed IMG MARK: replay log2.img onto a zeroed IMG up to MARK, mount it

@@ -6,18 +6,10 @@
 namespace dmnbd {
 namespace {
 
+using test::build_error;
 using test::run_sync;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
-
-std::string build_error(const std::string& table, DeviceResolver& resolver) {
-  try {
-    Table::build(table, resolver, false);
-  } catch (const TableError& e) {
-    return e.reason();
-  }
-  return "(built)";
-}
 
 class RecordingDevice final : public BlockDevice {
  public:

@@ -6,16 +6,8 @@
 namespace dmnbd {
 namespace {
 
+using test::build_error;
 using test::run_sync;
-
-std::string build_error(const std::string& table, DeviceResolver& resolver) {
-  try {
-    Table::build(table, resolver, false);
-  } catch (const TableError& e) {
-    return e.reason();
-  }
-  return "(built)";
-}
 
 // 4 KiB blocks over a.img from sector 8: block b of a.img is target sectors
 // 8b - 8 .. 8b - 1 (the kernel numbers blocks on the device, offset included).

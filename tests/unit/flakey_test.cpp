@@ -8,16 +8,8 @@
 namespace dmnbd {
 namespace {
 
+using test::build_error;
 using test::run_sync;
-
-std::string build_error(const std::string& table, DeviceResolver& resolver) {
-  try {
-    Table::build(table, resolver, false);
-  } catch (const TableError& e) {
-    return e.reason();
-  }
-  return "(built)";
-}
 
 // "<up> <down>" = "0 1" is down all the time, "1 0" up all the time.
 class FlakeyTest : public ::testing::Test {

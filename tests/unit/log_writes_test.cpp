@@ -13,16 +13,8 @@ namespace dmnbd {
 namespace {
 
 namespace lw = logwrites;
+using test::build_error;
 using test::run_sync;
-
-std::string build_error(const std::string& table, DeviceResolver& resolver) {
-  try {
-    Table::build(table, resolver, false);
-  } catch (const TableError& e) {
-    return e.reason();
-  }
-  return "(built)";
-}
 
 void make_file(const std::filesystem::path& p, size_t size, char fill) {
   std::vector<char> data(size, fill);

@@ -8,25 +8,13 @@
 namespace dmnbd {
 namespace {
 
+using test::build_error;
+using test::expect_label;
+using test::make_labelled_file;
 using test::run_sync;
-
-// A file whose sector i starts with "<tag>:<i, 6 digits>", so a read shows
-// which file and sector it came from.
-void make_labelled_file(const std::filesystem::path& p, char tag, uint64_t sectors) {
-  std::vector<char> data(sectors * 512, '.');
-  for (uint64_t i = 0; i < sectors; ++i)
-    std::snprintf(&data[i * 512], 16, "%c:%06llu", tag, static_cast<unsigned long long>(i));
-  std::ofstream(p, std::ios::binary).write(data.data(), static_cast<std::streamsize>(data.size()));
-}
 
 std::string label(std::span<const std::byte> sector) {
   return std::string(reinterpret_cast<const char*>(sector.data()), 8);
-}
-
-std::string expect_label(char tag, uint64_t sector) {
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "%c:%06llu", tag, static_cast<unsigned long long>(sector));
-  return buf;
 }
 
 // A device that records the bios it gets and answers with `result`.
@@ -55,15 +43,6 @@ class RecordingDevice final : public BlockDevice {
   std::string name_;
   uint64_t size_;
 };
-
-std::string build_error(const std::string& table, DeviceResolver& resolver) {
-  try {
-    Table::build(table, resolver, false);
-  } catch (const TableError& e) {
-    return e.reason();
-  }
-  return "(built)";
-}
 
 class StripedTest : public ::testing::Test {
  protected:

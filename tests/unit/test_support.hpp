@@ -4,12 +4,14 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -75,6 +77,34 @@ class DirResolver final : public DeviceResolver {
   std::filesystem::path dir_;
   std::map<std::string, std::shared_ptr<BlockDevice>> named_;
 };
+
+// A file whose sector i starts with "<tag>:<i, 6 digits>".
+inline void make_labelled_file(const std::filesystem::path& p, char tag, uint64_t sectors) {
+  std::vector<char> data(sectors * 512, '.');
+  for (uint64_t i = 0; i < sectors; ++i)
+    std::snprintf(&data[i * 512], 16, "%c:%06llu", tag, static_cast<unsigned long long>(i));
+  std::ofstream(p, std::ios::binary).write(data.data(), static_cast<std::streamsize>(data.size()));
+}
+
+inline std::string label(std::span<const std::byte> buf, uint64_t sector) {
+  return std::string(reinterpret_cast<const char*>(buf.data() + sector * 512), 8);
+}
+
+inline std::string expect_label(char tag, uint64_t sector) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%c:%06llu", tag, static_cast<unsigned long long>(sector));
+  return buf;
+}
+
+// The reason a table is refused with, or "(built)" when it builds.
+inline std::string build_error(const std::string& table, DeviceResolver& resolver) {
+  try {
+    Table::build(table, resolver, false);
+  } catch (const TableError& e) {
+    return e.reason();
+  }
+  return "(built)";
+}
 
 // A resumed device named `name` with `table` live.
 inline std::shared_ptr<Device> make_device(const std::string& table, DeviceResolver& resolver,

@@ -8,34 +8,11 @@
 namespace dmnbd {
 namespace {
 
+using test::build_error;
+using test::expect_label;
+using test::label;
+using test::make_labelled_file;
 using test::run_sync;
-
-// A file whose sector i starts with "<tag>:<i, 6 digits>".
-void make_labelled_file(const std::filesystem::path& p, char tag, uint64_t sectors) {
-  std::vector<char> data(sectors * 512, '.');
-  for (uint64_t i = 0; i < sectors; ++i)
-    std::snprintf(&data[i * 512], 16, "%c:%06llu", tag, static_cast<unsigned long long>(i));
-  std::ofstream(p, std::ios::binary).write(data.data(), static_cast<std::streamsize>(data.size()));
-}
-
-std::string label(std::span<const std::byte> buf, uint64_t sector) {
-  return std::string(reinterpret_cast<const char*>(buf.data() + sector * 512), 8);
-}
-
-std::string expect_label(char tag, uint64_t sector) {
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "%c:%06llu", tag, static_cast<unsigned long long>(sector));
-  return buf;
-}
-
-std::string build_error(const std::string& table, DeviceResolver& resolver) {
-  try {
-    Table::build(table, resolver, false);
-  } catch (const TableError& e) {
-    return e.reason();
-  }
-  return "(built)";
-}
 
 class UnstripedTest : public ::testing::Test {
  protected:
