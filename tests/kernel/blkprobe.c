@@ -14,12 +14,22 @@
  *                                  filled with "blkprobe SECTOR\n" + 0xa5;
  *                                  print "ok" or "error <errno name>", exit 0/1.
  *   blkprobe read DEV SECTOR N     O_DIRECT read of N sectors; "ok"/"error ...".
+ *   blkprobe pwrite DEV OFFSET LEN BYTE [fua]
+ *                                  O_DIRECT write of LEN bytes of BYTE at byte
+ *                                  OFFSET, no fsync. With "fua", the write is
+ *                                  submitted through Linux AIO with RWF_DSYNC:
+ *                                  the block layer turns that into ONE write
+ *                                  with REQ_FUA. (A synchronous O_DSYNC write
+ *                                  would also get an fsync, i.e. a flush, from
+ *                                  generic_write_sync.) "ok"/"error ...".
+ *   blkprobe flush DEV             fsync(DEV): one empty REQ_PREFLUSH bio.
  *
  * Retry granularity is the device's logical block size (BLKSSZGET), so attach
  * nbd devices with "nbd-client -b 512" to get errors sector-exact.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/aio_abi.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <stdint.h>
@@ -28,6 +38,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define CHUNK (1024 * 1024)
@@ -138,10 +149,59 @@ static int do_rw(int write, const char *dev, uint64_t sector, uint64_t count) {
   return 1;
 }
 
+static const char *ename(int e) { return strerrorname_np(e) ? strerrorname_np(e) : "?"; }
+
+static int do_pwrite(const char *dev, uint64_t off, size_t len, int byte, int fua) {
+  int fd = open(dev, O_WRONLY | O_DIRECT);
+  if (fd < 0) { printf("error %s (open)\n", ename(errno)); return 1; }
+  char *buf;
+  if (posix_memalign((void **)&buf, 4096, len ? len : 512)) die("posix_memalign", dev);
+  memset(buf, byte, len);
+  long r;
+  if (!fua) {
+    r = pwrite(fd, buf, len, (off_t)off);
+    if (r < 0) r = -errno;
+  } else {
+    aio_context_t ctx = 0;
+    if (syscall(SYS_io_setup, 1, &ctx) < 0) { printf("error %s (io_setup)\n", ename(errno)); return 1; }
+    struct iocb cb;
+    memset(&cb, 0, sizeof cb);
+    cb.aio_fildes = (uint32_t)fd;
+    cb.aio_lio_opcode = IOCB_CMD_PWRITE;
+    cb.aio_buf = (uint64_t)(uintptr_t)buf;
+    cb.aio_nbytes = len;
+    cb.aio_offset = (int64_t)off;
+    cb.aio_rw_flags = RWF_DSYNC;
+    struct iocb *cbs[1] = {&cb};
+    struct io_event ev;
+    if (syscall(SYS_io_submit, ctx, 1, cbs) != 1) { printf("error %s (io_submit)\n", ename(errno)); return 1; }
+    if (syscall(SYS_io_getevents, ctx, 1, 1, &ev, NULL) != 1) { printf("error %s (io_getevents)\n", ename(errno)); return 1; }
+    r = (long)ev.res;
+    syscall(SYS_io_destroy, ctx);
+  }
+  close(fd);
+  if (r == (long)len) { printf("ok\n"); return 0; }
+  printf("error %s\n", r < 0 ? ename((int)-r) : "short");
+  return 1;
+}
+
+static int do_flush(const char *dev) {
+  int fd = open(dev, O_WRONLY);
+  if (fd < 0 || fsync(fd) < 0) { printf("error %s\n", ename(errno)); return 1; }
+  close(fd);
+  printf("ok\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if ((argc == 6 || (argc == 7 && !strcmp(argv[6], "fua"))) && !strcmp(argv[1], "pwrite"))
+    return do_pwrite(argv[2], strtoull(argv[3], 0, 0), (size_t)strtoull(argv[4], 0, 0),
+                     (int)strtol(argv[5], 0, 0), argc == 7);
+  if (argc == 3 && !strcmp(argv[1], "flush")) return do_flush(argv[2]);
   if (argc == 5 && !strcmp(argv[1], "copy")) return do_copy(argv[2], argv[3], strtoull(argv[4], 0, 0));
   if (argc == 5 && (!strcmp(argv[1], "write") || !strcmp(argv[1], "read")))
     return do_rw(argv[1][0] == 'w', argv[2], strtoull(argv[3], 0, 0), strtoull(argv[4], 0, 0));
-  fprintf(stderr, "usage: blkprobe copy SRC DST OFFSET | write|read DEV SECTOR N\n");
+  fprintf(stderr, "usage: blkprobe copy SRC DST OFFSET | write|read DEV SECTOR N |\n"
+                  "       pwrite DEV OFFSET LEN BYTE [fua] | flush DEV\n");
   return 2;
 }

@@ -3,7 +3,9 @@
 # nbd-client / dmsetup / e2fsprogs, the host-built static /sbin/blkprobe).
 # Parameters come from /etc/nbdvm.env (written by run.sh):
 #   NBD_HOST NBD_PORT   where dmnbd answers (QEMU forwards it to the host's socket)
-#   RUN_E2E RUN_ORACLE  1 or 0
+#   RUN_E2E RUN_ORACLE RUN_LW  1 or 0
+#   LW_SEQ              the log-writes sequence (run.sh's LW_SEQ; the host runs
+#                       the same one against dmnbd's log-writes)
 #   ERR_OUT             byte offset in /dev/vda for the copy of the error device
 # Oracle plan: /etc/oracle/backing ("LETTER /dev/nbdN EXPORT" per line),
 # /etc/oracle/plan ("NAME OUT_OFFSET" per line), /etc/oracle/NAME.table.
@@ -13,6 +15,7 @@
 #   NBDVM-ERRMAP <label> sectors=N errors=…  unreadable sectors of a device
 #   ORACLE-RESULT <name> sectors=N errors=…  the dm device was copied to /dev/vda
 #   ORACLE-REFUSED <name> <reason>           dmsetup create failed
+#   NBDVM-LW <op> <result>                   one step of the log-writes sequence
 #   NBDVM-RESULT: PASS|FAIL
 export DM_DISABLE_UDEV=1
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
@@ -194,8 +197,47 @@ oracle() {
   echo "NBDVM-TIME oracle $t -> $(up)"
 }
 
+# ------------------------------------------------------------------ log-writes
+# The kernel's dm-log-writes over two scratch exports (lwdata, lwlog: zeroed
+# files on the host). LW_SEQ is run on it; "dmsetup remove" logs what no flush
+# covered and the end mark; the host replays the log (lwlog's file) and
+# compares with dmnbd's log for the same sequence.
+#   w:OFF:LEN:BYTE    O_DIRECT write          fua:OFF:LEN:BYTE  the same, REQ_FUA
+#   flush             fsync = empty flush     discard:OFF:LEN   BLKDISCARD
+#   mark:NAME         dmsetup message lw 0 mark NAME
+logwrites() {
+  t=$(up)
+  chk lw-attach-data attach /dev/nbd13 lwdata -b 512 || return
+  chk lw-attach-log attach /dev/nbd14 lwlog -b 512 || { detach /dev/nbd13; return; }
+  if chk lw-create dmsetup create lw --table "0 $(blockdev --getsz /dev/nbd13) log-writes /dev/nbd13 /dev/nbd14"; then
+    D=/dev/mapper/lw bad=""
+    echo "NBDVM-INFO lw: write cache $(cat /sys/block/nbd13/queue/write_cache), fua $(cat /sys/block/nbd13/queue/fua 2>/dev/null), discard_max $(cat /sys/block/nbd13/queue/discard_max_bytes)"
+    for op in $LW_SEQ; do
+      oifs=$IFS; IFS=:; set -f; set -- $op; set +f; IFS=$oifs
+      k=$1 a=${2:-} b=${3:-} c=${4:-}
+      case $k in
+        w) r=$(blkprobe pwrite $D "$a" "$b" "$c" 2>&1);;
+        fua) r=$(blkprobe pwrite $D "$a" "$b" "$c" fua 2>&1);;
+        flush) r=$(blkprobe flush $D 2>&1);;
+        discard) r=$(blkdiscard -o "$a" -l "$b" $D 2>&1 && echo ok);;
+        mark) r=$(dmsetup message lw 0 mark "$a" 2>&1 && echo ok);;
+        *) r="unknown op";;
+      esac
+      r=$(echo $r)
+      echo "NBDVM-LW $op $r"
+      [ "$r" = ok ] || bad="$bad $op"
+    done
+    echo "NBDVM-INFO lw status: $(dmsetup status lw)"
+    if [ -z "$bad" ]; then res lw-sequence PASS "($(echo $LW_SEQ | wc -w) steps)"; else res lw-sequence FAIL "(failed:$bad)"; fi
+    chk lw-remove dmsetup remove lw
+  fi
+  detach /dev/nbd13; detach /dev/nbd14
+  echo "NBDVM-TIME logwrites $t -> $(up)"
+}
+
 [ "${RUN_E2E:-1}" = 1 ] && { e2e_ext4; e2e_readonly; e2e_error; }
 [ "${RUN_ORACLE:-1}" = 1 ] && oracle
+[ "${RUN_LW:-1}" = 1 ] && logwrites
 echo "NBDVM-TARGETS $(dmsetup targets | tr '\n' ' ')"
 # kernel messages were kept off the console (loglevel=3); show the interesting ones
 dmesg | grep -iE 'nbd|device-mapper|EXT4|I/O error|blk_update' | tail -40 | sed 's/^/NBDVM-DMESG /'

@@ -2,7 +2,7 @@
 # run.sh - dmnbd under the REAL Linux kernel: nbd client, ext4 and device-mapper
 # in a QEMU guest booted from Debian's own kernel package (ctest: kernel.vm).
 #
-#   bash tests/kernel/run.sh [--tables FILE]... [--only e2e|oracle] [--keep]
+#   bash tests/kernel/run.sh [--tables FILE]... [--only e2e|oracle|logwrites] [--keep]
 #
 # One guest boot runs everything:
 #  e2e     nbd-client attach (1 and 2 connections), mkfs.ext4, mount, write,
@@ -14,6 +14,10 @@
 #          DMNBD_ORACLE_TABLES=FILE[:FILE...]) is built by the guest's real
 #          dmsetup over the same backing files and copied out; the host compares
 #          byte for byte with what dmnbd serves for the same table (oracle.py).
+#  logwrites  the kernel's dm-log-writes (over two scratch exports) and dmnbd's
+#          log-writes run the same write/FUA/flush/discard/mark sequence
+#          (LW_SEQ); both logs, replayed with "dmnbd replay-log" onto zeroed
+#          images, must give identical images at every mark and at the end.
 #
 # dmnbd ($DMNBD, default build/dmnbd) is started here on a unix socket in a temp
 # dir and stopped by PID at the end; QEMU forwards the guest's connections to it.
@@ -28,14 +32,17 @@ DMNBD=${DMNBD:-$HERE/../../build/dmnbd}
 PY=/usr/bin/python3
 TEST_NAME=kernel.vm
 LISTS=("$HERE/oracle-tables.txt")
-RUN_E2E=1 RUN_ORACLE=1
+RUN_E2E=1 RUN_ORACLE=1 RUN_LW=1
 KEEP=${KEEP_WORK:-0}
 IFS=: read -r -a _extra <<< "${DMNBD_ORACLE_TABLES:-}"
 for f in "${_extra[@]}"; do [ -n "$f" ] && LISTS+=("$f"); done
 while [ $# -gt 0 ]; do
   case $1 in
     --tables) LISTS+=("$2"); shift 2;;
-    --only) case $2 in e2e) RUN_ORACLE=0;; oracle) RUN_E2E=0;; *) echo "--only e2e|oracle" >&2; exit 2;; esac; shift 2;;
+    --only) case $2 in
+              e2e) RUN_ORACLE=0 RUN_LW=0;; oracle) RUN_E2E=0 RUN_LW=0;; logwrites) RUN_E2E=0 RUN_ORACLE=0;;
+              *) echo "--only e2e|oracle|logwrites" >&2; exit 2;;
+            esac; shift 2;;
     --keep) KEEP=1; shift;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2;;
@@ -110,6 +117,19 @@ ERR_EXPECTED="2048+8,4096+1"
 ERR_OUT=0                               # its copy goes to the start of the out disk
 OUT_START=8388608                       # the oracle's copies follow
 
+# log-writes: lw-kdata.img / lw-klog.img are the scratch exports lwdata / lwlog
+# under the guest kernel's dm-log-writes; lw-ddata.img / lw-dlog.img are behind
+# dmnbd's own log-writes device lwd. The sequence (see guest.sh / logwrites.py):
+# the FUA write is logged at once, the plain writes and the discard only at the
+# next flush (or at teardown), marks at once: so m1 holds the FUA write only,
+# m2 adds what the flush covered, the end has everything.
+LW_SEQ="w:0:65536:0x11 fua:1048576:4096:0x22 mark:m1 flush w:2097152:32768:0x33 discard:16384:16384 mark:m2 fua:3145728:8192:0x44 w:4194304:4096:0x55"
+LW_MARKS="m1 m2"
+if [ "$RUN_LW" = 1 ]; then
+  for f in lw-kdata lw-ddata; do truncate -s 8M "$WORK/$f.img"; done
+  for f in lw-klog lw-dlog; do truncate -s 16M "$WORK/$f.img"; done
+fi
+
 OUT_SIZE=0
 if [ "$RUN_ORACLE" = 1 ]; then
   OUT_SIZE=$("$PY" "$HERE/oracle.py" plan "$WORK" "$OUT_START" "${LISTS[@]}") || die "oracle.py plan failed"
@@ -126,15 +146,19 @@ NBD_HOST=10.0.2.100
 NBD_PORT=10809
 RUN_E2E=$RUN_E2E
 RUN_ORACLE=$RUN_ORACLE
+RUN_LW=$RUN_LW
+LW_SEQ="$LW_SEQ"
 ERR_OUT=$ERR_OUT
-export NBD_HOST NBD_PORT RUN_E2E RUN_ORACLE ERR_OUT
+export NBD_HOST NBD_PORT RUN_E2E RUN_ORACLE RUN_LW LW_SEQ ERR_OUT
 EOF
 
 # ------------------------------------------------------------ dmnbd
 SOCK=$WORK/nbd.sock
+CTL=$WORK/ctl.sock
 write_config() {
   cat > "$WORK/cfg.yaml" <<EOF
 listen: [ "unix://$SOCK" ]
+control: $CTL
 files:
   - { path: disk.img, size: 128MiB }
 devices:
@@ -151,6 +175,17 @@ devices:
       2056 2040 linear err.img 2056
       4096 1 error
       4097 12287 linear err.img 4097
+EOF
+  [ "$RUN_LW" = 1 ] && cat >> "$WORK/cfg.yaml" <<EOF
+  - name: lwdata
+    description: scratch data device for the guest kernel's dm-log-writes
+    table: "0 16384 linear lw-kdata.img 0"
+  - name: lwlog
+    description: scratch log device for the guest kernel's dm-log-writes
+    table: "0 32768 linear lw-klog.img 0"
+  - name: lwd
+    description: dmnbd's log-writes, compared with the kernel's
+    table: "0 16384 log-writes lw-ddata.img lw-dlog.img"
 EOF
   [ "$RUN_ORACLE" = 1 ] && "$PY" "$HERE/oracle.py" config "$WORK" >> "$WORK/cfg.yaml"
   return 0
@@ -258,6 +293,48 @@ if [ "$RUN_ORACLE" = 1 ]; then
   FAILED=$((FAILED + n))
   [ "$n" -gt 0 ] && FIRST_FAIL=${FIRST_FAIL:-$(grep -m1 '^not ok - ' "$WORK/oracle.out" | sed 's/^not ok - //')}
   grep -q '^oracle: ' "$WORK/oracle.out" || notok "oracle.py check did not finish"
+fi
+
+if [ "$RUN_LW" = 1 ]; then
+  # the same sequence on dmnbd's log-writes; removing the device logs what no
+  # flush covered and the end mark (the kernel's dtr did the same in the guest)
+  timeout 120 "$PY" "$HERE/logwrites.py" "$SOCK" lwd "$DMNBD" "$CTL" lwd $LW_SEQ > "$WORK/lw-host.out" 2>&1
+  rc=$?
+  sed 's/^/#   host lwd| /' "$WORK/lw-host.out" >&2
+  check "host: dmnbd's log-writes device lwd ran the same $(wc -w <<< "$LW_SEQ") steps through libnbd" test "$rc" = 0
+  for i in $(seq 50); do
+    timeout 60 "$DMNBD" --control "$CTL" remove lwd > "$WORK/lw-remove.out" 2>&1 && break
+    sleep 0.2
+  done
+  check "host: dmnbd's log-writes device removed (logs the end mark)" test "$i" -lt 50 -a -z "$(timeout 60 "$DMNBD" --control "$CTL" ls 2>/dev/null | grep -w lwd)"
+  lw_replay() { # LOG IMG [MARK]
+    rm -f "$2"; truncate -s 8M "$2"
+    timeout 120 "$DMNBD" replay-log --log "$1" --replay "$2" ${3:+--end-mark "$3"} >> "$WORK/lw-replay.out" 2>&1
+  }
+  lw_list() { timeout 120 "$DMNBD" replay-log --log "$1" --list 2>/dev/null; }
+  lw_marks() { lw_list "$1" | sed -n 's/.*(MARK), mark //p' | tr '\n' ' '; }
+  lw_flags() { lw_list "$1" | sed -n 's/.*, sectors \([0-9]*\), flags 0x[0-9a-f]*(\([^)]*\)).*/\2:\1/p' | tr '\n' ' '; }
+  nonzero() { "$PY" -c 'import sys; d=open(sys.argv[1],"rb").read(); print(len(d)-d.count(0))' "$1"; }
+  KLOG=$WORK/lw-klog.img DLOG=$WORK/lw-dlog.img
+  kn=$(timeout 120 "$DMNBD" replay-log --log "$KLOG" --num-entries 2>&1) dn=$(timeout 120 "$DMNBD" replay-log --log "$DLOG" --num-entries 2>&1)
+  log "log-writes entries (flags:sectors): kernel $kn: $(lw_flags "$KLOG")"
+  log "log-writes entries (flags:sectors): dmnbd  $dn: $(lw_flags "$DLOG")"
+  [ "$kn" = "$dn" ] && [ "$(lw_flags "$KLOG")" = "$(lw_flags "$DLOG")" ] \
+    || log "note: the entry lists differ (the kernel may split or merge I/O); the images decide"
+  km=$(lw_marks "$KLOG") dm=$(lw_marks "$DLOG")
+  check "logwrites: both logs have the marks $LW_MARKS and the end mark, in order (kernel: ${km:-none}; dmnbd: ${dm:-none})" \
+    test "$km" = "$dm" -a "$km" = "$LW_MARKS dm-log-writes-end "
+  for m in $LW_MARKS ""; do
+    ki=$WORK/lw-k-${m:-end}.img di=$WORK/lw-d-${m:-end}.img
+    if lw_replay "$KLOG" "$ki" "$m" && lw_replay "$DLOG" "$di" "$m"; then
+      check "logwrites: the kernel's and dmnbd's logs replay to the same image $(if [ -n "$m" ]; then echo "at mark $m"; else echo "at the end"; fi) ($(nonzero "$ki") non-zero bytes)" \
+        cmp "$ki" "$di"
+    else
+      notok "logwrites: replay-log ${m:+--end-mark $m }failed: $(tail -2 "$WORK/lw-replay.out" | tr '\n' ' ')"
+    fi
+  done
+  check "logwrites: the full replays equal the data devices (lwdata's file, lwd's data file) and are not empty" \
+    sh -c "cmp '$WORK/lw-k-end.img' '$WORK/lw-kdata.img' && cmp '$WORK/lw-d-end.img' '$WORK/lw-ddata.img' && test \"\$1\" -gt 0" _ "$(nonzero "$WORK/lw-k-end.img")"
 fi
 
 if stop_server; then ok "dmnbd stopped cleanly on SIGTERM"; else notok "dmnbd did not exit 0 on SIGTERM"; fi
