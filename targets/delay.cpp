@@ -19,14 +19,6 @@
 namespace dmnbd {
 namespace {
 
-// sscanf("%u%c"): decimal digits (an optional '+'), nothing after, within 32 bits.
-bool parse_u32(std::string_view s, uint32_t& out) {
-  if (!s.empty() && s.front() == '+') s.remove_prefix(1);
-  if (s.empty()) return false;
-  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-  return ec == std::errc() && end == s.data() + s.size();
-}
-
 class DelayTarget final : public Target {
  public:
   DelayTarget(const TargetContext& ctx, TargetArgs args) : argc_(args.size()) {

@@ -23,16 +23,6 @@ namespace {
 
 constexpr uint64_t kMaxBlockSectors = 2097152;  // 1 GiB
 
-// kstrtouint(s, 10, &v): an optional '+', decimal digits, an optional trailing
-// newline, and the value must fit in 32 bits.
-bool parse_u32(std::string_view s, uint32_t& out) {
-  if (!s.empty() && s.back() == '\n') s.remove_suffix(1);
-  if (!s.empty() && s.front() == '+') s.remove_prefix(1);
-  if (s.empty()) return false;
-  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-  return ec == std::errc() && end == s.data() + s.size();
-}
-
 // sscanf("%llu%c"): digits and nothing after them.
 bool parse_u64(std::string_view s, uint64_t& out) {
   if (s.empty()) return false;

@@ -31,15 +31,6 @@ constexpr uint32_t kProbabilityBase = 1000000000;  // random_*_corrupt: 1e9 = al
 constexpr uint32_t kReqOpWrite = 1;
 constexpr uint32_t kReqFua = 1u << 17;
 
-// sscanf("%u%c") as dm_read_arg() uses it: decimal digits (an optional '+'),
-// nothing after them, within 32 bits.
-bool parse_u32(std::string_view s, uint32_t& out) {
-  if (!s.empty() && s.front() == '+') s.remove_prefix(1);
-  if (s.empty()) return false;
-  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-  return ec == std::errc() && end == s.data() + s.size();
-}
-
 bool same_word(const std::string& a, const char* b) {
   return strcasecmp(a.c_str(), b) == 0;
 }

@@ -36,6 +36,14 @@ uint64_t parse_sector(const std::string& text, const char* error) {
   return value;
 }
 
+bool parse_u32(std::string_view s, uint32_t& out) {
+  if (!s.empty() && s.back() == '\n') s.remove_suffix(1);
+  if (!s.empty() && s.front() == '+') s.remove_prefix(1);
+  if (s.empty()) return false;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return ec == std::errc() && end == s.data() + s.size();
+}
+
 std::shared_ptr<BlockDevice> TargetContext::get_device(const std::string& name, uint64_t start,
                                                        uint64_t len) const {
   std::shared_ptr<BlockDevice> dev;

@@ -15,16 +15,6 @@ namespace {
 // The kernel's DM_IO_ERROR_THRESHOLD: a leg stops raising events after this many errors.
 constexpr unsigned kErrorThreshold = 15;
 
-// kstrtouint(s, 10, &v): an optional '+', decimal digits, an optional trailing
-// newline, and the value must fit in 32 bits.
-bool parse_u32(std::string_view s, uint32_t& out) {
-  if (!s.empty() && s.back() == '\n') s.remove_suffix(1);
-  if (!s.empty() && s.front() == '+') s.remove_prefix(1);
-  if (s.empty()) return false;
-  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-  return ec == std::errc() && end == s.data() + s.size();
-}
-
 class StripedTarget final : public Target {
  public:
   StripedTarget(const TargetContext& ctx, TargetArgs args) : raise_event_(ctx.raise_event) {

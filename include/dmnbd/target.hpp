@@ -7,6 +7,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "dmnbd/block_device.hpp"
@@ -106,6 +107,10 @@ class TargetRegistry {
 // Parses a sector count or offset the way the kernel's sscanf("%llu%c") does:
 // digits only, nothing after. Throws TargetError(error) otherwise.
 uint64_t parse_sector(const std::string& text, const char* error);
+
+// The kernel's kstrtouint(s, 10, &v): an optional '+', decimal digits, an
+// optional trailing newline, and the value must fit in 32 bits.
+bool parse_u32(std::string_view text, uint32_t& out);
 
 }  // namespace dmnbd
 
