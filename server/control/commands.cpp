@@ -2,7 +2,6 @@
 
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
-#include <map>
 #include <set>
 
 #include "dmnbd/table.hpp"
