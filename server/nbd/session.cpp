@@ -18,9 +18,6 @@ constexpr size_t kMaxInFlight = 256;  // per connection; the kernel sends up to 
 constexpr uint32_t kMaxOptionPayload = 1 << 16;
 constexpr int kMaxOptions = 1024;  // a handshake that never ends is a DoS
 constexpr size_t kMaxExtents = 1 << 16;
-constexpr size_t kMaxSpareBuffers = 32;
-constexpr size_t kMaxPooledBuffer = 4u << 20;
-constexpr size_t kMinPooledBuffer = 64u << 10;
 
 }  // namespace
 
@@ -38,7 +35,7 @@ class Session::ReplyBuilder {
     add(true, offset, length);
     return *this;
   }
-  Reply take(IoBuffer data) {
+  Reply take(Buffer data) {
     reply_.data = std::move(data);
     return std::move(reply_);
   }
@@ -313,47 +310,42 @@ Task<void> Session::handle_meta_context(uint32_t option, std::span<const uint8_t
 
 Task<std::string> Session::transmission() {
   std::string why;
+  RequestReader reader(socket_, buffers_);
   for (;;) {
     while (in_flight_ >= kMaxInFlight && !broken_) co_await wait_for_change();
     if (broken_) {
       why = "sending a reply failed";
       break;
     }
-    std::array<uint8_t, kRequestHeaderSize> header;
-    auto [ec, n] = co_await asio::async_read(socket_, asio::buffer(header), kTuple);
-    if (ec) {
-      why = ec == asio::error::eof ? (n == 0 ? "client closed the connection"
-                                             : "client closed the connection mid-request")
-                                   : ec.message();
+    Incoming in = co_await reader.next();
+    using Kind = Incoming::Kind;
+    if (in.kind == Kind::closed) {
+      why = "client closed the connection";
       break;
     }
-    auto req = decode_request(header);
-    if (!req) {
+    if (in.kind == Kind::truncated) {
+      why = "client closed the connection mid-request";
+      break;
+    }
+    if (in.kind == Kind::failed) {
+      why = in.error.message();
+      break;
+    }
+    if (in.kind == Kind::bad_magic) {
       why = "bad request magic (the stream cannot be resynchronised)";
       break;
     }
-    if (req->type == kCmdDisc) {
+    if (in.kind == Kind::oversized) {
+      reply_error(in.request, kEINVAL, "write larger than the 32 MiB maximum payload");
+      continue;
+    }
+    if (in.request.type == kCmdDisc) {
       why = "client sent DISC";
       break;
     }
-    IoBuffer payload;
-    if (req->type == kCmdWrite) {
-      if (req->length > kMaxPayload) {
-        // Too big to buffer: consume it so the stream stays in step, then refuse.
-        co_await discard_payload(req->length);
-        reply_error(*req, kEINVAL, "write larger than the 32 MiB maximum payload");
-        continue;
-      }
-      payload = take_buffer(req->length);
-      auto [rec, rn] =
-          co_await asio::async_read(socket_, asio::buffer(payload.data(), payload.size()), kTuple);
-      if (rec) {
-        why = "client closed the connection in a WRITE payload";
-        break;
-      }
-    }
     ++in_flight_;
-    asio::co_spawn(socket_.get_executor(), serve(*req, std::move(payload)), asio::detached);
+    asio::co_spawn(socket_.get_executor(), serve(in.request, std::move(in.payload)),
+                   asio::detached);
   }
   // Requests already received are finished and answered before the close.
   while (in_flight_ > 0 || writing_) co_await wait_for_change();
@@ -369,7 +361,7 @@ Task<void> Session::discard_payload(uint64_t length) {
   }
 }
 
-Task<void> Session::serve(Request req, IoBuffer payload) {
+Task<void> Session::serve(Request req, Buffer payload) {
   try {
     const bool fua = req.flags & kCmdFlagFua;
     const uint32_t bio_fua = fua ? kBioFua : 0;
@@ -416,7 +408,7 @@ Task<void> Session::serve(Request req, IoBuffer payload) {
     spdlog::error("{}: {} failed: {}", peer_, command_name(req.type), e.what());
     reply_error(req, kEIO, e.what());
   }
-  give_buffer(std::move(payload));
+  payload = {};  // free for reuse before the reader looks for a block
   --in_flight_;
   notify_change();
 }
@@ -426,12 +418,11 @@ Task<void> Session::serve_read(const Request& req) {
     reply_error(req, kEINVAL, "read larger than the 32 MiB maximum payload");
     co_return;
   }
-  IoBuffer buf = take_buffer(req.length);
+  Buffer buf = buffers_.take(req.length);
   std::vector<ZeroRun> zero_runs;
   const bool want_holes = structured_replies_ && !(req.flags & kCmdFlagDf);
   Status st = co_await device_->read(req.offset, buf.span(), want_holes ? &zero_runs : nullptr);
   if (st) {
-    give_buffer(std::move(buf));
     reply_status(req, st);
     co_return;
   }
@@ -534,10 +525,7 @@ void Session::reply_error(const Request& req, uint32_t error, std::string_view m
 }
 
 void Session::queue_reply(Reply reply) {
-  if (broken_) {
-    give_buffer(std::move(reply.data));
-    return;
-  }
+  if (broken_) return;
   pending_.push_back(std::move(reply));
   if (!writing_) {
     writing_ = true;
@@ -563,33 +551,10 @@ Task<void> Session::write_replies() {
                                       : asio::buffer(r.meta.data() + s.offset, s.length));
     auto [ec, n] = co_await asio::async_write(socket_, buffers, kTuple);
     if (ec) broken_ = true;
-    for (Reply& r : batch) give_buffer(std::move(r.data));
   }
   pending_.clear();
   writing_ = false;
   notify_change();
-}
-
-IoBuffer Session::take_buffer(size_t size) {
-  for (auto it = spare_buffers_.begin(); it != spare_buffers_.end(); ++it) {
-    if (it->capacity() >= size) {
-      IoBuffer buf = std::move(*it);
-      spare_buffers_.erase(it);
-      buf.resize(size);
-      return buf;
-    }
-  }
-  // Small buffers are rounded up so one pooled buffer serves any small request.
-  IoBuffer buf(std::max<size_t>(size, kMinPooledBuffer));
-  buf.resize(size);
-  return buf;
-}
-
-void Session::give_buffer(IoBuffer buffer) {
-  if (buffer.capacity() == 0 || buffer.capacity() > kMaxPooledBuffer ||
-      spare_buffers_.size() >= kMaxSpareBuffers)
-    return;
-  spare_buffers_.push_back(std::move(buffer));
 }
 
 Task<void> Session::wait_for_change() {

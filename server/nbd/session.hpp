@@ -13,12 +13,11 @@
 #include "dmnbd/asio.hpp"
 #include "dmnbd/device.hpp"
 #include "dmnbd/device_manager.hpp"
-#include "nbd/io_buffer.hpp"
+#include "nbd/buffer_pool.hpp"
 #include "nbd/protocol.hpp"
+#include "nbd/request_reader.hpp"
 
 namespace dmnbd::nbd {
-
-using Socket = asio::generic::stream_protocol::socket;
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
@@ -41,7 +40,7 @@ class Session : public std::enable_shared_from_this<Session> {
     };
     // Inline capacity for the common replies, so answering needs no heap.
     boost::container::small_vector<uint8_t, 64> meta;
-    IoBuffer data;
+    Buffer data;
     boost::container::small_vector<Segment, 3> segments;
   };
   class ReplyBuilder;
@@ -59,7 +58,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Transmission.
   Task<std::string> transmission();
-  Task<void> serve(Request req, IoBuffer payload);
+  Task<void> serve(Request req, Buffer payload);
   Task<void> serve_read(const Request& req);
   Task<void> serve_block_status(const Request& req);
   void reply_status(const Request& req, Status status);
@@ -67,8 +66,6 @@ class Session : public std::enable_shared_from_this<Session> {
   void queue_reply(Reply reply);
   Task<void> write_replies();
   Task<void> discard_payload(uint64_t length);
-  IoBuffer take_buffer(size_t size);
-  void give_buffer(IoBuffer buffer);
   Task<void> wait_for_change();
   void notify_change();
 
@@ -88,7 +85,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool writing_ = false;
   bool broken_ = false;
   std::deque<Reply> pending_;
-  std::vector<IoBuffer> spare_buffers_;
+  BufferPool buffers_;
   asio::steady_timer change_;  // wakes the reader when in-flight work completes
 };
 
