@@ -30,6 +30,7 @@ struct ServeOptions {
   std::vector<std::string> listen;
   std::string control;
   unsigned threads = 0;
+  unsigned poll_us = 50;
   std::string log_level = "info";
 };
 
@@ -55,7 +56,7 @@ int serve(const ServeOptions& opts) {
     spdlog::info("device {}: {} sectors ({} bytes){}", device->name(), device->sectors(),
                  device->size_bytes(), device->read_only() ? ", read-only" : "");
 
-  nbd::Server server(devices, config.listen, opts.threads);
+  nbd::Server server(devices, config.listen, opts.threads, std::chrono::microseconds(opts.poll_us));
   control::ControlServer control(server.control_context(), devices, config.control);
   control.start();
   server.on_stop([&control] { control.stop(); });
@@ -87,6 +88,12 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--control-socket", serve_opts.control,
                         "Override the config's control socket path");
   serve_cmd->add_option("--threads", serve_opts.threads, "Event loops (default: one per core)");
+  serve_cmd
+      ->add_option("--poll-us", serve_opts.poll_us,
+                   "How long an idle event loop polls before it sleeps, in microseconds; it "
+                   "only polls on a CPU nothing else wants (0: never poll)")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 10000u));
   serve_cmd->add_option("--log-level", serve_opts.log_level, "trace, debug, info, warn, error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
 

@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "dmnbd/io_engine.hpp"
+#include "nbd/event_loop.hpp"
 #include "nbd/session.hpp"
 
 namespace dmnbd::nbd {
@@ -125,8 +126,9 @@ class Server::Listener {
   uint64_t accepted_ = 0;
 };
 
-Server::Server(DeviceManager& exports, std::vector<ListenAddress> listen, unsigned threads)
-    : exports_(exports), listen_(std::move(listen)) {
+Server::Server(DeviceManager& exports, std::vector<ListenAddress> listen, unsigned threads,
+               std::chrono::microseconds max_poll)
+    : exports_(exports), listen_(std::move(listen)), max_poll_(max_poll) {
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < threads; ++i) workers_.push_back(std::make_unique<Worker>());
 }
@@ -153,10 +155,10 @@ void Server::start() {
   }
   for (auto& w : workers_) {
     Worker* worker = w.get();
-    worker->thread = std::thread([worker] {
+    worker->thread = std::thread([this, worker] {
       IoEngineScope engine(worker->ctx);
       worker->engine_kind = engine.engine().kind();
-      worker->ctx.run();
+      run_event_loop(worker->ctx, max_poll_);
     });
   }
   for (auto& w : workers_)

@@ -2,6 +2,7 @@
 // sockets, connections spread across the loops, clean stop on a signal.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -19,7 +20,9 @@ class Session;
 
 class Server {
  public:
-  Server(DeviceManager& exports, std::vector<ListenAddress> listen, unsigned threads);
+  // `max_poll`: how long an idle worker loop busy-polls before it sleeps (see event_loop.hpp).
+  Server(DeviceManager& exports, std::vector<ListenAddress> listen, unsigned threads,
+         std::chrono::microseconds max_poll = {});
   ~Server();
 
   // Binds every listener; throws std::runtime_error naming the address.
@@ -44,6 +47,7 @@ class Server {
 
   DeviceManager& exports_;
   std::vector<ListenAddress> listen_;
+  std::chrono::microseconds max_poll_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::atomic<size_t> next_ = 0;
