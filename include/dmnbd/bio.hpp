@@ -7,6 +7,8 @@
 
 namespace dmnbd {
 
+struct ReadView;
+
 inline constexpr unsigned kSectorShift = 9;
 inline constexpr uint64_t kSectorSize = 1u << kSectorShift;
 
@@ -27,6 +29,11 @@ struct Bio {
   // A read may report that its whole range reads as zeroes (the zero target
   // does); the NBD layer turns that into a hole chunk without sending data.
   bool* reads_zero = nullptr;
+  // A read may be answered by pointing the view at the bytes instead of
+  // filling `data` (see read_view.hpp). The Device sets it only on a bio that
+  // covers the whole request and only through targets that pass reads through
+  // unchanged; a device that cannot answer this way ignores it.
+  ReadView* view = nullptr;
 
   uint64_t bytes() const { return sectors << kSectorShift; }
   uint64_t end() const { return sector + sectors; }
@@ -36,12 +43,14 @@ struct Bio {
     b.sector = new_sector;
     return b;
   }
-  // The part [sector + skip, sector + skip + count) of this bio.
+  // The part [sector + skip, sector + skip + count) of this bio. A strict part
+  // cannot answer with a view: the view stands for the whole request.
   Bio part(uint64_t skip, uint64_t count) const {
     Bio b = *this;
     b.sector = sector + skip;
     b.sectors = count;
     if (!data.empty()) b.data = data.subspan(skip << kSectorShift, count << kSectorShift);
+    if (skip != 0 || count != sectors) b.view = nullptr;
     return b;
   }
 };

@@ -11,6 +11,7 @@
 
 #include "dmnbd/async_mutex.hpp"
 #include "dmnbd/block_device.hpp"
+#include "dmnbd/read_view.hpp"
 #include "dmnbd/suspend_gate.hpp"
 #include "dmnbd/table.hpp"
 
@@ -86,8 +87,10 @@ class Device final : public BlockDevice, public std::enable_shared_from_this<Dev
   // Byte-addressed requests. Out of range: reads, discards and block status
   // fail with EINVAL, writes and write-zeroes with ENOSPC; writes to a
   // read-only device with EPERM. `zero_runs`, when given, collects the parts
-  // of an aligned read that targets know to be zero.
-  Task<Status> read(uint64_t offset, std::span<std::byte> buf, std::vector<ZeroRun>* zero_runs);
+  // of an aligned read that targets know to be zero. With `view`, an aligned
+  // read may be answered through it instead of filling `buf` (read_view.hpp).
+  Task<Status> read(uint64_t offset, std::span<std::byte> buf, std::vector<ZeroRun>* zero_runs,
+                    ReadView* view = nullptr);
   Task<Status> write(uint64_t offset, std::span<std::byte> buf, uint32_t flags);
   Task<Status> discard(uint64_t offset, uint64_t length, uint32_t flags);
   Task<Status> write_zeroes(uint64_t offset, uint64_t length, uint32_t flags);

@@ -26,6 +26,7 @@ class FileDevice final : public BlockDevice {
  private:
   FileDevice(std::string name, int fd, uint64_t size_bytes, bool is_block_device);
   Task<Status> transfer(const Bio& bio);
+  bool can_answer_with_view(const Bio& bio) const;
   Task<Status> punch_or_zero(const Bio& bio);
   Task<Status> write_zero_buffers(const Bio& bio);
   Task<Status> block_device_ioctl(const Bio& bio);
@@ -38,6 +39,10 @@ class FileDevice final : public BlockDevice {
   int fd_;
   // tmpfs and ramfs never wait for a disk: their I/O is a memory copy.
   bool memory_backed_ = false;
+  // Such a file is also mapped (read-only), to answer reads with a ReadView.
+  // Nothing in user space reads through the mapping: the kernel does, when it
+  // copies into a socket, so a file truncated under us gives EFAULT, not SIGBUS.
+  std::shared_ptr<const std::byte> mapping_;
   // Cleared when the file system refuses RWF_NOWAIT, so we stop asking.
   std::atomic<bool> nowait_reads_ = true;
   std::atomic<bool> nowait_writes_ = true;

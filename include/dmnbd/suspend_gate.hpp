@@ -19,7 +19,13 @@ class SuspendGate {
    public:
     explicit Pass(SuspendGate* gate) : gate_(gate) {}
     Pass(Pass&& o) noexcept : gate_(std::exchange(o.gate_, nullptr)) {}
-    Pass& operator=(Pass&&) = delete;
+    Pass& operator=(Pass&& o) noexcept {
+      if (this != &o) {
+        if (gate_) gate_->leave();
+        gate_ = std::exchange(o.gate_, nullptr);
+      }
+      return *this;
+    }
     ~Pass() {
       if (gate_) gate_->leave();
     }

@@ -75,6 +75,11 @@ class Target {
   // crosses a multiple of it. 0 means no limit.
   virtual uint64_t max_io_len() const { return 0; }
 
+  // True when map() only remaps reads (same bytes, same length, untouched
+  // data), so a device below may answer them with a ReadView. A target that
+  // looks at or changes read data must leave this false.
+  virtual bool passes_reads_through() const { return false; }
+
   // The devices this target holds (the kernel's iterate_devices), for deps.
   virtual std::vector<std::shared_ptr<BlockDevice>> devices() const { return {}; }
 };

@@ -161,6 +161,7 @@ Task<Status> Device::route(const Table& table, Bio bio, std::vector<ZeroRun>* ze
     bool piece_zero = false;
     Bio piece = bio.part(done, count).at(rel);
     piece.reads_zero = bio.op == BioOp::read ? &piece_zero : nullptr;
+    if (!entry.target->passes_reads_through()) piece.view = nullptr;
     if (Status st = co_await entry.target->map(piece)) co_return st;
     if (piece_zero && zero_runs) {
       if (!zero_runs->empty() && zero_runs->back().sector + zero_runs->back().sectors == done)
@@ -194,7 +195,9 @@ Task<Status> Device::submit(Bio bio) {
   if (bio.op == BioOp::flush) co_return co_await flush_table(*table);
   if (bio.op != BioOp::read && read_only_) co_return errno_status(EPERM);
   if (bio.end() > table->sectors() || bio.end() < bio.sector) co_return errno_status(EIO);
-  co_return co_await route(*table, bio, nullptr);
+  Status st = co_await route(*table, bio, nullptr);
+  if (bio.view && *bio.view) bio.view->holds.push_back(std::move(pass));  // in flight until copied
+  co_return st;
 }
 
 Task<Status> Device::block_status(uint64_t sector, uint64_t count, ExtentList& out) {
@@ -227,7 +230,7 @@ Task<Status> Device::block_status_in(const Table& table, uint64_t sector, uint64
 }
 
 Task<Status> Device::read(uint64_t offset, std::span<std::byte> buf,
-                          std::vector<ZeroRun>* zero_runs) {
+                          std::vector<ZeroRun>* zero_runs, ReadView* view) {
   auto pass = co_await gate_.enter();
   std::shared_ptr<Table> table = live_table();
   if (Status st = check_range(table.get(), offset, buf.size(), false)) co_return st;
@@ -235,8 +238,11 @@ Task<Status> Device::read(uint64_t offset, std::span<std::byte> buf,
     Bio bio{.op = BioOp::read,
             .sector = offset >> kSectorShift,
             .sectors = buf.size() >> kSectorShift,
-            .data = buf};
-    co_return co_await route(*table, bio, zero_runs);
+            .data = buf,
+            .view = view};
+    Status st = co_await route(*table, bio, zero_runs);
+    if (view && *view) view->holds.push_back(std::move(pass));  // in flight until copied
+    co_return st;
   }
   // A client that ignored the advertised block size: read whole sectors aside.
   const uint64_t first = round_down(offset);

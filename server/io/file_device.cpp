@@ -5,6 +5,7 @@
 #include <linux/fs.h>
 #include <linux/magic.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/vfs.h>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "dmnbd/io_engine.hpp"
+#include "dmnbd/read_view.hpp"
 
 namespace dmnbd {
 namespace {
@@ -22,6 +24,7 @@ namespace {
 // io_uring and pread take 32-bit lengths; larger bios go in pieces.
 constexpr uint64_t kMaxTransfer = 1ull << 30;
 constexpr uint64_t kZeroBufferBytes = 1ull << 20;
+constexpr uint64_t kMinViewBytes = 64u << 10;
 
 Status from_result(int64_t r) {
   return r < 0 ? errno_status(static_cast<int>(-r)) : ok();
@@ -29,6 +32,16 @@ Status from_result(int64_t r) {
 
 bool unsupported(int64_t r) {
   return r == -EOPNOTSUPP || r == -ENOTSUP || r == -EINVAL;
+}
+
+// The whole file, read-only and shared with the page cache; null if it fails
+// (reads then copy as usual).
+std::shared_ptr<const std::byte> map_file(int fd, uint64_t size) {
+  void* base = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  if (base == MAP_FAILED) return nullptr;
+  return std::shared_ptr<const std::byte>(
+      static_cast<const std::byte*>(base),
+      [size](const std::byte* p) { munmap(const_cast<std::byte*>(p), size); });
 }
 
 }  // namespace
@@ -60,6 +73,7 @@ std::shared_ptr<FileDevice> FileDevice::open(const std::filesystem::path& path, 
   struct statfs fs {};
   device->memory_backed_ =
       fstatfs(fd, &fs) == 0 && (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC);
+  if (device->memory_backed_ && !is_block && size > 0) device->mapping_ = map_file(fd, size);
   return device;
 }
 
@@ -74,6 +88,12 @@ Task<Status> FileDevice::submit(Bio bio) {
   if (bio.op != BioOp::flush && bio.end() > sectors()) co_return errno_status(EIO);
   switch (bio.op) {
     case BioOp::read:
+      if (bio.view && can_answer_with_view(bio)) {
+        bio.view->data = mapping_.get() + (bio.sector << kSectorShift);
+        bio.view->owner = mapping_;
+        co_return ok();
+      }
+      co_return co_await transfer(bio);
     case BioOp::write:
       co_return co_await transfer(bio);
     case BioOp::flush:
@@ -86,6 +106,23 @@ Task<Status> FileDevice::submit(Bio bio) {
     }
   }
   co_return errno_status(EINVAL);
+}
+
+// A view pays for large reads, where it saves a copy of every byte; a small
+// one costs a page fault the first time each page is touched through the
+// mapping, more than the copy it saves. And only where the file has data: a
+// fault on a tmpfs hole would allocate a page, so a read of a sparse file
+// through the mapping would fill it in.
+bool FileDevice::can_answer_with_view(const Bio& bio) const {
+  if (!mapping_ || bio.bytes() < kMinViewBytes) return false;
+  static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t start = (bio.sector << kSectorShift) & ~(page - 1);
+  const uint64_t end = (bio.sector << kSectorShift) + bio.bytes();
+  thread_local std::vector<unsigned char> resident;
+  resident.resize((end - start + page - 1) / page);
+  void* addr = const_cast<std::byte*>(mapping_.get() + start);
+  if (mincore(addr, end - start, resident.data()) != 0) return false;
+  return std::all_of(resident.begin(), resident.end(), [](unsigned char r) { return r & 1; });
 }
 
 // Most reads hit the page cache and most buffered writes only dirty it: a

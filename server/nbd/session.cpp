@@ -2,11 +2,14 @@
 
 #include <spdlog/spdlog.h>
 
+#include <sys/uio.h>
+#include <unistd.h>
 #include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
 #include <cstring>
+#include <span>
 
 namespace dmnbd::nbd {
 namespace {
@@ -35,8 +38,14 @@ class Session::ReplyBuilder {
     add(true, offset, length);
     return *this;
   }
-  Reply take(Buffer data) {
+  Reply take(Buffer data, ReadView* view = nullptr) {
     reply_.data = std::move(data);
+    if (view && *view) {
+      reply_.view.data = view->data;
+      reply_.view.owner = std::move(view->owner);
+      for (auto& hold : view->holds) reply_.view.holds.push_back(std::move(hold));
+      view->release();
+    }
     return std::move(reply_);
   }
 
@@ -311,6 +320,7 @@ Task<void> Session::handle_meta_context(uint32_t option, std::span<const uint8_t
 Task<std::string> Session::transmission() {
   std::string why;
   RequestReader reader(socket_, buffers_);
+  socket_.non_blocking(true);  // write_some() may then return what fits, never wait
   for (;;) {
     while (in_flight_ >= kMaxInFlight && !broken_) co_await wait_for_change();
     if (broken_) {
@@ -420,8 +430,11 @@ Task<void> Session::serve_read(const Request& req) {
   }
   Buffer buf = buffers_.take(req.length);
   std::vector<ZeroRun> zero_runs;
+  ReadView view;
   const bool want_holes = structured_replies_ && !(req.flags & kCmdFlagDf);
-  Status st = co_await device_->read(req.offset, buf.span(), want_holes ? &zero_runs : nullptr);
+  std::vector<ZeroRun>* runs = want_holes ? &zero_runs : nullptr;
+  Status st = co_await device_->read(req.offset, buf.span(), runs, &view);
+  if (view) buf = {};  // answered without a copy
   if (st) {
     reply_status(req, st);
     co_return;
@@ -429,7 +442,7 @@ Task<void> Session::serve_read(const Request& req) {
   ReplyBuilder reply;
   if (!structured_replies_) {
     reply.meta([&](auto& out) { encode_simple_reply(out, 0, req.cookie); }).data(0, req.length);
-    queue_reply(reply.take(std::move(buf)));
+    queue_reply(reply.take(std::move(buf), &view));
     co_return;
   }
   // Data and hole chunks in order; only the last carries DONE.
@@ -461,7 +474,7 @@ Task<void> Session::serve_read(const Request& req) {
     });
     if (!c.hole) reply.data(c.start, c.length);
   }
-  queue_reply(reply.take(std::move(buf)));
+  queue_reply(reply.take(std::move(buf), &view));
 }
 
 Task<void> Session::serve_block_status(const Request& req) {
@@ -526,6 +539,7 @@ void Session::reply_error(const Request& req, uint32_t error, std::string_view m
 
 void Session::queue_reply(Reply reply) {
   if (broken_) return;
+  if (socket_full_ && !copy_out_view(reply)) return;
   pending_.push_back(std::move(reply));
   if (!writing_) {
     writing_ = true;
@@ -533,28 +547,105 @@ void Session::queue_reply(Reply reply) {
   }
 }
 
+size_t Session::Reply::payload_size() const {
+  size_t end = 0;
+  for (const auto& s : segments)
+    if (s.from_data) end = std::max(end, s.offset + s.length);
+  return end;
+}
+
+void Session::gather(const std::vector<Reply>& batch, std::vector<asio::const_buffer>& buffers) {
+  buffers.clear();
+  for (const auto& r : batch)
+    for (const auto& s : r.segments)
+      buffers.push_back(s.from_data ? asio::buffer(r.payload() + s.offset, s.length)
+                                    : asio::buffer(r.meta.data() + s.offset, s.length));
+}
+
+namespace {
+
+// Moves buffers[first...] past `n` bytes that have been written.
+void consume(std::vector<asio::const_buffer>& buffers, size_t& first, size_t n) {
+  while (n > 0 && first < buffers.size()) {
+    const size_t take = std::min(n, buffers[first].size());
+    buffers[first] += take;
+    n -= take;
+    if (buffers[first].size() == 0) ++first;
+  }
+  while (first < buffers.size() && buffers[first].size() == 0) ++first;
+}
+
+}  // namespace
+
 // Every reply that is ready goes out in one gathered write, so replies that
-// complete together share a system call.
+// complete together share a system call. When the socket cannot take it all
+// (a slow client), zero-copy reads are copied out first, so they do not keep
+// their devices in flight while the client dawdles.
 Task<void> Session::write_replies() {
   std::vector<Reply> batch;
   std::vector<asio::const_buffer> buffers;
   while (!pending_.empty() && !broken_) {
     batch.clear();
-    buffers.clear();
     while (!pending_.empty()) {
       batch.push_back(std::move(pending_.front()));
       pending_.pop_front();
     }
-    for (const Reply& r : batch)
-      for (const auto& s : r.segments)
-        buffers.push_back(s.from_data ? asio::buffer(r.data.data() + s.offset, s.length)
-                                      : asio::buffer(r.meta.data() + s.offset, s.length));
-    auto [ec, n] = co_await asio::async_write(socket_, buffers, kTuple);
+    gather(batch, buffers);
+    size_t first = 0;
+    const size_t sent = write_without_waiting(buffers, first);
+    if (broken_ || first == buffers.size()) continue;
+    for (Reply& r : batch)
+      if (!copy_out_view(r)) break;
+    if (broken_) break;
+    gather(batch, buffers);
+    first = 0;
+    consume(buffers, first, sent);
+    auto rest = std::span(buffers).subspan(first);
+    socket_full_ = true;  // replies queued meanwhile are copied out at once
+    auto [ec, n] = co_await asio::async_write(socket_, rest, kTuple);
+    socket_full_ = false;
     if (ec) broken_ = true;
   }
+  batch.clear();
   pending_.clear();
   writing_ = false;
   notify_change();
+}
+
+// Writes what the socket takes now; returns the bytes written.
+size_t Session::write_without_waiting(std::vector<asio::const_buffer>& buffers, size_t& first) {
+  size_t total = 0;
+  while (first < buffers.size()) {
+    boost::system::error_code ec;
+    const size_t n = socket_.write_some(std::span(buffers).subspan(first), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) break;
+    if (ec) {
+      broken_ = true;
+      break;
+    }
+    consume(buffers, first, n);
+    total += n;
+  }
+  return total;
+}
+
+// Replaces a reply's view by a private copy. The copy goes through the
+// kernel (process_vm_readv), so a file truncated under its mapping fails the
+// connection with EFAULT rather than killing the server with SIGBUS.
+bool Session::copy_out_view(Reply& r) {
+  if (!r.view) return true;
+  const size_t size = r.payload_size();
+  Buffer copy = buffers_.take(size);
+  iovec local{copy.data(), size};
+  iovec remote{const_cast<std::byte*>(r.view.data), size};
+  if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != static_cast<ssize_t>(size)) {
+    spdlog::error("{}: reading a mapped backing file failed: {}", peer_, std::strerror(errno));
+    broken_ = true;
+    return false;
+  }
+  r.data = std::move(copy);
+  r.view.release();
+  return true;
 }
 
 Task<void> Session::wait_for_change() {

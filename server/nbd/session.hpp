@@ -41,7 +41,11 @@ class Session : public std::enable_shared_from_this<Session> {
     // Inline capacity for the common replies, so answering needs no heap.
     boost::container::small_vector<uint8_t, 64> meta;
     Buffer data;
+    ReadView view;  // when set, payload bytes come from here instead of `data`
     boost::container::small_vector<Segment, 3> segments;
+
+    const std::byte* payload() const { return view ? view.data : data.data(); }
+    size_t payload_size() const;
   };
   class ReplyBuilder;
   enum class HandshakeResult { transmission, closed };
@@ -65,6 +69,9 @@ class Session : public std::enable_shared_from_this<Session> {
   void reply_error(const Request& req, uint32_t error, std::string_view message);
   void queue_reply(Reply reply);
   Task<void> write_replies();
+  size_t write_without_waiting(std::vector<asio::const_buffer>& buffers, size_t& first);
+  bool copy_out_view(Reply& reply);
+  static void gather(const std::vector<Reply>& batch, std::vector<asio::const_buffer>& buffers);
   Task<void> discard_payload(uint64_t length);
   Task<void> wait_for_change();
   void notify_change();
@@ -83,6 +90,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // Transmission state; all touched only on this connection's thread.
   size_t in_flight_ = 0;
   bool writing_ = false;
+  bool socket_full_ = false;  // write_replies waits for the client to read
   bool broken_ = false;
   std::deque<Reply> pending_;
   BufferPool buffers_;

@@ -1,0 +1,108 @@
+#!/bin/bash
+# zero_copy_stall.sh - large reads from a tmpfs file are sent straight from its
+# mapping; a client that stops reading its replies must neither block a
+# suspend nor see data written after the suspend returned:
+#  - queue 24 x 1 MiB READs and read none of the replies (the socket fills);
+#  - `dmnbd suspend` returns promptly;
+#  - while suspended, the backing file is overwritten from outside;
+#  - the client then reads every reply: all bytes are the old content;
+#  - after resume a new read sees the new content.
+source "$(dirname "$0")/lib.sh"
+[ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] || { echo "SKIP: /dev/shm is not a tmpfs"; exit 77; }
+[ "$(df -k --output=avail /dev/shm | tail -1)" -gt $((64 << 10)) ] || { echo "SKIP: /dev/shm has less than 64 MiB free"; exit 77; }
+make_work
+SHM=$(mktemp -d /dev/shm/dmnbd-stall.XXXXXX)
+on_cleanup rm -rf "$SHM"
+head -c $((32 << 20)) /dev/urandom > "$SHM/disk.img"
+cp "$SHM/disk.img" "$WORK/old.img"
+cat > "$WORK/cfg.yaml" <<YAML
+listen: [ "unix://$WORK/nbd.sock" ]
+devices:
+  - name: disk
+    table: "0 65536 linear $SHM/disk.img 0"
+YAML
+dmnbd_start "$WORK/cfg.yaml"
+
+cat > "$WORK/stall.py" <<'PY'
+import socket, struct, subprocess, sys, time
+
+sock, ctl, dmnbd, img, old = sys.argv[1:6]
+MiB = 1 << 20
+COUNT = 24
+bad = 0
+
+
+def t(desc, cond, detail=""):
+    global bad
+    print(("ok - " if cond else "not ok - ") + desc + (("  [" + detail + "]") if detail else ""))
+    sys.stdout.flush()
+    bad += 0 if cond else 1
+
+
+def recv_exact(s, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("server closed the connection")
+        buf += chunk
+    return bytes(buf)
+
+
+def control(*args):
+    return subprocess.run([dmnbd, "--control", ctl] + list(args), capture_output=True, text=True,
+                          timeout=20)
+
+
+s = socket.socket(socket.AF_UNIX)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # fill up soon
+s.connect(sock)
+magic, opt, flags = struct.unpack(">QQH", recv_exact(s, 18))
+s.sendall(struct.pack(">I", 3))  # FIXED_NEWSTYLE | NO_ZEROES
+name = b"disk"
+payload = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
+s.sendall(struct.pack(">QII", 0x49484156454F5054, 7, len(payload)) + payload)  # OPT_GO
+while True:
+    _, _, rtype, rlen = struct.unpack(">QIII", recv_exact(s, 20))
+    recv_exact(s, rlen)
+    if rtype == 1:  # ACK
+        break
+    if rtype & 0x80000000:
+        t("GO accepted", False, "reply type %#x" % rtype)
+        sys.exit(1)
+
+for i in range(COUNT):
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, i, i * MiB, MiB))
+time.sleep(1.0)  # the server sends what fits and is left holding the rest
+
+start = time.time()
+r = control("suspend", "disk")
+took = time.time() - start
+t("suspend succeeds while the client is not reading", r.returncode == 0, r.stderr.strip())
+t("suspend returns promptly", took < 5, "%.1f s" % took)
+
+with open(img, "r+b") as f:  # a change made while suspended
+    f.write(b"\x5a" * (COUNT * MiB))
+    f.flush()
+
+with open(old, "rb") as f:
+    expected = f.read(COUNT * MiB)
+wrong = []
+for i in range(COUNT):
+    magic, err, cookie = struct.unpack(">IIQ", recv_exact(s, 16))
+    data = recv_exact(s, MiB)
+    if err or data != expected[cookie * MiB:(cookie + 1) * MiB]:
+        wrong.append(cookie)
+t("every reply carries the data from before the suspend", not wrong,
+  "wrong replies for cookies %s" % wrong[:8] if wrong else "")
+
+r = control("resume", "disk")
+t("resume succeeds", r.returncode == 0, r.stderr.strip())
+s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 999, 0, MiB))
+magic, err, cookie = struct.unpack(">IIQ", recv_exact(s, 16))
+t("a read after resume sees the new content", err == 0 and recv_exact(s, MiB) == b"\x5a" * MiB)
+sys.exit(1 if bad else 0)
+PY
+run_probe 90 "$PY" "$WORK/stall.py" "$WORK/nbd.sock" "$WORK/control.sock" "$DMNBD" \
+  "$SHM/disk.img" "$WORK/old.img"
+pass
