@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <array>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
 #include <cstring>
@@ -582,6 +583,9 @@ void consume(std::vector<asio::const_buffer>& buffers, size_t& first, size_t n) 
 // (a slow client), zero-copy reads are copied out first, so they do not keep
 // their devices in flight while the client dawdles.
 Task<void> Session::write_replies() {
+  // co_spawn runs this inline, inside the first reply's serve(); yield once so
+  // the other requests of the same read finish and join the batch.
+  co_await asio::post(socket_.get_executor(), use_awaitable);
   std::vector<Reply> batch;
   std::vector<asio::const_buffer> buffers;
   while (!pending_.empty() && !broken_) {
