@@ -79,7 +79,7 @@ def rss_kib(pid):
     out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
+            if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:", "RssShmem:")):
                 out[line.split(":")[0]] = int(line.split()[1])
     return out
 
@@ -268,11 +268,17 @@ def main():
                     results.setdefault((job, name), []).append(r)
                     print(f"round {rnd + 1} {job:20} {name:14} {r['iops']:9.0f} IOPS", file=sys.stderr)
                     if name == "dmnbd":
-                        rss.append(rss_kib(server.pid))
+                        served = (rss[-1][0] if rss else 0) + r["ios"]
+                        rss.append((served, rss_kib(server.pid)))
         report(results, names + (["file-uring"] if with_file else []), jobs)
         if rss:
-            print(f"\ndmnbd memory: VmRSS after the first job {rss[0]['VmRSS']} KiB, after the last "
-                  f"{rss[-1]['VmRSS']} KiB, peak (VmHWM) {max(r['VmHWM'] for r in rss)} KiB")
+            # RssShmem is the tmpfs backing file, mapped for zero-copy reads: page
+            # cache that exists anyway, shared, not memory dmnbd allocated.
+            (n0, first), (n1, last) = rss[0], rss[-1]
+            print(f"\ndmnbd memory (linear export): private (RssAnon) {first['RssAnon']} KiB after "
+                  f"{n0} requests, {last['RssAnon']} KiB after {n1}; VmRSS {last['VmRSS']} KiB "
+                  f"of which the mapped tmpfs backing file (RssShmem) {last['RssShmem']} KiB; "
+                  f"peak VmHWM {max(r['VmHWM'] for _, r in rss)} KiB")
         with open(os.path.join(args.dir, "results.json"), "w") as f:
             json.dump({f"{j}/{n}": v for (j, n), v in results.items()}, f, indent=1)
     finally:
