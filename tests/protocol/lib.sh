@@ -9,7 +9,9 @@
 #
 # On exit the server is stopped with SIGTERM (by PID) and must exit 0; the last
 # line printed is always "PASS <name>" or "FAIL <name>: <reason>".
-# Env: DMNBD (server binary), KEEP_WORK=1 (keep $WORK even on success).
+# Env: DMNBD (server binary), KEEP_WORK=1 (keep $WORK even on success),
+# WORK_BASE (where $WORK is made; /tmp by default, /dev/shm puts the backing
+# files on a tmpfs, where large reads take the zero-copy path).
 
 set -uo pipefail
 
@@ -30,7 +32,7 @@ CLEANUP_HOOKS=()
 log() { echo "# $*" >&2; }
 
 make_work() {
-  WORK=$(mktemp -d "/tmp/dmnbd-${TEST_NAME}.XXXXXX") || { echo "mktemp failed"; exit 1; }
+  WORK=$(mktemp -d "${WORK_BASE:-/tmp}/dmnbd-${TEST_NAME}.XXXXXX") || { echo "mktemp failed"; exit 1; }
 }
 
 # Run before the server is stopped (unmount, detach loops, kill clients...).
