@@ -29,11 +29,13 @@ struct Bio {
   // A read may report that its whole range reads as zeroes (the zero target
   // does); the NBD layer turns that into a hole chunk without sending data.
   bool* reads_zero = nullptr;
-  // A read may be answered by pointing the view at the bytes instead of
-  // filling `data` (see read_view.hpp). The Device sets it only on a bio that
-  // covers the whole request and only through targets that pass reads through
-  // unchanged; a device that cannot answer this way ignores it.
+  // A read may be answered by adding a piece to the view that points at the
+  // bytes instead of filling `data` (see read_view.hpp); `view_offset` is where
+  // this bio's bytes start within the viewed request. The Device passes a view
+  // only through targets that pass reads through unchanged; a device that
+  // cannot answer this way ignores it.
   ReadView* view = nullptr;
+  uint64_t view_offset = 0;
 
   uint64_t bytes() const { return sectors << kSectorShift; }
   uint64_t end() const { return sector + sectors; }
@@ -43,14 +45,13 @@ struct Bio {
     b.sector = new_sector;
     return b;
   }
-  // The part [sector + skip, sector + skip + count) of this bio. A strict part
-  // cannot answer with a view: the view stands for the whole request.
+  // The part [sector + skip, sector + skip + count) of this bio.
   Bio part(uint64_t skip, uint64_t count) const {
     Bio b = *this;
     b.sector = sector + skip;
     b.sectors = count;
     if (!data.empty()) b.data = data.subspan(skip << kSectorShift, count << kSectorShift);
-    if (skip != 0 || count != sectors) b.view = nullptr;
+    b.view_offset = view_offset + (skip << kSectorShift);
     return b;
   }
 };

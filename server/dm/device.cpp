@@ -195,8 +195,10 @@ Task<Status> Device::submit(Bio bio) {
   if (bio.op == BioOp::flush) co_return co_await flush_table(*table);
   if (bio.op != BioOp::read && read_only_) co_return errno_status(EPERM);
   if (bio.end() > table->sectors() || bio.end() < bio.sector) co_return errno_status(EIO);
+  const size_t pieces_before = bio.view ? bio.view->pieces.size() : 0;
   Status st = co_await route(*table, bio, nullptr);
-  if (bio.view && *bio.view) bio.view->holds.push_back(std::move(pass));  // in flight until copied
+  if (bio.view && bio.view->pieces.size() > pieces_before)
+    bio.view->holds.push_back(std::move(pass));  // in flight until copied
   co_return st;
 }
 

@@ -89,8 +89,8 @@ Task<Status> FileDevice::submit(Bio bio) {
   switch (bio.op) {
     case BioOp::read:
       if (bio.view && can_answer_with_view(bio)) {
-        bio.view->data = mapping_.get() + (bio.sector << kSectorShift);
-        bio.view->owner = mapping_;
+        bio.view->add(bio.view_offset, bio.bytes(), mapping_.get() + (bio.sector << kSectorShift),
+                      mapping_);
         co_return ok();
       }
       co_return co_await transfer(bio);

@@ -41,12 +41,7 @@ class Session::ReplyBuilder {
   }
   Reply take(Buffer data, ReadView* view = nullptr) {
     reply_.data = std::move(data);
-    if (view && *view) {
-      reply_.view.data = view->data;
-      reply_.view.owner = std::move(view->owner);
-      for (auto& hold : view->holds) reply_.view.holds.push_back(std::move(hold));
-      view->release();
-    }
+    if (view && *view) std::swap(reply_.view, *view);
     return std::move(reply_);
   }
 
@@ -435,7 +430,6 @@ Task<void> Session::serve_read(const Request& req) {
   const bool want_holes = structured_replies_ && !(req.flags & kCmdFlagDf);
   std::vector<ZeroRun>* runs = want_holes ? &zero_runs : nullptr;
   Status st = co_await device_->read(req.offset, buf.span(), runs, &view);
-  if (view) buf = {};  // answered without a copy
   if (st) {
     reply_status(req, st);
     co_return;
@@ -548,19 +542,33 @@ void Session::queue_reply(Reply reply) {
   }
 }
 
-size_t Session::Reply::payload_size() const {
-  size_t end = 0;
-  for (const auto& s : segments)
-    if (s.from_data) end = std::max(end, s.offset + s.length);
-  return end;
-}
-
 void Session::gather(const std::vector<Reply>& batch, std::vector<asio::const_buffer>& buffers) {
   buffers.clear();
   for (const auto& r : batch)
-    for (const auto& s : r.segments)
-      buffers.push_back(s.from_data ? asio::buffer(r.payload() + s.offset, s.length)
-                                    : asio::buffer(r.meta.data() + s.offset, s.length));
+    for (const auto& s : r.segments) {
+      if (s.from_data)
+        r.append_payload(s.offset, s.length, buffers);
+      else
+        buffers.push_back(asio::buffer(r.meta.data() + s.offset, s.length));
+    }
+}
+
+// Payload bytes [offset, offset + length): from the view's pieces where it has
+// them, from the buffer elsewhere.
+void Session::Reply::append_payload(size_t offset, size_t length,
+                                    std::vector<asio::const_buffer>& out) const {
+  const size_t end = offset + length;
+  size_t pos = offset;
+  for (const auto& piece : view.pieces) {
+    if (piece.end() <= pos) continue;
+    if (piece.offset >= end) break;
+    if (piece.offset > pos) out.push_back(asio::buffer(data.data() + pos, piece.offset - pos));
+    const size_t from = std::max<size_t>(pos, piece.offset);
+    const size_t to = std::min<size_t>(end, piece.end());
+    out.push_back(asio::buffer(piece.data + (from - piece.offset), to - from));
+    pos = to;
+  }
+  if (pos < end) out.push_back(asio::buffer(data.data() + pos, end - pos));
 }
 
 namespace {
@@ -637,17 +645,16 @@ size_t Session::write_without_waiting(std::vector<asio::const_buffer>& buffers, 
 // kernel (process_vm_readv), so a file truncated under its mapping fails the
 // connection with EFAULT rather than killing the server with SIGBUS.
 bool Session::copy_out_view(Reply& r) {
-  if (!r.view) return true;
-  const size_t size = r.payload_size();
-  Buffer copy = buffers_.take(size);
-  iovec local{copy.data(), size};
-  iovec remote{const_cast<std::byte*>(r.view.data), size};
-  if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != static_cast<ssize_t>(size)) {
-    spdlog::error("{}: reading a mapped backing file failed: {}", peer_, std::strerror(errno));
-    broken_ = true;
-    return false;
+  for (const auto& piece : r.view.pieces) {
+    iovec local{r.data.data() + piece.offset, piece.length};
+    iovec remote{const_cast<std::byte*>(piece.data), piece.length};
+    if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) !=
+        static_cast<ssize_t>(piece.length)) {
+      spdlog::error("{}: reading a mapped backing file failed: {}", peer_, std::strerror(errno));
+      broken_ = true;
+      return false;
+    }
   }
-  r.data = std::move(copy);
   r.view.release();
   return true;
 }

@@ -41,11 +41,10 @@ class Session : public std::enable_shared_from_this<Session> {
     // Inline capacity for the common replies, so answering needs no heap.
     boost::container::small_vector<uint8_t, 64> meta;
     Buffer data;
-    ReadView view;  // when set, payload bytes come from here instead of `data`
+    ReadView view;  // payload bytes it has pieces for come from there, not from `data`
     boost::container::small_vector<Segment, 3> segments;
 
-    const std::byte* payload() const { return view ? view.data : data.data(); }
-    size_t payload_size() const;
+    void append_payload(size_t offset, size_t length, std::vector<asio::const_buffer>& out) const;
   };
   class ReplyBuilder;
   enum class HandshakeResult { transmission, closed };

@@ -40,6 +40,23 @@ check "fio 4 jobs (4 connections) randwrite 16k verify across target boundaries"
 check "fio randwrite 4k..256k mixed sizes verify, iodepth 16" \
   runfio mixed --rw=randwrite --bsrange=4k-256k --iodepth=16 --size=80M --io_size=48M
 
+# Large reads that straddle the target boundaries (a|b, and b|stacked base) are
+# split across targets; each part must land where it belongs.
+straddle() {
+  "$PY" - "$WORK" "nbd+unix:///multi?socket=$WORK/nbd.sock" <<'PY'
+import sys, nbd
+work, uri = sys.argv[1:3]
+MiB = 1 << 20
+files = b"".join(open(f"{work}/{n}.img", "rb").read() for n in "abc")
+h = nbd.NBD()
+h.connect_uri(uri)
+for offset in (32 * MiB - 300 * 1024, 64 * MiB - 700 * 1024):
+    if h.pread(MiB, offset) != files[offset:offset + MiB]:
+        sys.exit("1 MiB read at %d differs from the files" % offset)
+PY
+}
+check "1 MiB reads across target boundaries" straddle
+
 # Device content must be exactly A ++ B ++ C (the stacked device maps onto c.img).
 check "read whole device" timeout 60 nbdcopy "$U" "$WORK/dump.img"
 # The lower device seen directly equals the stacked region of the upper one.

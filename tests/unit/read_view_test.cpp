@@ -7,6 +7,7 @@
 #include <sys/vfs.h>
 
 #include <atomic>
+#include <cstring>
 #include <thread>
 
 #include "dmnbd/table.hpp"
@@ -36,6 +37,13 @@ class ReadViewTest : public ::testing::Test {
   std::shared_ptr<Device> device(const std::string& table) {
     return test::make_device(table, *resolver_);
   }
+  // What a client receives: the buffer, with the view's pieces in place.
+  static std::vector<std::byte> received(const ReadView& view, std::span<const std::byte> buf) {
+    std::vector<std::byte> out(buf.begin(), buf.end());
+    for (const auto& piece : view.pieces)
+      std::memcpy(out.data() + piece.offset, piece.data, piece.length);
+    return out;
+  }
   static bool holds_pattern(const std::byte* p, uint64_t offset, size_t n) {
     for (size_t i = 0; i < n; i += 512)
       if (static_cast<uint8_t>(p[i]) != test::pattern_byte(offset + i)) return false;
@@ -51,8 +59,10 @@ TEST_F(ReadViewTest, LinearOnTmpfsAnswersLargeReadsWithAView) {
   std::vector<std::byte> buf(kBig, std::byte{0xee});
   ReadView view;
   ASSERT_FALSE(test::run_sync(dev->read(512 << 10, buf, nullptr, &view)));
-  ASSERT_TRUE(view) << "a 1 MiB read of a mapped file should not be copied";
-  EXPECT_TRUE(holds_pattern(view.data, 512 << 10, kBig));
+  ASSERT_EQ(view.pieces.size(), 1u) << "a 1 MiB read of a mapped file should not be copied";
+  EXPECT_EQ(view.pieces[0].offset, 0u);
+  EXPECT_EQ(view.pieces[0].length, kBig);
+  EXPECT_TRUE(holds_pattern(view.pieces[0].data, 512 << 10, kBig));
   EXPECT_EQ(buf[0], std::byte{0xee}) << "the buffer should be left alone";
 
   std::vector<std::byte> small(4096);
@@ -62,20 +72,52 @@ TEST_F(ReadViewTest, LinearOnTmpfsAnswersLargeReadsWithAView) {
   EXPECT_TRUE(holds_pattern(small.data(), 8192, small.size()));
 }
 
-TEST_F(ReadViewTest, OnlyWholeRequestsThroughPassThroughTargets) {
+TEST_F(ReadViewTest, OnlyThroughTargetsThatPassReadsThrough) {
   std::vector<std::byte> buf(kBig);
-  for (const char* table : {"0 8192 delay a.img 0 0\n",  // delay does not declare pass-through
-                            "0 1024 linear a.img 0\n1024 7168 linear a.img 1024\n"}) {  // split
-    auto dev = device(table);
-    ReadView view;
-    ASSERT_FALSE(test::run_sync(dev->read(0, buf, nullptr, &view))) << table;
-    EXPECT_FALSE(view) << table;
-    EXPECT_TRUE(holds_pattern(buf.data(), 0, kBig)) << table;
-  }
-  auto striped = device("0 8192 striped 2 4096 a.img 0 a.img 0\n");
+  auto delayed = device("0 8192 delay a.img 0 0\n");  // delay does not declare pass-through
+  ReadView none;
+  ASSERT_FALSE(test::run_sync(delayed->read(0, buf, nullptr, &none)));
+  EXPECT_FALSE(none);
+  EXPECT_TRUE(holds_pattern(buf.data(), 0, kBig));
+}
+
+TEST_F(ReadViewTest, SplitRequestsGetOnePiecePerPart) {
+  std::vector<std::byte> buf(kBig, std::byte{0xee});
+  // Two linear segments, the second 64 KiB further into the file.
+  auto split = device("0 1024 linear a.img 0\n1024 1024 linear a.img 1152\n");
   ReadView view;
-  ASSERT_FALSE(test::run_sync(striped->read(0, buf, nullptr, &view)));
-  EXPECT_TRUE(view) << "a read within one stripe chunk passes through striped";
+  ASSERT_FALSE(test::run_sync(split->read(0, buf, nullptr, &view)));
+  ASSERT_EQ(view.pieces.size(), 2u);
+  EXPECT_EQ(view.pieces[1].offset, 1024u * 512);
+  auto got = received(view, buf);
+  EXPECT_TRUE(holds_pattern(got.data(), 0, 1024 * 512));
+  EXPECT_TRUE(holds_pattern(got.data() + 1024 * 512, 1152 * 512, kBig - 1024 * 512));
+
+  // Striped: 64 KiB chunks alternating between the two halves of the file.
+  auto striped = device("0 8192 striped 2 128 a.img 0 a.img 4096\n");
+  ReadView stripes;
+  ASSERT_FALSE(test::run_sync(striped->read(0, buf, nullptr, &stripes)));
+  ASSERT_EQ(stripes.pieces.size(), 16u);
+  got = received(stripes, buf);
+  for (uint64_t chunk = 0; chunk < 16; ++chunk) {
+    const uint64_t leg_start = chunk % 2 ? 4096 : 0;
+    const uint64_t file_sector = leg_start + (chunk / 2) * 128;
+    EXPECT_TRUE(holds_pattern(got.data() + chunk * 65536, file_sector * 512, 65536)) << chunk;
+  }
+
+  // A part the zero target answers stays in the buffer (and is reported as zero).
+  auto mixed = device("0 1024 linear a.img 0\n1024 7168 zero\n");
+  ReadView part;
+  std::vector<ZeroRun> zero_runs;
+  std::fill(buf.begin(), buf.end(), std::byte{0xee});
+  ASSERT_FALSE(test::run_sync(mixed->read(0, buf, &zero_runs, &part)));
+  ASSERT_EQ(part.pieces.size(), 1u);
+  EXPECT_EQ(part.pieces[0].length, 1024u * 512);
+  ASSERT_EQ(zero_runs.size(), 1u);
+  EXPECT_EQ(zero_runs[0].sector, 1024u);
+  got = received(part, buf);
+  EXPECT_TRUE(holds_pattern(got.data(), 0, 1024 * 512));
+  EXPECT_EQ(got[1024 * 512], std::byte{0});
 }
 
 TEST_F(ReadViewTest, HolesAreReadWithoutFillingThem) {
@@ -99,6 +141,7 @@ TEST_F(ReadViewTest, SuspendWaitsUntilTheViewIsReleased) {
   std::optional<ReadView> view(std::in_place);
   ASSERT_FALSE(test::run_sync(dev->read(0, buf, nullptr, &*view)));
   ASSERT_TRUE(*view);
+  EXPECT_EQ(view->holds.size(), 1u);
   std::atomic<bool> suspended = false;
   std::thread suspender([&] {
     test::run_sync(dev->suspend(true));
