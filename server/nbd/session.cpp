@@ -594,14 +594,12 @@ Task<void> Session::write_replies() {
   // co_spawn runs this inline, inside the first reply's serve(); yield once so
   // the other requests of the same read finish and join the batch.
   co_await asio::post(socket_.get_executor(), use_awaitable);
-  std::vector<Reply> batch;
-  std::vector<asio::const_buffer> buffers;
+  // Members, so their capacity is reused from one batch to the next.
+  std::vector<Reply>& batch = write_batch_;
+  std::vector<asio::const_buffer>& buffers = write_buffers_;
   while (!pending_.empty() && !broken_) {
     batch.clear();
-    while (!pending_.empty()) {
-      batch.push_back(std::move(pending_.front()));
-      pending_.pop_front();
-    }
+    std::swap(batch, pending_);  // both keep their capacity: no allocation once warm
     gather(batch, buffers);
     size_t first = 0;
     const size_t sent = write_without_waiting(buffers, first);

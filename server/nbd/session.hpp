@@ -5,7 +5,6 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/container/small_vector.hpp>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -91,7 +90,9 @@ class Session : public std::enable_shared_from_this<Session> {
   bool writing_ = false;
   bool socket_full_ = false;  // write_replies waits for the client to read
   bool broken_ = false;
-  std::deque<Reply> pending_;
+  std::vector<Reply> pending_;      // replies waiting for write_replies()
+  std::vector<Reply> write_batch_;  // the replies write_replies() is sending
+  std::vector<asio::const_buffer> write_buffers_;
   BufferPool buffers_;
   asio::steady_timer change_;  // wakes the reader when in-flight work completes
 };
