@@ -100,6 +100,10 @@ class Device final : public BlockDevice, public std::enable_shared_from_this<Dev
 
  private:
   Task<Status> route(const Table& table, Bio bio, std::vector<ZeroRun>* zero_runs);
+  // route(), and if that added pieces to the bio's read view, `pass` moves
+  // into the view: the device stays in flight until the bytes are copied.
+  Task<Status> route_and_hold(const Table& table, Bio bio, std::vector<ZeroRun>* zero_runs,
+                              SuspendGate::Pass& pass);
   Task<Status> flush_table(const Table& table);
   Task<Status> block_status_in(const Table& table, uint64_t sector, uint64_t count,
                                ExtentList& out);

@@ -195,10 +195,15 @@ Task<Status> Device::submit(Bio bio) {
   if (bio.op == BioOp::flush) co_return co_await flush_table(*table);
   if (bio.op != BioOp::read && read_only_) co_return errno_status(EPERM);
   if (bio.end() > table->sectors() || bio.end() < bio.sector) co_return errno_status(EIO);
+  co_return co_await route_and_hold(*table, bio, nullptr, pass);
+}
+
+Task<Status> Device::route_and_hold(const Table& table, Bio bio, std::vector<ZeroRun>* zero_runs,
+                                    SuspendGate::Pass& pass) {
   const size_t pieces_before = bio.view ? bio.view->pieces.size() : 0;
-  Status st = co_await route(*table, bio, nullptr);
+  Status st = co_await route(table, bio, zero_runs);
   if (bio.view && bio.view->pieces.size() > pieces_before)
-    bio.view->holds.push_back(std::move(pass));  // in flight until copied
+    bio.view->holds.push_back(std::move(pass));
   co_return st;
 }
 
@@ -242,9 +247,7 @@ Task<Status> Device::read(uint64_t offset, std::span<std::byte> buf,
             .sectors = buf.size() >> kSectorShift,
             .data = buf,
             .view = view};
-    Status st = co_await route(*table, bio, zero_runs);
-    if (view && *view) view->holds.push_back(std::move(pass));  // in flight until copied
-    co_return st;
+    co_return co_await route_and_hold(*table, bio, zero_runs, pass);
   }
   // A client that ignored the advertised block size: read whole sectors aside.
   const uint64_t first = round_down(offset);
