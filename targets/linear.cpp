@@ -22,7 +22,7 @@ class LinearTarget final : public Target {
     co_return co_await dev_->block_status(offset_ + sector, count, out);
   }
 
-  bool passes_reads_through() const override { return true; }
+  bool only_remaps() const override { return true; }
   std::string table() const override { return dev_name_ + " " + std::to_string(offset_); }
   std::vector<std::shared_ptr<BlockDevice>> devices() const override { return {dev_}; }
 

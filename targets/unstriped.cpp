@@ -64,7 +64,7 @@ class UnstripedTarget final : public Target {
   }
 
   uint64_t max_io_len() const override { return chunk_; }
-  bool passes_reads_through() const override { return true; }
+  bool only_remaps() const override { return true; }
   std::vector<std::shared_ptr<BlockDevice>> devices() const override { return {dev_}; }
 
  private:

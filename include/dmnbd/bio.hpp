@@ -7,12 +7,23 @@
 
 namespace dmnbd {
 
-struct ReadView;
+struct MappedView;
 
 inline constexpr unsigned kSectorShift = 9;
 inline constexpr uint64_t kSectorSize = 1u << kSectorShift;
 
-enum class BioOp : uint8_t { read, write, flush, discard, write_zeroes };
+enum class BioOp : uint8_t {
+  read,
+  write,
+  flush,
+  discard,
+  write_zeroes,
+  // Writes nothing: asks where a write's bytes would go. A device that holds
+  // them in memory adds a writable piece to `view`; any other fails it, and the
+  // Device never passes it to a target that does more than remap (see
+  // mapped_view.hpp).
+  map_for_write,
+};
 
 // Bio flags.
 inline constexpr uint32_t kBioFua = 1u << 0;  // REQ_FUA: durable when the bio completes
@@ -30,11 +41,11 @@ struct Bio {
   // does); the NBD layer turns that into a hole chunk without sending data.
   bool* reads_zero = nullptr;
   // A read may be answered by adding a piece to the view that points at the
-  // bytes instead of filling `data` (see read_view.hpp); `view_offset` is where
+  // bytes instead of filling `data` (see mapped_view.hpp); `view_offset` is where
   // this bio's bytes start within the viewed request. The Device passes a view
-  // only through targets that pass reads through unchanged; a device that
-  // cannot answer this way ignores it.
-  ReadView* view = nullptr;
+  // only through targets that pass I/O through unchanged; a device that
+  // cannot answer a read this way ignores it. A map_for_write always has one.
+  MappedView* view = nullptr;
   uint64_t view_offset = 0;
 
   uint64_t bytes() const { return sectors << kSectorShift; }

@@ -11,7 +11,7 @@
 
 #include "dmnbd/async_mutex.hpp"
 #include "dmnbd/block_device.hpp"
-#include "dmnbd/read_view.hpp"
+#include "dmnbd/mapped_view.hpp"
 #include "dmnbd/suspend_gate.hpp"
 #include "dmnbd/table.hpp"
 
@@ -88,10 +88,15 @@ class Device final : public BlockDevice, public std::enable_shared_from_this<Dev
   // fail with EINVAL, writes and write-zeroes with ENOSPC; writes to a
   // read-only device with EPERM. `zero_runs`, when given, collects the parts
   // of an aligned read that targets know to be zero. With `view`, an aligned
-  // read may be answered through it instead of filling `buf` (read_view.hpp).
+  // read may be answered through it instead of filling `buf` (mapped_view.hpp).
   Task<Status> read(uint64_t offset, std::span<std::byte> buf, std::vector<ZeroRun>* zero_runs,
-                    ReadView* view = nullptr);
+                    MappedView* view = nullptr);
   Task<Status> write(uint64_t offset, std::span<std::byte> buf, uint32_t flags);
+  // Where an aligned write's bytes would go, when every one of them can be
+  // written in place (mapped_view.hpp): fills `view`, which holds the device in
+  // flight until released. Never waits: a suspended device, or any part that
+  // is not a mapped memory-backed file, fails it with EAGAIN and writes nothing.
+  Task<Status> map_write(uint64_t offset, uint64_t length, MappedView& view);
   Task<Status> discard(uint64_t offset, uint64_t length, uint32_t flags);
   Task<Status> write_zeroes(uint64_t offset, uint64_t length, uint32_t flags);
   Task<Status> flush();

@@ -39,10 +39,12 @@ class FileDevice final : public BlockDevice {
   int fd_;
   // tmpfs and ramfs never wait for a disk: their I/O is a memory copy.
   bool memory_backed_ = false;
-  // Such a file is also mapped (read-only), to answer reads with a ReadView.
-  // Nothing in user space reads through the mapping: the kernel does, when it
-  // copies into a socket, so a file truncated under us gives EFAULT, not SIGBUS.
-  std::shared_ptr<const std::byte> mapping_;
+  // Such a file is also mapped, to answer reads and, when it is open for
+  // writing, map_for_write bios with a MappedView. Nothing in user space
+  // touches the mapping: the kernel does, when it copies to or from a socket,
+  // so a file truncated under us gives EFAULT, not SIGBUS.
+  std::shared_ptr<std::byte> mapping_;
+  bool mapping_writable_ = false;
   // Cleared when the file system refuses RWF_NOWAIT, so we stop asking.
   std::atomic<bool> nowait_reads_ = true;
   std::atomic<bool> nowait_writes_ = true;

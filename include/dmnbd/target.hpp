@@ -75,10 +75,11 @@ class Target {
   // crosses a multiple of it. 0 means no limit.
   virtual uint64_t max_io_len() const { return 0; }
 
-  // True when map() only remaps reads (same bytes, same length, untouched
-  // data), so a device below may answer them with a ReadView. A target that
-  // looks at or changes read data must leave this false.
-  virtual bool passes_reads_through() const { return false; }
+  // True when map() only remaps reads and writes (same bytes, same length,
+  // data untouched, nothing recorded), so a device below may answer them with
+  // a MappedView and map_for_write bios may pass. A target that looks at,
+  // changes, delays or records I/O must leave this false.
+  virtual bool only_remaps() const { return false; }
 
   // The devices this target holds (the kernel's iterate_devices), for deps.
   virtual std::vector<std::shared_ptr<BlockDevice>> devices() const { return {}; }

@@ -161,7 +161,10 @@ Task<Status> Device::route(const Table& table, Bio bio, std::vector<ZeroRun>* ze
     bool piece_zero = false;
     Bio piece = bio.part(done, count).at(rel);
     piece.reads_zero = bio.op == BioOp::read ? &piece_zero : nullptr;
-    if (!entry.target->passes_reads_through()) piece.view = nullptr;
+    if (!entry.target->only_remaps()) {
+      if (bio.op == BioOp::map_for_write) co_return errno_status(EAGAIN);
+      piece.view = nullptr;
+    }
     if (Status st = co_await entry.target->map(piece)) co_return st;
     if (piece_zero && zero_runs) {
       if (!zero_runs->empty() && zero_runs->back().sector + zero_runs->back().sectors == done)
@@ -237,7 +240,7 @@ Task<Status> Device::block_status_in(const Table& table, uint64_t sector, uint64
 }
 
 Task<Status> Device::read(uint64_t offset, std::span<std::byte> buf,
-                          std::vector<ZeroRun>* zero_runs, ReadView* view) {
+                          std::vector<ZeroRun>* zero_runs, MappedView* view) {
   auto pass = co_await gate_.enter();
   std::shared_ptr<Table> table = live_table();
   if (Status st = check_range(table.get(), offset, buf.size(), false)) co_return st;
@@ -259,6 +262,22 @@ Task<Status> Device::read(uint64_t offset, std::span<std::byte> buf,
   if (Status st = co_await route(*table, bio, nullptr)) co_return st;
   std::memcpy(buf.data(), whole.data() + (offset - first), buf.size());
   co_return ok();
+}
+
+Task<Status> Device::map_write(uint64_t offset, uint64_t length, MappedView& view) {
+  if (!gate_.try_enter()) co_return errno_status(EAGAIN);  // suspended: no waiting here
+  SuspendGate::Pass pass(&gate_);
+  std::shared_ptr<Table> table = live_table();
+  if (Status st = check_range(table.get(), offset, length, true)) co_return st;
+  if (!aligned(offset) || !aligned(length) || length == 0) co_return errno_status(EAGAIN);
+  Bio bio{.op = BioOp::map_for_write,
+          .sector = offset >> kSectorShift,
+          .sectors = length >> kSectorShift,
+          .view = &view};
+  Status st = co_await route_and_hold(*table, bio, nullptr, pass);
+  if (!st && view.bytes() != length) st = errno_status(EAGAIN);  // some part is not in memory
+  if (st) view.release();
+  co_return st;
 }
 
 Task<Status> Device::write(uint64_t offset, std::span<std::byte> buf, uint32_t flags) {

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "dmnbd/io_engine.hpp"
-#include "dmnbd/read_view.hpp"
+#include "dmnbd/mapped_view.hpp"
 
 namespace dmnbd {
 namespace {
@@ -36,12 +36,12 @@ bool unsupported(int64_t r) {
 
 // The whole file, read-only and shared with the page cache; null if it fails
 // (reads then copy as usual).
-std::shared_ptr<const std::byte> map_file(int fd, uint64_t size) {
-  void* base = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+std::shared_ptr<std::byte> map_file(int fd, uint64_t size, bool writable) {
+  void* base =
+      mmap(nullptr, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
   if (base == MAP_FAILED) return nullptr;
-  return std::shared_ptr<const std::byte>(
-      static_cast<const std::byte*>(base),
-      [size](const std::byte* p) { munmap(const_cast<std::byte*>(p), size); });
+  return std::shared_ptr<std::byte>(static_cast<std::byte*>(base),
+                                    [size](std::byte* p) { munmap(p, size); });
 }
 
 }  // namespace
@@ -73,7 +73,10 @@ std::shared_ptr<FileDevice> FileDevice::open(const std::filesystem::path& path, 
   struct statfs fs {};
   device->memory_backed_ =
       fstatfs(fd, &fs) == 0 && (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC);
-  if (device->memory_backed_ && !is_block && size > 0) device->mapping_ = map_file(fd, size);
+  if (device->memory_backed_ && !is_block && size > 0) {
+    device->mapping_ = map_file(fd, size, !read_only);
+    device->mapping_writable_ = device->mapping_ && !read_only;
+  }
   return device;
 }
 
@@ -96,6 +99,11 @@ Task<Status> FileDevice::submit(Bio bio) {
       co_return co_await transfer(bio);
     case BioOp::write:
       co_return co_await transfer(bio);
+    case BioOp::map_for_write:
+      if (!mapping_writable_ || !bio.view) co_return errno_status(EAGAIN);
+      bio.view->add(bio.view_offset, bio.bytes(), mapping_.get() + (bio.sector << kSectorShift),
+                    mapping_);
+      co_return ok();
     case BioOp::flush:
       co_return co_await sync();
     case BioOp::discard:

@@ -1,5 +1,8 @@
 #include "nbd/request_reader.hpp"
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
 #include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/read.hpp>
@@ -35,8 +38,7 @@ Task<Incoming> RequestReader::next() {
   }
   if (length > kMaxInlinePayload) {
     header_only_ = true;
-    in.payload = pool_.take(length);
-    if (!co_await read_large_payload(in.payload)) co_return fail(Incoming::Kind::truncated);
+    in.payload_pending = true;
     co_return in;
   }
   header_only_ = false;
@@ -78,7 +80,65 @@ void RequestReader::relocate(size_t needed) {
   rx_ = std::move(fresh);
 }
 
-Task<bool> RequestReader::read_large_payload(Buffer& payload) {
+int64_t RequestReader::receive_in_place(const MappedView& view, uint64_t from) {
+  boost::container::small_vector<iovec, 16> iov;
+  for (const auto& piece : view.pieces) {
+    if (piece.end() <= from) continue;
+    const uint64_t skip = from > piece.offset ? from - piece.offset : 0;
+    iov.push_back({piece.data + skip, piece.length - skip});
+  }
+  std::span<iovec> rest(iov);
+  const uint64_t wanted = view.bytes() - from;
+  uint64_t total = 0;
+  auto advance = [&](size_t n) {
+    total += n;
+    while (n > 0) {
+      const size_t take = std::min(n, rest.front().iov_len);
+      rest.front().iov_base = static_cast<std::byte*>(rest.front().iov_base) + take;
+      rest.front().iov_len -= take;
+      n -= take;
+      if (rest.front().iov_len == 0) rest = rest.subspan(1);
+    }
+  };
+  if (buffered() > 0) {
+    // The kernel copies these too, so a file truncated under its mapping
+    // fails the connection with EFAULT rather than the server with SIGBUS.
+    const size_t n = std::min<uint64_t>(buffered(), wanted);
+    iovec local{rx_.data() + begin_, n};
+    if (process_vm_writev(getpid(), &local, 1, rest.data(), rest.size(), 0) !=
+        static_cast<ssize_t>(n)) {
+      error_.assign(errno ? errno : EFAULT, boost::system::system_category());
+      return -1;
+    }
+    begin_ += n;
+    advance(n);
+  }
+  while (total < wanted) {
+    msghdr msg{};
+    msg.msg_iov = rest.data();
+    msg.msg_iovlen = rest.size();
+    const ssize_t n = ::recvmsg(socket_.native_handle(), &msg, MSG_DONTWAIT);
+    if (n > 0) {
+      advance(static_cast<size_t>(n));
+    } else if (n == 0) {
+      error_ = asio::error::eof;
+      return -1;
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      break;
+    } else if (errno != EINTR) {
+      error_.assign(errno, boost::system::system_category());
+      return -1;
+    }
+  }
+  return static_cast<int64_t>(total);
+}
+
+Task<void> RequestReader::wait_for_payload() {
+  // An error or EOF shows in the next receive; nothing to report here.
+  co_await socket_.async_wait(asio::socket_base::wait_read, kTuple);
+}
+
+Task<bool> RequestReader::read_payload(Buffer& payload) {
   const size_t have = std::min(buffered(), payload.size());
   std::memcpy(payload.data(), rx_.data() + begin_, have);
   begin_ += have;

@@ -39,7 +39,7 @@ class Session::ReplyBuilder {
     add(true, offset, length);
     return *this;
   }
-  Reply take(Buffer data, ReadView* view = nullptr) {
+  Reply take(Buffer data, MappedView* view = nullptr) {
     reply_.data = std::move(data);
     if (view && *view) std::swap(reply_.view, *view);
     return std::move(reply_);
@@ -324,6 +324,7 @@ Task<std::string> Session::transmission() {
       break;
     }
     Incoming in = co_await reader.next();
+    if (in.payload_pending && co_await receive_large_write(reader, in)) continue;
     using Kind = Incoming::Kind;
     if (in.kind == Kind::closed) {
       why = "client closed the connection";
@@ -356,6 +357,44 @@ Task<std::string> Session::transmission() {
   // Requests already received are finished and answered before the close.
   while (in_flight_ > 0 || writing_) co_await wait_for_change();
   co_return why;
+}
+
+// A large WRITE is received straight into the backing file's memory where
+// every byte of it has a place there (mapped_view.hpp), and answered here;
+// true then. Otherwise, or for what is left when that stops being possible,
+// its payload is read into a buffer as usual and `in` is served as usual
+// (made to cover only what is left), or becomes the connection's failure.
+//
+// Devices are held only while bytes that have already arrived are moved:
+// waiting for the client happens in between, holding nothing, so a slow
+// client never holds up a suspend. A suspend that comes in between does see
+// the write half done; so might a crash, and the write is not acknowledged
+// until all of it has landed.
+Task<bool> Session::receive_large_write(RequestReader& reader, Incoming& in) {
+  Request& req = in.request;
+  const bool in_place = req.flags == 0 && device_ && req.length > 0;
+  uint64_t done = 0;
+  while (in_place && done < req.length) {
+    MappedView view;  // all of the request each time: `done` need not be sector-aligned
+    if (co_await device_->map_write(req.offset, req.length, view)) break;
+    const int64_t n = reader.receive_in_place(view, done);
+    view.release();
+    if (n < 0) {
+      in = reader.fail(Incoming::Kind::truncated);
+      co_return false;
+    }
+    done += static_cast<uint64_t>(n);
+    if (done < req.length) co_await reader.wait_for_payload();
+  }
+  if (in_place && done == req.length) {
+    reply_status(req, ok());
+    co_return true;
+  }
+  req.offset += done;
+  req.length -= static_cast<uint32_t>(done);
+  in.payload = buffers_.take(req.length);
+  if (!co_await reader.read_payload(in.payload)) in = reader.fail(Incoming::Kind::truncated);
+  co_return false;
 }
 
 Task<void> Session::discard_payload(uint64_t length) {
@@ -426,7 +465,7 @@ Task<void> Session::serve_read(const Request& req) {
   }
   Buffer buf = buffers_.take(req.length);
   std::vector<ZeroRun> zero_runs;
-  ReadView view;
+  MappedView view;
   const bool want_holes = structured_replies_ && !(req.flags & kCmdFlagDf);
   std::vector<ZeroRun>* runs = want_holes ? &zero_runs : nullptr;
   Status st = co_await device_->read(req.offset, buf.span(), runs, &view);

@@ -40,7 +40,7 @@ class Session : public std::enable_shared_from_this<Session> {
     // Inline capacity for the common replies, so answering needs no heap.
     boost::container::small_vector<uint8_t, 64> meta;
     Buffer data;
-    ReadView view;  // payload bytes it has pieces for come from there, not from `data`
+    MappedView view;  // payload bytes it has pieces for come from there, not from `data`
     boost::container::small_vector<Segment, 3> segments;
 
     void append_payload(size_t offset, size_t length, std::vector<asio::const_buffer>& out) const;
@@ -60,6 +60,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Transmission.
   Task<std::string> transmission();
+  Task<bool> receive_large_write(RequestReader& reader, Incoming& in);
   Task<void> serve(Request req, Buffer payload);
   Task<void> serve_read(const Request& req);
   Task<void> serve_block_status(const Request& req);

@@ -40,22 +40,29 @@ check "fio 4 jobs (4 connections) randwrite 16k verify across target boundaries"
 check "fio randwrite 4k..256k mixed sizes verify, iodepth 16" \
   runfio mixed --rw=randwrite --bsrange=4k-256k --iodepth=16 --size=80M --io_size=48M
 
-# Large reads that straddle the target boundaries (a|b, and b|stacked base) are
-# split across targets; each part must land where it belongs.
+# Large reads and writes that straddle the target boundaries (a|b, and
+# b|stacked base) are split across targets; each part must land where it
+# belongs. With the files on tmpfs, both go zero-copy through the mapping.
 straddle() {
   "$PY" - "$WORK" "nbd+unix:///multi?socket=$WORK/nbd.sock" <<'PY'
-import sys, nbd
+import os, sys, nbd
 work, uri = sys.argv[1:3]
 MiB = 1 << 20
-files = b"".join(open(f"{work}/{n}.img", "rb").read() for n in "abc")
+def files():
+    return b"".join(open(f"{work}/{n}.img", "rb").read() for n in "abc")
 h = nbd.NBD()
 h.connect_uri(uri)
 for offset in (32 * MiB - 300 * 1024, 64 * MiB - 700 * 1024):
-    if h.pread(MiB, offset) != files[offset:offset + MiB]:
+    if h.pread(MiB, offset) != files()[offset:offset + MiB]:
         sys.exit("1 MiB read at %d differs from the files" % offset)
+for offset, size in ((32 * MiB - 300 * 1024, MiB), (64 * MiB - 2 * MiB, 4 * MiB)):
+    data = os.urandom(size)
+    h.pwrite(data, offset)
+    if files()[offset:offset + size] != data:
+        sys.exit("%d-byte write at %d did not land in the files as sent" % (size, offset))
 PY
 }
-check "1 MiB reads across target boundaries" straddle
+check "1 MiB reads, 1 and 4 MiB writes across target boundaries" straddle
 
 # Device content must be exactly A ++ B ++ C (the stacked device maps onto c.img).
 check "read whole device" timeout 60 nbdcopy "$U" "$WORK/dump.img"

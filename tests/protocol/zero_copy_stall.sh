@@ -7,6 +7,12 @@
 #  - while suspended, the backing file is overwritten from outside;
 #  - the client then reads every reply: all bytes are the old content;
 #  - after resume a new read sees the new content.
+# Large writes are received straight into the mapping, and likewise a client
+# that stops halfway through a write's payload must not block a suspend:
+#  - send a 4 MiB WRITE with half its payload, then stall;
+#  - `dmnbd suspend` returns promptly;
+#  - send the rest: no reply while suspended, the reply after resume, and the
+#    file then holds the whole payload.
 source "$(dirname "$0")/lib.sh"
 [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] || { echo "SKIP: /dev/shm is not a tmpfs"; exit 77; }
 [ "$(df -k --output=avail /dev/shm | tail -1)" -gt $((64 << 10)) ] || { echo "SKIP: /dev/shm has less than 64 MiB free"; exit 77; }
@@ -101,6 +107,32 @@ t("resume succeeds", r.returncode == 0, r.stderr.strip())
 s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 999, 0, MiB))
 magic, err, cookie = struct.unpack(">IIQ", recv_exact(s, 16))
 t("a read after resume sees the new content", err == 0 and recv_exact(s, MiB) == b"\x5a" * MiB)
+
+SIZE, AT = 4 * MiB, 3 * MiB
+data = bytes((i * 7 + (i >> 12)) & 0xff for i in range(SIZE))
+s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, 1000, AT, SIZE) + data[:SIZE // 2])  # WRITE
+time.sleep(1.0)
+start = time.time()
+r = control("suspend", "disk")
+took = time.time() - start
+t("suspend succeeds halfway through a write's payload", r.returncode == 0, r.stderr.strip())
+t("that suspend returns promptly", took < 5, "%.1f s" % took)
+s.sendall(data[SIZE // 2:])
+s.settimeout(1.0)
+try:
+    early = s.recv(16)
+except socket.timeout:
+    early = b""
+s.settimeout(None)
+t("no reply to the write while suspended", not early)
+r = control("resume", "disk")
+t("resume succeeds", r.returncode == 0, r.stderr.strip())
+reply = early + recv_exact(s, 16 - len(early))
+magic, err, cookie = struct.unpack(">IIQ", reply)
+t("the write is answered after resume", err == 0 and cookie == 1000, "error %d" % err)
+with open(img, "rb") as f:
+    f.seek(AT)
+    t("the file holds the whole payload", f.read(SIZE) == data)
 sys.exit(1 if bad else 0)
 PY
 run_probe 90 "$PY" "$WORK/stall.py" "$WORK/nbd.sock" "$WORK/control.sock" "$DMNBD" \

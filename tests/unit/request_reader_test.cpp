@@ -34,7 +34,8 @@ std::thread write_in_pieces(int fd, std::vector<uint8_t> stream, unsigned seed) 
     while (pos < stream.size()) {
       size_t n = rng() % 4 == 0 ? 1 : 1 + rng() % 70000;
       n = std::min(n, stream.size() - pos);
-      ssize_t w = ::write(fd, stream.data() + pos, n);
+      ssize_t w =
+          ::send(fd, stream.data() + pos, n, MSG_NOSIGNAL);  // a failed reader stops reading
       if (w <= 0) break;
       pos += static_cast<size_t>(w);
     }
@@ -42,8 +43,40 @@ std::thread write_in_pieces(int fd, std::vector<uint8_t> stream, unsigned seed) 
   });
 }
 
+// How the test takes a large payload the reader leaves pending.
+enum class LargePayload {
+  buffered,  // read_payload() into a buffer of its own
+  in_place,  // receive_in_place() into two pieces of memory, as the session does
+  mixed,     // in place for what has arrived, then read_payload() for the rest
+};
+
+// Takes a pending payload into in.payload the way `mode` says; false on failure.
+Task<bool> take_payload(RequestReader& reader, BufferPool& pool, Incoming& in, LargePayload mode) {
+  const size_t length = in.request.length;
+  in.payload = pool.take(length);
+  size_t done = 0;
+  if (mode != LargePayload::buffered) {
+    MappedView view;  // two pieces, split off-sector, as a striped target might give
+    const size_t split = length / 3 + 1;
+    view.add(0, split, in.payload.data(), nullptr);
+    view.add(split, length - split, in.payload.data() + split, nullptr);
+    while (done < length) {
+      const int64_t n = reader.receive_in_place(view, done);
+      if (n < 0) co_return false;
+      done += static_cast<size_t>(n);
+      if (mode == LargePayload::mixed) break;
+      if (done < length) co_await reader.wait_for_payload();
+    }
+  }
+  if (done == length) co_return true;
+  Buffer rest = pool.take(length - done);
+  if (!co_await reader.read_payload(rest)) co_return false;
+  std::memcpy(in.payload.data() + done, rest.data(), rest.size());
+  co_return true;
+}
+
 // Reads until the stream ends; every request and payload is kept until the end.
-std::vector<Incoming> read_all(int fd) {
+std::vector<Incoming> read_all(int fd, LargePayload mode) {
   asio::io_context ctx;
   Socket socket(ctx, asio::generic::stream_protocol(AF_UNIX, SOCK_STREAM), fd);
   BufferPool pool;
@@ -54,6 +87,8 @@ std::vector<Incoming> read_all(int fd) {
         RequestReader reader(socket, pool);
         for (;;) {
           Incoming in = co_await reader.next();
+          if (in.payload_pending && !co_await take_payload(reader, pool, in, mode))
+            in = reader.fail(Incoming::Kind::truncated);
           const auto kind = in.kind;
           got.push_back(std::move(in));
           if (kind != Incoming::Kind::request && kind != Incoming::Kind::oversized) break;
@@ -66,11 +101,12 @@ std::vector<Incoming> read_all(int fd) {
   return got;
 }
 
-std::vector<Incoming> receive(const std::vector<uint8_t>& stream, unsigned seed) {
+std::vector<Incoming> receive(const std::vector<uint8_t>& stream, unsigned seed,
+                              LargePayload mode = LargePayload::buffered) {
   int fds[2];
   EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
   std::thread writer = write_in_pieces(fds[1], stream, seed);
-  auto got = read_all(fds[0]);
+  auto got = read_all(fds[0], mode);
   writer.join();
   return got;
 }
@@ -94,8 +130,11 @@ TEST(RequestReader, RequestsAndPayloadsSurviveAnySplit) {
     }
     sent.push_back(std::move(s));
   }
-  for (unsigned seed : {1u, 2u, 3u}) {
-    auto got = receive(stream, seed);
+  for (auto [seed, mode] : {std::pair{1u, LargePayload::buffered},
+                            {2u, LargePayload::in_place},
+                            {3u, LargePayload::mixed},
+                            {4u, LargePayload::in_place}}) {
+    auto got = receive(stream, seed, mode);
     ASSERT_EQ(got.size(), sent.size() + 1) << "seed " << seed;
     EXPECT_EQ(got.back().kind, Incoming::Kind::closed);
     for (size_t i = 0; i < sent.size(); ++i) {
@@ -139,6 +178,11 @@ TEST(RequestReader, EndOfStreamInsideARequestIsTruncation) {
   auto mid_payload = header;
   mid_payload.resize(header.size() + 100);
   EXPECT_EQ(receive(mid_payload, 1).back().kind, Incoming::Kind::truncated);
+  std::vector<uint8_t> large;
+  encode_request(large, {.type = kCmdWrite, .cookie = 2, .length = 1 << 20});
+  large.resize(large.size() + 300000);
+  for (auto mode : {LargePayload::buffered, LargePayload::in_place, LargePayload::mixed})
+    EXPECT_EQ(receive(large, 1, mode).back().kind, Incoming::Kind::truncated);
   EXPECT_EQ(receive({}, 1).back().kind, Incoming::Kind::closed);
 }
 
