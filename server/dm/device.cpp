@@ -192,7 +192,10 @@ Task<Status> Device::flush_table(const Table& table) {
 // Every I/O entry point passes the suspend gate first, then holds on to the
 // live table it started with, so a table swap never pulls targets from under it.
 Task<Status> Device::submit(Bio bio) {
-  auto pass = co_await gate_.enter();
+  // A map_for_write never waits (see map_write): a suspended device refuses it.
+  const bool no_waiting = bio.op == BioOp::map_for_write;
+  if (no_waiting && !gate_.try_enter()) co_return errno_status(EAGAIN);
+  auto pass = no_waiting ? SuspendGate::Pass(&gate_) : co_await gate_.enter();
   std::shared_ptr<Table> table = live_table();
   if (!table) co_return errno_status(EIO);
   if (bio.op == BioOp::flush) co_return co_await flush_table(*table);

@@ -198,15 +198,17 @@ TEST_F(MappedViewTest, WritesMapToTheSameBytesAsACopiedWrite) {
 
 TEST_F(MappedViewTest, WritesAreMappedOnlyWhereEveryByteHasAPlace) {
   MappedView view;
+  size_t holds = 0;  // devices the last mapping held in flight
   auto status_of = [&](std::shared_ptr<Device> dev, uint64_t offset, uint64_t length) {
     Status st = test::run_sync(dev->map_write(offset, length, view));
     EXPECT_EQ(view.pieces.size(), st ? 0u : 1u) << "a refusal must leave the view empty";
-    EXPECT_TRUE(st || view.holds.size() == 1u);
+    holds = view.holds.size();
     view.release();
     return st.value();
   };
   auto linear = device("0 8192 linear a.img 0\n");
   EXPECT_EQ(status_of(linear, 0, kBig), 0);
+  EXPECT_EQ(holds, 1u);
   EXPECT_EQ(status_of(linear, 100, kBig), EAGAIN) << "unaligned";
   EXPECT_EQ(status_of(linear, kFileBytes - 512, kBig), ENOSPC) << "past the end";
   // A target that does more than remap, anywhere in the range.
@@ -225,9 +227,14 @@ TEST_F(MappedViewTest, WritesAreMappedOnlyWhereEveryByteHasAPlace) {
   std::filesystem::remove(on_disk);
   EXPECT_TRUE(file_bytes("a.img") == patterned()) << "a refused map_write must write nothing";
 
-  // A suspended device refuses at once rather than waiting.
+  // A suspended device refuses at once rather than waiting, also below another.
+  resolver_->add("lower", linear);
+  auto upper = device("0 8192 linear lower 0\n");
+  EXPECT_EQ(status_of(upper, 0, kBig), 0);
+  EXPECT_EQ(holds, 2u) << "both devices stay in flight";
   test::run_sync(linear->suspend(true));
   EXPECT_EQ(status_of(linear, 0, kBig), EAGAIN);
+  EXPECT_EQ(status_of(upper, 0, kBig), EAGAIN);
   test::run_sync(linear->resume());
 }
 
