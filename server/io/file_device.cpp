@@ -34,9 +34,8 @@ bool unsupported(int64_t r) {
   return r == -EOPNOTSUPP || r == -ENOTSUP || r == -EINVAL;
 }
 
-// The whole file, shared with the page cache (writable when the file is open
-// for writing); null if it fails
-// (reads and writes then copy as usual).
+// The whole file, shared with the page cache, writable when the file is open
+// for writing; null if it fails (reads and writes then copy as usual).
 std::shared_ptr<std::byte> map_file(int fd, uint64_t size, bool writable) {
   void* base =
       mmap(nullptr, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
