@@ -104,6 +104,7 @@ class Device final : public BlockDevice, public std::enable_shared_from_this<Dev
                                   std::vector<ByteExtent>& out);
 
  private:
+  Task<Status> submit_entered(Bio bio, SuspendGate::Pass& pass);  // submit(), past the gate
   Task<Status> route(const Table& table, Bio bio, std::vector<ZeroRun>* zero_runs);
   // route(), and if that added pieces to the bio's read view, `pass` moves
   // into the view: the device stays in flight until the bytes are copied.

@@ -192,10 +192,17 @@ Task<Status> Device::flush_table(const Table& table) {
 // Every I/O entry point passes the suspend gate first, then holds on to the
 // live table it started with, so a table swap never pulls targets from under it.
 Task<Status> Device::submit(Bio bio) {
-  // A map_for_write never waits (see map_write): a suspended device refuses it.
-  const bool no_waiting = bio.op == BioOp::map_for_write;
-  if (no_waiting && !gate_.try_enter()) co_return errno_status(EAGAIN);
-  auto pass = no_waiting ? SuspendGate::Pass(&gate_) : co_await gate_.enter();
+  if (bio.op == BioOp::map_for_write) {
+    // Never waits (see map_write): a suspended device refuses it.
+    if (!gate_.try_enter()) co_return errno_status(EAGAIN);
+    SuspendGate::Pass pass(&gate_);
+    co_return co_await submit_entered(bio, pass);
+  }
+  auto pass = co_await gate_.enter();
+  co_return co_await submit_entered(bio, pass);
+}
+
+Task<Status> Device::submit_entered(Bio bio, SuspendGate::Pass& pass) {
   std::shared_ptr<Table> table = live_table();
   if (!table) co_return errno_status(EIO);
   if (bio.op == BioOp::flush) co_return co_await flush_table(*table);
