@@ -684,7 +684,7 @@ size_t Session::write_without_waiting(std::vector<asio::const_buffer>& buffers, 
 bool Session::copy_out_view(Reply& r) {
   for (const auto& piece : r.view.pieces) {
     iovec local{r.data.data() + piece.offset, piece.length};
-    iovec remote{const_cast<std::byte*>(piece.data), piece.length};
+    iovec remote{piece.data, piece.length};
     if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) !=
         static_cast<ssize_t>(piece.length)) {
       spdlog::error("{}: reading a mapped backing file failed: {}", peer_, std::strerror(errno));

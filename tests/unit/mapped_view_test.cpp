@@ -59,6 +59,21 @@ class MappedViewTest : public ::testing::Test {
   std::vector<std::byte> file_bytes(const std::string& name) const {
     return test::read_file_bytes(dir_ / name);
   }
+  // A suspend of `dev` must not return while `view` is held, and must once it is dropped.
+  static void expect_suspend_waits_for(Device& dev, std::optional<MappedView>& view,
+                                       const char* while_what) {
+    std::atomic<bool> suspended = false;
+    std::thread suspender([&] {
+      test::run_sync(dev.suspend(true));
+      suspended = true;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    EXPECT_FALSE(suspended) << "suspend returned while " << while_what;
+    view.reset();
+    suspender.join();
+    EXPECT_TRUE(suspended);
+    test::run_sync(dev.resume());
+  }
   // What make_patterned_file() wrote.
   static std::vector<std::byte> patterned() {
     std::vector<std::byte> out(kFileBytes);
@@ -163,17 +178,7 @@ TEST_F(MappedViewTest, SuspendWaitsUntilTheViewIsReleased) {
   ASSERT_FALSE(test::run_sync(dev->read(0, buf, nullptr, &*view)));
   ASSERT_TRUE(*view);
   EXPECT_EQ(view->holds.size(), 1u);
-  std::atomic<bool> suspended = false;
-  std::thread suspender([&] {
-    test::run_sync(dev->suspend(true));
-    suspended = true;
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  EXPECT_FALSE(suspended) << "suspend returned while a zero-copy read was not yet copied";
-  view.reset();
-  suspender.join();
-  EXPECT_TRUE(suspended);
-  test::run_sync(dev->resume());
+  expect_suspend_waits_for(*dev, view, "a zero-copy read was not yet copied");
 }
 
 TEST_F(MappedViewTest, WritesMapToTheSameBytesAsACopiedWrite) {
@@ -244,17 +249,7 @@ TEST_F(MappedViewTest, SuspendWaitsUntilAWriteViewIsReleased) {
   auto dev = device("0 8192 linear a.img 0\n");
   std::optional<MappedView> view(std::in_place);
   ASSERT_FALSE(test::run_sync(dev->map_write(0, kBig, *view)));
-  std::atomic<bool> suspended = false;
-  std::thread suspender([&] {
-    test::run_sync(dev->suspend(true));
-    suspended = true;
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  EXPECT_FALSE(suspended) << "suspend returned while a write could still land through a view";
-  view.reset();
-  suspender.join();
-  EXPECT_TRUE(suspended);
-  test::run_sync(dev->resume());
+  expect_suspend_waits_for(*dev, view, "a write could still land through a view");
 }
 
 }  // namespace
