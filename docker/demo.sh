@@ -87,68 +87,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'FIRST_FAIL=${FIRST_FAIL:-interrupted}; exit 130' INT TERM
 
-# ------------------------------------------------------------ host tools
-[ "$(id -u)" = 0 ] || skip "needs root (rootful podman)"
-mkdir -p "$CACHE" || skip "cannot create $CACHE"
-need=()
-for c in podman:podman runc:runc slirp4netns:slirp4netns debootstrap:debootstrap \
-         nbdinfo:libnbd-bin nbdcopy:libnbd-bin podman-compose:podman-compose; do
-  command -v "${c%%:*}" > /dev/null || need+=("${c#*:}")
-done
-"$PY" -c 'import nbd' 2>/dev/null || need+=(python3-libnbd)
-if [ ${#need[@]} -gt 0 ]; then
-  mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
-  log "apt-get install ${need[*]}"
-  apt_install() {
-    DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends \
-      -o DPkg::Lock::Timeout=600 "${need[@]}" >> "$CACHE/apt.log" 2>&1
-  }
-  apt_install || { timeout 300 apt-get update -q >> "$CACHE/apt.log" 2>&1 \
-      || skip "apt-get update failed, Debian's archive is not reachable (see $CACHE/apt.log)"; apt_install; } \
-    || skip "apt-get install ${need[*]} failed (see $CACHE/apt.log)"
-fi
-podman info > "$CACHE/podman-info.log" 2>&1 \
-  || skip "podman cannot run here: $(tail -1 "$CACHE/podman-info.log")"
-# the real test of "can run containers" comes with the base image below
-
-# ------------------------------------------------------------ base image
-BASE=${DMNBD_BASE:-}
-if [ -z "$BASE" ]; then
-  if podman image exists "$STD_BASE"; then BASE=$STD_BASE
-  elif timeout 45 podman pull -q "$STD_BASE" > "$CACHE/pull.log" 2>&1; then BASE=$STD_BASE
-  else
-    log "$STD_BASE cannot be pulled (no registry): using a debootstrapped bookworm minbase"
-    BASE=$MINBASE
-  fi
-fi
-if [ "$BASE" = "$MINBASE" ] && ! podman image exists "$MINBASE"; then
-  if [ ! -s "$CACHE/bookworm-minbase.tar" ]; then
-    # the Debian mirror exactly as apt on this host is configured
-    MIRROR=$(apt-cache policy 2>/dev/null | awk '$1 ~ /^[0-9]+$/ && $3 == "bookworm/main" {print $2; exit}')
-    [ -n "$MIRROR" ] || skip "no bookworm/main source in apt's configuration (run apt-get update)"
-    log "debootstrap --variant=minbase bookworm from $MIRROR"
-    R=$(mktemp -d /tmp/minbase.XXXXXX)
-    if ! timeout 900 debootstrap --variant=minbase bookworm "$R" "$MIRROR" > "$CACHE/debootstrap.log" 2>&1; then
-      rm -rf "$R"; skip "debootstrap failed, Debian's archive not reachable? (see $CACHE/debootstrap.log)"
-    fi
-    rm -f "$R"/var/cache/apt/archives/*.deb; rm -rf "$R"/var/lib/apt/lists/*
-    tar -C "$R" -cf "$CACHE/bookworm-minbase.tar.tmp" . && mv "$CACHE/bookworm-minbase.tar.tmp" "$CACHE/bookworm-minbase.tar"
-    rm -rf "$R"
-  fi
-  podman import --change 'CMD ["/bin/bash"]' "$CACHE/bookworm-minbase.tar" "$MINBASE" > "$CACHE/import.log" 2>&1 \
-    || die "podman import of the minbase tarball failed"
-  log "imported $MINBASE"
-fi
-timeout 120 podman run --rm --network none "$BASE" true > "$CACHE/run-probe.log" 2>&1 \
-  || skip "podman cannot run a container here: $(tail -2 "$CACHE/run-probe.log" | tr '\n' ' ')"
+# ------------------------------------------------------------ host tools, base image
+# shellcheck source=docker/lib.sh
+source "$HERE/lib.sh"
+prepare_base_image
 ok "base image $BASE runs"
 
 # ------------------------------------------------------------ build
 TB=$(date +%s.%N)
-ignore=(); podman build --help 2>/dev/null | grep -q -- --ignorefile && ignore=(--ignorefile "$HERE/Dockerfile.dockerignore")
 log "podman build -f docker/Dockerfile --build-arg BASE=$BASE -t $IMG (log: $CACHE/build.log)"
-if timeout 1500 podman build --pull=never --network host --layers --build-arg "BASE=$BASE" \
-     "${ignore[@]}" -f "$HERE/Dockerfile" -t "$IMG" "$REPO" > "$CACHE/build.log" 2>&1; then
+if podman_build "$CACHE/build.log" -t "$IMG"; then
   BUILD_S=$(elapsed "$TB")
   ok "image built in ${BUILD_S}s ($(podman image inspect --format '{{.Size}}' "$IMG" | awk '{printf "%.0f MB", $1/1e6}'))"
 else

@@ -10,14 +10,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
-need=()
-for p in fio:fio nbdkit:nbdkit qemu-nbd:qemu-utils nbd-server:nbd-server nbdinfo:libnbd-bin; do
-  command -v "${p%%:*}" >/dev/null || need+=("${p#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+bash "$root/.ci/packages.sh" install bench   # the bench role of the one package list
 [ -x "$root/build/dmnbd" ] || bash "$root/.ci/quickstart" build
 
 dir=${BENCH_DIR:-/tmp/dmnbd-bench}

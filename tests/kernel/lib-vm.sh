@@ -40,30 +40,23 @@ vm_log() { echo "# [vm] $*" >&2; }
 vm_skip() { echo "SKIP kernel test: $*" >&2; echo "SKIPPED kernel.vm: $*"; exit 77; }
 vm_die() { echo "not ok - vm setup: $*"; FIRST_FAIL=${FIRST_FAIL:-vm setup: $*}; exit 1; }
 
-_vm_apt_install() { # PKG... (only the missing ones are passed)
-  [ $# -eq 0 ] && return 0
-  vm_log "apt-get install $*"
-  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends \
-    -o DPkg::Lock::Timeout=600 "$@" > "$VM_CACHE/apt-install.log" 2>&1 && return 0
-  # a stale package list is the usual cause: refresh once and retry
-  timeout 300 apt-get update -q -o DPkg::Lock::Timeout=600 >> "$VM_CACHE/apt-install.log" 2>&1 \
-    || vm_skip "apt-get update failed, Debian's archive is not reachable (see $VM_CACHE/apt-install.log)"
-  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends \
-    -o DPkg::Lock::Timeout=600 "$@" >> "$VM_CACHE/apt-install.log" 2>&1 \
-    || vm_skip "apt-get install $* failed (see $VM_CACHE/apt-install.log)"
+# Installs the vm role of .ci/packages (the one package list). When that
+# fails the test cannot run: under CI=true a failure, elsewhere a skip.
+_vm_install_tools() {
+  # shellcheck source=.ci/packages.sh
+  source "$(dirname "$VM_LIB_FILE")/../../.ci/packages.sh"
+  [ -z "$(packages_missing vm)" ] && return 0
+  vm_log "installing $(packages_missing vm | tr '\n' ' ')"
+  packages_install vm && return 0
+  if [ "$(packages_skip_status)" = 77 ]; then vm_skip "cannot install the vm packages of .ci/packages"; fi
+  vm_die "cannot install the vm packages of .ci/packages (CI=true: a missing tool fails)"
 }
 
 vm_prepare() {
   [ "$(id -u)" = 0 ] || vm_skip "needs root (apt-get, and the host side reads root-owned caches)"
   [ "$(uname -m)" = x86_64 ] || vm_skip "the guest is an amd64 Debian kernel; this host is $(uname -m)"
   mkdir -p "$VM_CACHE/debs" || vm_skip "cannot create $VM_CACHE"
-  local need=()
-  command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-  command -v cpio >/dev/null || need+=(cpio)
-  command -v socat >/dev/null || need+=(socat)
-  command -v cc >/dev/null || need+=(gcc libc6-dev)
-  [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
-  _vm_apt_install "${need[@]}"
+  _vm_install_tools
 
   # Kernel = what linux-image-cloud-amd64 depends on today (nbd, loop, every dm
   # target and virtio as modules, ext4 built in).

@@ -91,10 +91,6 @@ die() { notok "$*"; [ -f "$WORK/server.log" ] && tail -20 "$WORK/server.log" | s
 source "$HERE/lib-vm.sh"
 [ -x "$DMNBD" ] || die "server binary $DMNBD not found (build first, or set DMNBD)"
 vm_prepare
-need=()
-"$PY" -c 'import nbd' 2>/dev/null || need+=(python3-libnbd)
-command -v debugfs >/dev/null && command -v e2fsck >/dev/null || need+=(e2fsprogs)
-_vm_apt_install "${need[@]}"
 
 WORK=$(mktemp -d /tmp/dmnbd-kernel.XXXXXX)
 mkdir -p "$WORK/guest/etc" "$WORK/guest/sbin" "$WORK/mnt"
