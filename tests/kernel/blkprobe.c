@@ -29,8 +29,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <linux/aio_abi.h>
 #include <fcntl.h>
+#include <linux/aio_abi.h>
 #include <linux/fs.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -43,12 +43,12 @@
 
 #define CHUNK (1024 * 1024)
 
-static void die(const char *what, const char *path) {
+static void die(const char* what, const char* path) {
   fprintf(stderr, "blkprobe: %s %s: %s\n", what, path, strerror(errno));
   exit(1);
 }
 
-static uint64_t dev_size(int fd, const char *path) {
+static uint64_t dev_size(int fd, const char* path) {
   uint64_t size = 0;
   struct stat st;
   if (fstat(fd, &st) < 0) die("stat", path);
@@ -83,7 +83,7 @@ static void add_error(uint64_t sector, uint64_t count) {
 
 /* A read of [pos, pos+n) failed: bisect down to single blocks, so only the
  * unreadable blocks end up zeroed and listed (few reads for a few bad blocks). */
-static void read_bisect(int fd, char *buf, uint64_t pos, size_t n, unsigned bs) {
+static void read_bisect(int fd, char* buf, uint64_t pos, size_t n, unsigned bs) {
   if (n <= bs) {
     memset(buf, 0, n);
     add_error(pos / 512, n / 512);
@@ -96,15 +96,15 @@ static void read_bisect(int fd, char *buf, uint64_t pos, size_t n, unsigned bs) 
     read_bisect(fd, buf + half, pos + half, n - half, bs);
 }
 
-static int do_copy(const char *src, const char *dst, uint64_t off) {
+static int do_copy(const char* src, const char* dst, uint64_t off) {
   int in = open(src, O_RDONLY | O_DIRECT);
   if (in < 0) die("open", src);
   int out = open(dst, O_WRONLY);
   if (out < 0) die("open", dst);
   uint64_t size = dev_size(in, src);
   unsigned bs = lbs(in);
-  char *buf;
-  if (posix_memalign((void **)&buf, 4096, CHUNK)) die("posix_memalign", src);
+  char* buf;
+  if (posix_memalign((void**)&buf, 4096, CHUNK)) die("posix_memalign", src);
   for (uint64_t pos = 0; pos < size;) {
     size_t n = size - pos < CHUNK ? (size_t)(size - pos) : CHUNK;
     ssize_t r = pread(in, buf, n, (off_t)pos);
@@ -122,19 +122,20 @@ static int do_copy(const char *src, const char *dst, uint64_t off) {
   return 0;
 }
 
-static int do_rw(int write, const char *dev, uint64_t sector, uint64_t count) {
+static int do_rw(int write, const char* dev, uint64_t sector, uint64_t count) {
   int fd = open(dev, (write ? O_WRONLY : O_RDONLY) | O_DIRECT);
   if (fd < 0) {
     printf("error %s (open)\n", strerrorname_np(errno) ? strerrorname_np(errno) : "?");
     return 1;
   }
   size_t n = (size_t)count * 512;
-  char *buf;
-  if (posix_memalign((void **)&buf, 4096, n ? n : 512)) die("posix_memalign", dev);
+  char* buf;
+  if (posix_memalign((void**)&buf, 4096, n ? n : 512)) die("posix_memalign", dev);
   memset(buf, 0xa5, n);
   for (uint64_t s = 0; s < count; s++)
     snprintf(buf + s * 512, 64, "blkprobe %llu\n", (unsigned long long)(sector + s));
-  ssize_t r = write ? pwrite(fd, buf, n, (off_t)(sector * 512)) : pread(fd, buf, n, (off_t)(sector * 512));
+  ssize_t r =
+      write ? pwrite(fd, buf, n, (off_t)(sector * 512)) : pread(fd, buf, n, (off_t)(sector * 512));
   int e = errno;
   if (r == (ssize_t)n && write && fsync(fd) < 0) {
     e = errno;
@@ -149,13 +150,18 @@ static int do_rw(int write, const char *dev, uint64_t sector, uint64_t count) {
   return 1;
 }
 
-static const char *ename(int e) { return strerrorname_np(e) ? strerrorname_np(e) : "?"; }
+static const char* ename(int e) {
+  return strerrorname_np(e) ? strerrorname_np(e) : "?";
+}
 
-static int do_pwrite(const char *dev, uint64_t off, size_t len, int byte, int fua) {
+static int do_pwrite(const char* dev, uint64_t off, size_t len, int byte, int fua) {
   int fd = open(dev, O_WRONLY | O_DIRECT);
-  if (fd < 0) { printf("error %s (open)\n", ename(errno)); return 1; }
-  char *buf;
-  if (posix_memalign((void **)&buf, 4096, len ? len : 512)) die("posix_memalign", dev);
+  if (fd < 0) {
+    printf("error %s (open)\n", ename(errno));
+    return 1;
+  }
+  char* buf;
+  if (posix_memalign((void**)&buf, 4096, len ? len : 512)) die("posix_memalign", dev);
   memset(buf, byte, len);
   long r;
   if (!fua) {
@@ -163,7 +169,10 @@ static int do_pwrite(const char *dev, uint64_t off, size_t len, int byte, int fu
     if (r < 0) r = -errno;
   } else {
     aio_context_t ctx = 0;
-    if (syscall(SYS_io_setup, 1, &ctx) < 0) { printf("error %s (io_setup)\n", ename(errno)); return 1; }
+    if (syscall(SYS_io_setup, 1, &ctx) < 0) {
+      printf("error %s (io_setup)\n", ename(errno));
+      return 1;
+    }
     struct iocb cb;
     memset(&cb, 0, sizeof cb);
     cb.aio_fildes = (uint32_t)fd;
@@ -172,36 +181,50 @@ static int do_pwrite(const char *dev, uint64_t off, size_t len, int byte, int fu
     cb.aio_nbytes = len;
     cb.aio_offset = (int64_t)off;
     cb.aio_rw_flags = RWF_DSYNC;
-    struct iocb *cbs[1] = {&cb};
+    struct iocb* cbs[1] = {&cb};
     struct io_event ev;
-    if (syscall(SYS_io_submit, ctx, 1, cbs) != 1) { printf("error %s (io_submit)\n", ename(errno)); return 1; }
-    if (syscall(SYS_io_getevents, ctx, 1, 1, &ev, NULL) != 1) { printf("error %s (io_getevents)\n", ename(errno)); return 1; }
+    if (syscall(SYS_io_submit, ctx, 1, cbs) != 1) {
+      printf("error %s (io_submit)\n", ename(errno));
+      return 1;
+    }
+    if (syscall(SYS_io_getevents, ctx, 1, 1, &ev, NULL) != 1) {
+      printf("error %s (io_getevents)\n", ename(errno));
+      return 1;
+    }
     r = (long)ev.res;
     syscall(SYS_io_destroy, ctx);
   }
   close(fd);
-  if (r == (long)len) { printf("ok\n"); return 0; }
+  if (r == (long)len) {
+    printf("ok\n");
+    return 0;
+  }
   printf("error %s\n", r < 0 ? ename((int)-r) : "short");
   return 1;
 }
 
-static int do_flush(const char *dev) {
+static int do_flush(const char* dev) {
   int fd = open(dev, O_WRONLY);
-  if (fd < 0 || fsync(fd) < 0) { printf("error %s\n", ename(errno)); return 1; }
+  if (fd < 0 || fsync(fd) < 0) {
+    printf("error %s\n", ename(errno));
+    return 1;
+  }
   close(fd);
   printf("ok\n");
   return 0;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   if ((argc == 6 || (argc == 7 && !strcmp(argv[6], "fua"))) && !strcmp(argv[1], "pwrite"))
     return do_pwrite(argv[2], strtoull(argv[3], 0, 0), (size_t)strtoull(argv[4], 0, 0),
                      (int)strtol(argv[5], 0, 0), argc == 7);
   if (argc == 3 && !strcmp(argv[1], "flush")) return do_flush(argv[2]);
-  if (argc == 5 && !strcmp(argv[1], "copy")) return do_copy(argv[2], argv[3], strtoull(argv[4], 0, 0));
+  if (argc == 5 && !strcmp(argv[1], "copy"))
+    return do_copy(argv[2], argv[3], strtoull(argv[4], 0, 0));
   if (argc == 5 && (!strcmp(argv[1], "write") || !strcmp(argv[1], "read")))
     return do_rw(argv[1][0] == 'w', argv[2], strtoull(argv[3], 0, 0), strtoull(argv[4], 0, 0));
-  fprintf(stderr, "usage: blkprobe copy SRC DST OFFSET | write|read DEV SECTOR N |\n"
-                  "       pwrite DEV OFFSET LEN BYTE [fua] | flush DEV\n");
+  fprintf(stderr,
+          "usage: blkprobe copy SRC DST OFFSET | write|read DEV SECTOR N |\n"
+          "       pwrite DEV OFFSET LEN BYTE [fua] | flush DEV\n");
   return 2;
 }
