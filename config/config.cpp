@@ -104,6 +104,44 @@ ListenAddress parse_listen_address(const std::string& text) {
   return addr;
 }
 
+namespace {
+
+// limits: { connection_payload: SIZE, server_payload: SIZE, handshake_timeout: SECONDS,
+//           max_connections: N }
+void parse_limits(Config& cfg, const YAML::Node& limits) {
+  if (!limits.IsMap()) fail(cfg, line_of(limits), "'limits' must be a mapping");
+  check_keys(cfg, limits,
+             {"connection_payload", "server_payload", "handshake_timeout", "max_connections"},
+             "limits");
+  auto size = [&](const char* key, uint64_t& out) {
+    if (!limits[key]) return;
+    try {
+      out = parse_size(scalar(cfg, limits[key], key));
+    } catch (const std::invalid_argument& e) {
+      fail(cfg, line_of(limits[key]), e.what());
+    }
+    if (out == 0) fail(cfg, line_of(limits[key]), std::string(key) + " must be more than 0");
+  };
+  auto count = [&](const char* key, unsigned& out, unsigned min) {
+    if (!limits[key]) return;
+    try {
+      const int64_t v = limits[key].as<int64_t>();
+      if (v < min || v > 1000000) throw std::out_of_range(key);
+      out = static_cast<unsigned>(v);
+    } catch (const std::exception&) {
+      fail(
+          cfg, line_of(limits[key]),
+          std::string(key) + " must be a whole number from " + std::to_string(min) + " to 1000000");
+    }
+  };
+  size("connection_payload", cfg.limits.connection_payload);
+  size("server_payload", cfg.limits.server_payload);
+  count("handshake_timeout", cfg.limits.handshake_seconds, 0);
+  count("max_connections", cfg.limits.max_connections, 1);
+}
+
+}  // namespace
+
 Config parse_config(const std::string& yaml_text, const std::string& source,
                     const std::filesystem::path& base_dir) {
   Config cfg;
@@ -117,7 +155,8 @@ Config parse_config(const std::string& yaml_text, const std::string& source,
   }
   if (!root.IsMap())
     fail(cfg, 1, "the config must be a mapping with 'devices' (and 'listen', 'files')");
-  check_keys(cfg, root, {"listen", "control", "files", "devices"}, "the top level");
+  check_keys(cfg, root, {"listen", "control", "files", "devices", "limits"}, "the top level");
+  if (const YAML::Node limits = root["limits"]) parse_limits(cfg, limits);
 
   if (const YAML::Node listen = root["listen"]) {
     if (listen.IsScalar()) {

@@ -32,7 +32,30 @@ struct ServeOptions {
   unsigned threads = 0;
   unsigned poll_us = 50;
   std::string log_level = "info";
+  // Override the config's limits when given.
+  std::string connection_payload, server_payload;
+  int handshake_limit = -1;
+  unsigned max_connections = 0;
 };
+
+void apply_limit_overrides(const ServeOptions& opts, ServerLimits& limits) {
+  auto size = [](const std::string& text, const char* flag) {
+    uint64_t v = 0;
+    try {
+      v = parse_size(text);
+    } catch (const std::invalid_argument& e) {
+      throw ConfigError(std::string(flag) + ": " + e.what());
+    }
+    if (v == 0) throw ConfigError(std::string(flag) + " must be more than 0");
+    return v;
+  };
+  if (!opts.connection_payload.empty())
+    limits.connection_payload = size(opts.connection_payload, "--connection-payload");
+  if (!opts.server_payload.empty())
+    limits.server_payload = size(opts.server_payload, "--server-payload");
+  if (opts.handshake_limit >= 0) limits.handshake_seconds = unsigned(opts.handshake_limit);
+  if (opts.max_connections > 0) limits.max_connections = opts.max_connections;
+}
 
 int serve(const ServeOptions& opts) {
   spdlog::set_level(spdlog::level::from_str(opts.log_level));
@@ -49,6 +72,7 @@ int serve(const ServeOptions& opts) {
     for (const auto& text : opts.listen) config.listen.push_back(parse_listen_address(text));
   }
   if (!opts.control.empty()) config.control = fs::absolute(opts.control);
+  apply_limit_overrides(opts, config.limits);
 
   DeviceManager devices(config.base_dir);
   build_devices(config, devices);
@@ -56,7 +80,14 @@ int serve(const ServeOptions& opts) {
     spdlog::info("device {}: {} sectors ({} bytes){}", device->name(), device->sectors(),
                  device->size_bytes(), device->read_only() ? ", read-only" : "");
 
-  nbd::Server server(devices, config.listen, opts.threads, std::chrono::microseconds(opts.poll_us));
+  const ServerLimits& limits = config.limits;
+  spdlog::info(
+      "limits: {} MiB of payload in flight per connection, {} MiB in all, handshake {} s, "
+      "{} connections",
+      limits.connection_payload >> 20, limits.server_payload >> 20, limits.handshake_seconds,
+      limits.max_connections);
+  nbd::Server server(devices, config.listen, opts.threads, std::chrono::microseconds(opts.poll_us),
+                     limits);
   control::ControlServer control(server.control_context(), devices, config.control);
   control.start();
   server.on_stop([&control] { control.stop(); });
@@ -94,6 +125,20 @@ int main(int argc, char** argv) {
                    "only polls on a CPU nothing else wants (0: never poll)")
       ->capture_default_str()
       ->check(CLI::Range(0u, 10000u));
+  serve_cmd->add_option("--connection-payload", serve_opts.connection_payload,
+                        "READ/WRITE payload bytes in flight per connection before the server "
+                        "stops reading it (default 64MiB)");
+  serve_cmd->add_option("--server-payload", serve_opts.server_payload,
+                        "The same over all connections together (default 1GiB)");
+  serve_cmd
+      ->add_option("--handshake-limit", serve_opts.handshake_limit,
+                   "Seconds a client may take to negotiate before it is disconnected "
+                   "(default 10, 0: no limit)")
+      ->check(CLI::Range(0, 1000000));
+  serve_cmd
+      ->add_option("--max-connections", serve_opts.max_connections,
+                   "Connections served at once; more are closed at once (default 512)")
+      ->check(CLI::Range(1u, 1000000u));
   serve_cmd->add_option("--log-level", serve_opts.log_level, "trace, debug, info, warn, error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
 

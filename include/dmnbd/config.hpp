@@ -39,6 +39,15 @@ struct DeviceSpec {
   int table_first_line = 0;  // config line of the table's first text line
 };
 
+// What clients may make the server hold (the `limits` key). Past a payload
+// bound the server stops reading that socket until earlier requests finish.
+struct ServerLimits {
+  uint64_t connection_payload = 64ull << 20;  // READ/WRITE payload bytes in flight, per connection
+  uint64_t server_payload = 1ull << 30;       // the same, summed over every connection
+  unsigned handshake_seconds = 10;            // not negotiated by then: closed (0: no limit)
+  unsigned max_connections = 512;             // connections beyond it are closed at once
+};
+
 struct Config {
   std::string source;              // file name for messages
   std::filesystem::path base_dir;  // relative paths resolve against it
@@ -46,6 +55,7 @@ struct Config {
   std::filesystem::path control;  // the control socket; default <base_dir>/control.sock
   std::vector<FileSpec> files;
   std::vector<DeviceSpec> devices;
+  ServerLimits limits;
 };
 
 // Parses and validates everything that can be checked without touching the

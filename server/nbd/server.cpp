@@ -101,7 +101,7 @@ class Server::Listener {
       Socket generic(worker.ctx,
                      asio::generic::stream_protocol(protocol.family(), protocol.protocol()),
                      sock.release());
-      server_.adopt(std::make_shared<Session>(std::move(generic), server_.exports_, peer), worker);
+      server_.adopt(std::move(generic), std::move(peer), worker);
     }
   }
 
@@ -114,7 +114,7 @@ class Server::Listener {
       if (ec) continue;
       std::string peer = "unix:" + addr_.path.string() + "#" + std::to_string(++accepted_);
       Socket generic(worker.ctx, asio::generic::stream_protocol(AF_UNIX, 0), sock.release());
-      server_.adopt(std::make_shared<Session>(std::move(generic), server_.exports_, peer), worker);
+      server_.adopt(std::move(generic), std::move(peer), worker);
     }
   }
 
@@ -127,8 +127,12 @@ class Server::Listener {
 };
 
 Server::Server(DeviceManager& exports, std::vector<ListenAddress> listen, unsigned threads,
-               std::chrono::microseconds max_poll)
-    : exports_(exports), listen_(std::move(listen)), max_poll_(max_poll) {
+               std::chrono::microseconds max_poll, ServerLimits limits)
+    : exports_(exports),
+      listen_(std::move(listen)),
+      max_poll_(max_poll),
+      limits_(limits),
+      payload_budget_(limits.server_payload) {
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < threads; ++i) workers_.push_back(std::make_unique<Worker>());
 }
@@ -171,10 +175,20 @@ Server::Worker& Server::next_worker() {
   return *workers_[next_++ % workers_.size()];
 }
 
-void Server::adopt(std::shared_ptr<Session> session, Worker& worker) {
+void Server::adopt(Socket socket, std::string peer, Worker& worker) {
+  const SessionLimits session_limits{.connection_payload = limits_.connection_payload,
+                                     .server_payload = &payload_budget_,
+                                     .handshake = std::chrono::seconds(limits_.handshake_seconds)};
+  auto session = std::make_shared<Session>(std::move(socket), exports_, peer, session_limits);
   {
     std::lock_guard lk(mutex_);
     if (stopping_) return;  // dropped: the socket closes with the session
+    if (sessions_.size() >= limits_.max_connections) {
+      // Closed at once, so the client sees EOF rather than a hang.
+      spdlog::warn("{}: refused: already {} connections (limits: max_connections)", peer,
+                   sessions_.size());
+      return;
+    }
     sessions_.insert(session);
   }
   spdlog::info("{}: connected", session->peer());

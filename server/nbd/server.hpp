@@ -13,16 +13,16 @@
 #include "dmnbd/asio.hpp"
 #include "dmnbd/config.hpp"
 #include "dmnbd/device_manager.hpp"
+#include "nbd/byte_budget.hpp"
+#include "nbd/session.hpp"
 
 namespace dmnbd::nbd {
-
-class Session;
 
 class Server {
  public:
   // `max_poll`: how long an idle worker loop busy-polls before it sleeps (see event_loop.hpp).
   Server(DeviceManager& exports, std::vector<ListenAddress> listen, unsigned threads,
-         std::chrono::microseconds max_poll = {});
+         std::chrono::microseconds max_poll = {}, ServerLimits limits = {});
   ~Server();
 
   // Binds every listener; throws std::runtime_error naming the address.
@@ -41,13 +41,15 @@ class Server {
   class Listener;
 
   Worker& next_worker();
-  void adopt(std::shared_ptr<Session> session, Worker& worker);
+  void adopt(Socket socket, std::string peer, Worker& worker);
   void session_ended(const std::shared_ptr<Session>& session);
   void finish_if_idle();
 
   DeviceManager& exports_;
   std::vector<ListenAddress> listen_;
   std::chrono::microseconds max_poll_;
+  const ServerLimits limits_;
+  ByteBudget payload_budget_;  // every connection's READ and WRITE payloads
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::atomic<size_t> next_ = 0;

@@ -39,8 +39,9 @@ class Session::ReplyBuilder {
     add(true, offset, length);
     return *this;
   }
-  Reply take(Buffer data, MappedView* view = nullptr) {
+  Reply take(Buffer data, MappedView* view = nullptr, PayloadLease lease = {}) {
     reply_.data = std::move(data);
+    reply_.lease = std::move(lease);
     if (view && *view) std::swap(reply_.view, *view);
     return std::move(reply_);
   }
@@ -58,10 +59,14 @@ class Session::ReplyBuilder {
   Reply reply_;
 };
 
-Session::Session(Socket socket, const DeviceManager& exports, std::string peer)
+Session::Session(Socket socket, const DeviceManager& exports, std::string peer,
+                 SessionLimits limits)
     : socket_(std::move(socket)),
       exports_(exports),
       peer_(std::move(peer)),
+      limits_(limits),
+      connection_budget_(limits.connection_payload),
+      handshake_timer_(socket_.get_executor()),
       change_(socket_.get_executor()) {}
 
 void Session::stop() {
@@ -75,10 +80,25 @@ Task<std::string> Session::run() {
   auto self = shared_from_this();
   std::string why;
   try {
-    if (co_await handshake(why) == HandshakeResult::transmission) why = co_await transmission();
+    // A client that connects and never finishes negotiating would hold its
+    // socket and session for ever; closing the socket fails the pending read.
+    if (limits_.handshake.count() > 0) {
+      handshake_timer_.expires_after(limits_.handshake);
+      handshake_timer_.async_wait([this, self](boost::system::error_code ec) {
+        if (ec) return;
+        handshake_expired_ = true;
+        boost::system::error_code ignored;
+        socket_.close(ignored);
+      });
+    }
+    const HandshakeResult result = co_await handshake(why);
+    handshake_timer_.cancel();
+    if (result == HandshakeResult::transmission) why = co_await transmission();
   } catch (const boost::system::system_error& e) {
-    why = e.code() == asio::error::eof ? "client closed the connection during the handshake"
-                                       : e.code().message();
+    why = handshake_expired_
+              ? "handshake not finished within " + std::to_string(limits_.handshake.count()) + " s"
+          : e.code() == asio::error::eof ? "client closed the connection during the handshake"
+                                         : e.code().message();
   }
   boost::system::error_code ignored;
   socket_.shutdown(asio::socket_base::shutdown_both, ignored);
@@ -324,6 +344,9 @@ Task<std::string> Session::transmission() {
       break;
     }
     Incoming in = co_await reader.next();
+    // Past the budgets the socket is not read: the client waits, nothing is
+    // dropped. A large WRITE's payload is still in the socket here.
+    PayloadLease lease = co_await reserve_payload(in.request);
     if (in.payload_pending && co_await receive_large_write(reader, in)) continue;
     using Kind = Incoming::Kind;
     if (in.kind == Kind::closed) {
@@ -351,12 +374,22 @@ Task<std::string> Session::transmission() {
       break;
     }
     ++in_flight_;
-    asio::co_spawn(socket_.get_executor(), serve(in.request, std::move(in.payload)),
-                   asio::detached);
+    asio::co_spawn(socket_.get_executor(),
+                   serve(in.request, std::move(in.payload), std::move(lease)), asio::detached);
   }
   // Requests already received are finished and answered before the close.
   while (in_flight_ > 0 || writing_) co_await wait_for_change();
   co_return why;
+}
+
+Task<Session::PayloadLease> Session::reserve_payload(const Request& req) {
+  const bool has_payload =
+      (req.type == kCmdRead || req.type == kCmdWrite) && req.length <= kMaxPayload;
+  PayloadLease lease;
+  if (!has_payload || req.length == 0) co_return lease;
+  lease.connection = co_await connection_budget_.acquire(req.length);
+  if (limits_.server_payload) lease.server = co_await limits_.server_payload->acquire(req.length);
+  co_return lease;
 }
 
 // A large WRITE is received straight into the backing file's memory where
@@ -406,7 +439,7 @@ Task<void> Session::discard_payload(uint64_t length) {
   }
 }
 
-Task<void> Session::serve(Request req, Buffer payload) {
+Task<void> Session::serve(Request req, Buffer payload, PayloadLease lease) {
   try {
     const bool fua = req.flags & kCmdFlagFua;
     const uint32_t bio_fua = fua ? kBioFua : 0;
@@ -424,7 +457,7 @@ Task<void> Session::serve(Request req, Buffer payload) {
     } else {
       switch (req.type) {
         case kCmdRead:
-          co_await serve_read(req);
+          co_await serve_read(req, lease);
           break;
         case kCmdWrite:
           reply_status(req, co_await device_->write(req.offset, payload.span(), bio_fua));
@@ -454,11 +487,12 @@ Task<void> Session::serve(Request req, Buffer payload) {
     reply_error(req, kEIO, e.what());
   }
   payload = {};  // free for reuse before the reader looks for a block
+  lease = {};    // a READ's went with its reply
   --in_flight_;
   notify_change();
 }
 
-Task<void> Session::serve_read(const Request& req) {
+Task<void> Session::serve_read(const Request& req, PayloadLease& lease) {
   if (req.length > kMaxPayload) {
     reply_error(req, kEINVAL, "read larger than the 32 MiB maximum payload");
     co_return;
@@ -476,7 +510,7 @@ Task<void> Session::serve_read(const Request& req) {
   ReplyBuilder reply;
   if (!structured_replies_) {
     reply.meta([&](auto& out) { encode_simple_reply(out, 0, req.cookie); }).data(0, req.length);
-    queue_reply(reply.take(std::move(buf), &view));
+    queue_reply(reply.take(std::move(buf), &view, std::move(lease)));
     co_return;
   }
   // Data and hole chunks in order; only the last carries DONE.
@@ -508,7 +542,7 @@ Task<void> Session::serve_read(const Request& req) {
     });
     if (!c.hole) reply.data(c.start, c.length);
   }
-  queue_reply(reply.take(std::move(buf), &view));
+  queue_reply(reply.take(std::move(buf), &view, std::move(lease)));
 }
 
 Task<void> Session::serve_block_status(const Request& req) {

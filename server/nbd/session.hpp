@@ -4,6 +4,7 @@
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/container/small_vector.hpp>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -13,14 +14,23 @@
 #include "dmnbd/device.hpp"
 #include "dmnbd/device_manager.hpp"
 #include "nbd/buffer_pool.hpp"
+#include "nbd/byte_budget.hpp"
 #include "nbd/protocol.hpp"
 #include "nbd/request_reader.hpp"
 
 namespace dmnbd::nbd {
 
+// What one connection may make the server hold, and for how long it may
+// take to negotiate.
+struct SessionLimits {
+  uint64_t connection_payload = 64ull << 20;  // READ and WRITE payload bytes in flight
+  ByteBudget* server_payload = nullptr;       // the same, over all connections; may be null
+  std::chrono::seconds handshake{10};         // 0: no limit
+};
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(Socket socket, const DeviceManager& exports, std::string peer);
+  Session(Socket socket, const DeviceManager& exports, std::string peer, SessionLimits limits);
 
   // Runs the connection to its end; the returned text says why it ended.
   Task<std::string> run();
@@ -31,6 +41,11 @@ class Session : public std::enable_shared_from_this<Session> {
   const std::string& peer() const { return peer_; }
 
  private:
+  // A READ's or WRITE's payload bytes, counted against both budgets.
+  struct PayloadLease {
+    ByteBudget::Lease connection, server;
+  };
+
   // A reply in wire order: protocol bytes from `meta`, payload bytes from `data`.
   struct Reply {
     struct Segment {
@@ -40,7 +55,8 @@ class Session : public std::enable_shared_from_this<Session> {
     // Inline capacity for the common replies, so answering needs no heap.
     boost::container::small_vector<uint8_t, 64> meta;
     Buffer data;
-    MappedView view;  // payload bytes it has pieces for come from there, not from `data`
+    MappedView view;     // payload bytes it has pieces for come from there, not from `data`
+    PayloadLease lease;  // a READ's bytes count against the budgets until they are sent
     boost::container::small_vector<Segment, 3> segments;
 
     void append_payload(size_t offset, size_t length, std::vector<asio::const_buffer>& out) const;
@@ -60,9 +76,10 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Transmission.
   Task<std::string> transmission();
+  Task<PayloadLease> reserve_payload(const Request& req);
   Task<bool> receive_large_write(RequestReader& reader, Incoming& in);
-  Task<void> serve(Request req, Buffer payload);
-  Task<void> serve_read(const Request& req);
+  Task<void> serve(Request req, Buffer payload, PayloadLease lease);
+  Task<void> serve_read(const Request& req, PayloadLease& lease);
   Task<void> serve_block_status(const Request& req);
   void reply_status(const Request& req, Status status);
   void reply_error(const Request& req, uint32_t error, std::string_view message);
@@ -78,6 +95,10 @@ class Session : public std::enable_shared_from_this<Session> {
   Socket socket_;
   const DeviceManager& exports_;
   std::string peer_;
+  const SessionLimits limits_;
+  ByteBudget connection_budget_;
+  asio::steady_timer handshake_timer_;
+  bool handshake_expired_ = false;
 
   // Negotiated state.
   bool no_zeroes_ = false;
