@@ -7,11 +7,9 @@
 //   addbadblock <blk> [wr_fail_cnt], removebadblock <blk>, queryblock <blk>,
 //   countbadblocks, clearbadblocks, listbadblocks, enable, disable, quiet
 #include <spdlog/spdlog.h>
-#include <strings.h>
 
 #include <atomic>
 #include <bit>
-#include <charconv>
 #include <map>
 #include <mutex>
 #include <string_view>
@@ -22,17 +20,6 @@ namespace dmnbd {
 namespace {
 
 constexpr uint64_t kMaxBlockSectors = 2097152;  // 1 GiB
-
-// sscanf("%llu%c"): digits and nothing after them.
-bool parse_u64(std::string_view s, uint64_t& out) {
-  if (s.empty()) return false;
-  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-  return ec == std::errc() && end == s.data() + s.size();
-}
-
-bool same_word(const std::string& a, const char* b) {
-  return strcasecmp(a.c_str(), b) == 0;
-}
 
 class DustTarget final : public Target {
  public:
@@ -141,10 +128,10 @@ class DustTarget final : public Target {
     if (argv.size() == 2 || argv.size() == 3) {
       const std::string& cmd = argv[0];
       uint64_t block = 0;
-      if (!parse_u64(argv[1], block)) return fail(silent());
+      if (!scan_u64(argv[1], block)) return fail(silent());
       uint32_t wr_fail_cnt = 0;
       if (argv.size() == 3) {
-        if (!parse_u32(argv[2], wr_fail_cnt)) return fail(silent());
+        if (!scan_u32(argv[2], wr_fail_cnt)) return fail(silent());
         if (wr_fail_cnt > 255) return fail("selected write fail count out of range");
       }
       // As in the kernel, the last block number accepted is the device's block count.

@@ -12,16 +12,14 @@
 // No feature at all means error_reads + error_writes. Flag matching uses the
 // kernel's bi_opf bits: a read is 0, a write 1 (REQ_OP_WRITE), plus REQ_FUA
 // (1 << 17) for FUA writes; NBD carries no other request flags (no REQ_META).
-#include <strings.h>
-
 #include <atomic>
-#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <random>
 #include <string_view>
 #include <vector>
 
+#include "dmnbd/arg_set.hpp"
 #include "dmnbd/target.hpp"
 
 namespace dmnbd {
@@ -31,33 +29,10 @@ constexpr uint32_t kProbabilityBase = 1000000000;  // random_*_corrupt: 1e9 = al
 constexpr uint32_t kReqOpWrite = 1;
 constexpr uint32_t kReqFua = 1u << 17;
 
-bool same_word(const std::string& a, const char* b) {
-  return strcasecmp(a.c_str(), b) == 0;
-}
-
 uint64_t random_u64() {
   thread_local std::mt19937_64 engine{std::random_device{}()};
   return engine();
 }
-
-// The kernel's dm_arg_set: arguments consumed front to back.
-class ArgSet {
- public:
-  explicit ArgSet(TargetArgs args) : args_(args) {}
-  size_t left() const { return args_.size() - next_; }
-  const std::string* shift() { return next_ < args_.size() ? &args_[next_++] : nullptr; }
-  // dm_read_arg(): the next argument as a number in [min, max], else `error`.
-  uint32_t read(uint32_t min, uint32_t max, const char* error) {
-    const std::string* arg = shift();
-    uint32_t value = 0;
-    if (!arg || !parse_u32(*arg, value) || value < min || value > max) throw TargetError(error);
-    return value;
-  }
-
- private:
-  TargetArgs args_;
-  size_t next_ = 0;
-};
 
 class FlakeyTarget final : public Target {
  public:
@@ -142,10 +117,7 @@ class FlakeyTarget final : public Target {
  private:
   void parse_features(ArgSet& as) {
     uint32_t count = 0;
-    if (as.left()) {
-      count = as.read(0, 11, "Invalid number of feature args");  // dm_read_arg_group()
-      if (count > as.left()) throw TargetError("Invalid number of feature args");
-    }
+    if (as.left()) count = as.read_group(0, 11, "Invalid number of feature args");
     while (count) {
       const std::string* name = as.shift();
       --count;

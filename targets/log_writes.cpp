@@ -18,7 +18,6 @@
 // The kernel keeps the mapped device's sector in both dev and the log, so the
 // target belongs at table start 0 (a later start maps the way the kernel's does).
 #include <spdlog/spdlog.h>
-#include <strings.h>
 
 #include <atomic>
 #include <deque>
@@ -128,7 +127,7 @@ class LogWritesTarget final : public Target {
     if (words.size() != 2)
       throw TargetError("Invalid log-writes message arguments, expect 2 arguments, got " +
                         std::to_string(words.size()));
-    if (strcasecmp(words[0].c_str(), "mark") != 0)
+    if (!same_word(words[0], "mark"))
       throw TargetError("Unrecognised log writes target message received: " + words[0]);
     std::vector<Block> one;
     one.push_back(mark_block(words[1]));

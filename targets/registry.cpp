@@ -1,5 +1,7 @@
 #include <algorithm>
+#include <cctype>
 #include <charconv>
+#include <cstdint>
 
 #include "dmnbd/target.hpp"
 
@@ -28,20 +30,56 @@ std::vector<const TargetType*> TargetRegistry::all() const {
   return out;
 }
 
-uint64_t parse_sector(const std::string& text, const char* error) {
-  uint64_t value = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size())
-    throw TargetError(error);
-  return value;
-}
+namespace {
 
-bool parse_u32(std::string_view s, uint32_t& out) {
+// kstrtox's accepted decorations around the digits.
+std::string_view strip_kstrto(std::string_view s) {
   if (!s.empty() && s.back() == '\n') s.remove_suffix(1);
   if (!s.empty() && s.front() == '+') s.remove_prefix(1);
+  return s;
+}
+
+bool narrow_u32(uint64_t value, uint32_t& out) {
+  if (value > UINT32_MAX) return false;
+  out = static_cast<uint32_t>(value);
+  return true;
+}
+
+}  // namespace
+
+// from_chars takes neither a sign nor spaces for an unsigned type.
+bool scan_u64(std::string_view s, uint64_t& out) {
   if (s.empty()) return false;
   auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
   return ec == std::errc() && end == s.data() + s.size();
+}
+
+bool scan_u32(std::string_view s, uint32_t& out) {
+  uint64_t value = 0;
+  return scan_u64(s, value) && narrow_u32(value, out);
+}
+
+bool parse_u64(std::string_view s, uint64_t& out) {
+  return scan_u64(strip_kstrto(s), out);
+}
+
+bool parse_u32(std::string_view s, uint32_t& out) {
+  uint64_t value = 0;
+  return parse_u64(s, value) && narrow_u32(value, out);
+}
+
+uint64_t parse_sector(const std::string& text, const char* error) {
+  uint64_t value = 0;
+  if (!scan_u64(text, value)) throw TargetError(error);
+  return value;
+}
+
+bool same_word(std::string_view word, std::string_view name) {
+  return word.size() == name.size() &&
+         std::equal(word.begin(), word.end(), name.begin(), [](char a, char b) {
+           return std::tolower(static_cast<unsigned char>(a)) ==
+                  std::tolower(static_cast<unsigned char>(b));
+         });
 }
 
 std::shared_ptr<BlockDevice> TargetContext::get_device(const std::string& name, uint64_t start,

@@ -110,13 +110,24 @@ class TargetRegistry {
   std::vector<TargetType> types_;
 };
 
-// Parses a sector count or offset the way the kernel's sscanf("%llu%c") does:
-// digits only, nothing after. Throws TargetError(error) otherwise.
+// Numbers in arguments, each the way the kernel function a target's original
+// uses reads them, so the same table is accepted or refused alike. Where the
+// kernel's sscanf wraps a value too large for its type, these refuse it.
+
+// sscanf("%llu%c") / sscanf("%u%c") == 1: decimal digits only, nothing after.
+bool scan_u64(std::string_view text, uint64_t& out);
+bool scan_u32(std::string_view text, uint32_t& out);
+
+// kstrtoull(s, 10, &v) / kstrtouint(s, 10, &v): an optional '+', decimal
+// digits, an optional trailing newline, and the value must fit.
+bool parse_u64(std::string_view text, uint64_t& out);
+bool parse_u32(std::string_view text, uint32_t& out);
+
+// A sector count or offset read with scan_u64(); throws TargetError(error) otherwise.
 uint64_t parse_sector(const std::string& text, const char* error);
 
-// The kernel's kstrtouint(s, 10, &v): an optional '+', decimal digits, an
-// optional trailing newline, and the value must fit in 32 bits.
-bool parse_u32(std::string_view text, uint32_t& out);
+// strcasecmp(word, name) == 0: feature and message keywords ignore case.
+bool same_word(std::string_view word, std::string_view name);
 
 }  // namespace dmnbd
 

@@ -1,7 +1,6 @@
 #include "dmnbd/table.hpp"
 
 #include <algorithm>
-#include <charconv>
 
 namespace dmnbd {
 namespace {
@@ -29,11 +28,6 @@ std::vector<std::string> split_words(std::string_view s) {
   return words;
 }
 
-bool parse_u64(const std::string& s, uint64_t& out) {
-  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-  return !s.empty() && ec == std::errc() && end == s.data() + s.size();
-}
-
 std::string join_line(uint64_t begin, uint64_t length, const std::string& type,
                       const std::string& rest) {
   std::string line = std::to_string(begin) + " " + std::to_string(length) + " " + type;
@@ -57,7 +51,7 @@ std::vector<TableLine> parse_table_text(std::string_view text) {
     std::vector<std::string> words = split_words(raw);
     if (words.empty()) continue;
     TableLine line{.line = number};
-    if (words.size() < 3 || !parse_u64(words[0], line.start) || !parse_u64(words[1], line.length))
+    if (words.size() < 3 || !scan_u64(words[0], line.start) || !scan_u64(words[1], line.length))
       throw TableError(number, "Invalid format: expected <start> <length> <target> [<args>...]");
     line.type = words[2];
     line.args.assign(words.begin() + 3, words.end());

@@ -228,6 +228,7 @@ TEST_F(FlakeyTest, ConstructorErrors) {
   EXPECT_EQ(err("a.img x 1 1"), "flakey: Invalid device sector");
   EXPECT_EQ(err("a.img 0 x 1"), "flakey: Invalid up interval");
   EXPECT_EQ(err("a.img 0 -1 1"), "flakey: Invalid up interval");
+  EXPECT_EQ(err("a.img 0 +1 1"), "flakey: Invalid up interval");  // dm_read_arg is sscanf("%u")
   EXPECT_EQ(err("a.img 0 1 4294967296"), "flakey: Invalid down interval");
   EXPECT_EQ(err("a.img 0 0 0"), "flakey: Total (up + down) interval is zero");
   EXPECT_EQ(err("a.img 0 2147483648 2147483648"), "flakey: Total (up + down) interval is zero");

@@ -82,7 +82,7 @@ class DirResolver final : public DeviceResolver {
 inline void make_labelled_file(const std::filesystem::path& p, char tag, uint64_t sectors) {
   std::vector<char> data(sectors * 512, '.');
   for (uint64_t i = 0; i < sectors; ++i)
-    std::snprintf(&data[i * 512], 16, "%c:%06llu", tag, static_cast<unsigned long long>(i));
+    std::snprintf(&data[i * 512], 32, "%c:%06llu", tag, static_cast<unsigned long long>(i));
   std::ofstream(p, std::ios::binary).write(data.data(), static_cast<std::streamsize>(data.size()));
 }
 
@@ -91,7 +91,7 @@ inline std::string label(std::span<const std::byte> buf, uint64_t sector) {
 }
 
 inline std::string expect_label(char tag, uint64_t sector) {
-  char buf[16];
+  char buf[32];
   std::snprintf(buf, sizeof buf, "%c:%06llu", tag, static_cast<unsigned long long>(sector));
   return buf;
 }
