@@ -24,6 +24,7 @@ class DelayTarget final : public Target {
   DelayTarget(const TargetContext& ctx, TargetArgs args) : argc_(args.size()) {
     if (argc_ != 3 && argc_ != 6 && argc_ != 9)
       throw TargetError("Requires exactly 3, 6 or 9 arguments");
+    length_ = ctx.length;
     read_ = make_class(ctx, args.subspan(0, 3));
     write_ = argc_ == 3 ? read_ : make_class(ctx, args.subspan(3, 3));
     flush_ = argc_ == 9 ? make_class(ctx, args.subspan(6, 3)) : write_;
@@ -72,8 +73,12 @@ class DelayTarget final : public Target {
     return std::to_string(reads_) + " " + std::to_string(writes_) + " " + std::to_string(flushes_);
   }
 
-  std::vector<std::shared_ptr<BlockDevice>> devices() const override {
-    return {read_.dev, write_.dev, flush_.dev};
+  // Flushes go through map(), to the flush class's device after its delay.
+  Task<Status> flush() override { return map(flush_bio()); }
+  std::vector<DeviceArea> device_areas() const override {
+    return {{read_.dev, read_.start, length_},
+            {write_.dev, write_.start, length_},
+            {flush_.dev, flush_.start, length_}};
   }
 
  private:
@@ -97,7 +102,7 @@ class DelayTarget final : public Target {
     c.name = a[0];
     c.start = parse_sector(a[1], "Invalid device sector");
     if (!parse_u32(a[2], c.delay_ms)) throw TargetError("Invalid delay");
-    c.dev = ctx.get_device(c.name, c.start, ctx.length);
+    c.dev = ctx.get_device(c.name);
     return c;
   }
 
@@ -131,6 +136,7 @@ class DelayTarget final : public Target {
 
   const size_t argc_;
   Class read_, write_, flush_;
+  uint64_t length_ = 0;
   mutable std::mutex mutex_;  // everything below
   bool may_delay_ = true;
   Counter reads_ = 0, writes_ = 0, flushes_ = 0;

@@ -35,7 +35,8 @@ class DustTarget final : public Target {
     block_shift_ = std::countr_zero(sect_per_block_);
     start_ = parse_sector(args[1], "Invalid device offset sector");
     dev_name_ = args[0];
-    dev_ = ctx.get_device(dev_name_, start_, ctx.length);
+    dev_ = ctx.get_device(dev_name_);
+    length_ = ctx.length;
   }
 
   Task<Status> map(Bio bio) override {
@@ -81,7 +82,7 @@ class DustTarget final : public Target {
   }
 
   uint64_t max_io_len() const override { return sect_per_block_; }
-  std::vector<std::shared_ptr<BlockDevice>> devices() const override { return {dev_}; }
+  std::vector<DeviceArea> device_areas() const override { return {{dev_, start_, length_}}; }
 
  private:
   // dust_message(): the kernel logs its reasons and returns EINVAL; here the
@@ -166,6 +167,7 @@ class DustTarget final : public Target {
 
   std::string dev_name_;
   uint64_t start_ = 0;
+  uint64_t length_ = 0;
   uint32_t blksz_ = 0;
   uint64_t sect_per_block_ = 0;
   int block_shift_ = 0;

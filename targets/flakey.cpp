@@ -47,7 +47,8 @@ class FlakeyTarget final : public Target {
     if (up_ + down_ == 0) throw TargetError("Total (up + down) interval is zero");
     if (uint32_t(up_ + down_) < up_) throw TargetError("Interval overflow");
     parse_features(as);
-    dev_ = ctx.get_device(dev_name_, offset_, ctx.length);
+    dev_ = ctx.get_device(dev_name_);
+    length_ = ctx.length;
   }
 
   Task<Status> map(Bio bio) override {
@@ -112,7 +113,9 @@ class FlakeyTarget final : public Target {
     co_return;
   }
 
-  std::vector<std::shared_ptr<BlockDevice>> devices() const override { return {dev_}; }
+  // Flushes go through map(): a down window drops or fails them like writes.
+  Task<Status> flush() override { return map(flush_bio()); }
+  std::vector<DeviceArea> device_areas() const override { return {{dev_, offset_, length_}}; }
 
  private:
   void parse_features(ArgSet& as) {
@@ -220,6 +223,7 @@ class FlakeyTarget final : public Target {
   const std::chrono::steady_clock::time_point start_time_;
   std::string dev_name_;
   uint64_t offset_ = 0;
+  uint64_t length_ = 0;
   uint32_t up_ = 0, down_ = 0;
   bool error_reads_ = false, drop_writes_ = false, error_writes_ = false;
   uint32_t corrupt_byte_ = 0;  // 1-based; 0 = off

@@ -10,11 +10,11 @@ class LinearTarget final : public Target {
     if (args.size() != 2) throw TargetError("Invalid argument count");
     offset_ = parse_sector(args[1], "Invalid device sector");
     dev_name_ = args[0];
-    dev_ = ctx.get_device(dev_name_, offset_, ctx.length);
+    dev_ = ctx.get_device(dev_name_);
+    length_ = ctx.length;
   }
 
   Task<Status> map(Bio bio) override {
-    if (bio.op == BioOp::flush) co_return co_await dev_->submit(bio);
     co_return co_await dev_->submit(bio.at(offset_ + bio.sector));
   }
 
@@ -24,11 +24,12 @@ class LinearTarget final : public Target {
 
   bool only_remaps() const override { return true; }
   std::string table() const override { return dev_name_ + " " + std::to_string(offset_); }
-  std::vector<std::shared_ptr<BlockDevice>> devices() const override { return {dev_}; }
+  std::vector<DeviceArea> device_areas() const override { return {{dev_, offset_, length_}}; }
 
  private:
   std::string dev_name_;
   uint64_t offset_ = 0;
+  uint64_t length_ = 0;
   std::shared_ptr<BlockDevice> dev_;
 };
 

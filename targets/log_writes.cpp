@@ -43,7 +43,8 @@ class LogWritesTarget final : public Target {
   LogWritesTarget(const TargetContext& ctx, TargetArgs args) : begin_(ctx.begin) {
     if (args.size() < 2) throw TargetError("Invalid argument count");
     dev_name_ = args[0];
-    dev_ = ctx.get_device(dev_name_, 0, ctx.length);
+    dev_ = ctx.get_device(dev_name_);
+    length_ = ctx.length;
     log_name_ = args[1];
     try {
       log_ = ctx.resolver.open(log_name_, ctx.read_only);
@@ -144,7 +145,11 @@ class LogWritesTarget final : public Target {
            (enabled_.load() ? "" : " logging_disabled");
   }
 
-  std::vector<std::shared_ptr<BlockDevice>> devices() const override { return {dev_, log_}; }
+  // Flushes go through map(): they are logged, in order with the writes.
+  Task<Status> flush() override { return map(flush_bio()); }
+  std::vector<DeviceArea> device_areas() const override {
+    return {{dev_, 0, length_}, {log_, 0, log_->sectors()}};
+  }
 
  private:
   struct Block {
@@ -239,6 +244,7 @@ class LogWritesTarget final : public Target {
   const uint64_t begin_;
   std::string dev_name_, log_name_;
   std::shared_ptr<BlockDevice> dev_, log_;
+  uint64_t length_ = 0;
 
   AsyncMutex log_mutex_;      // one log writer at a time
   mutable std::mutex mutex_;  // everything below

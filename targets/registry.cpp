@@ -82,20 +82,25 @@ bool same_word(std::string_view word, std::string_view name) {
          });
 }
 
-std::shared_ptr<BlockDevice> TargetContext::get_device(const std::string& name, uint64_t start,
-                                                       uint64_t len) const {
-  std::shared_ptr<BlockDevice> dev;
+std::shared_ptr<BlockDevice> TargetContext::get_device(const std::string& name) const {
   try {
-    dev = resolver.open(name, read_only);
+    return resolver.open(name, read_only);
   } catch (const TargetError& e) {
     throw TargetError(std::string("Device lookup failed (") + e.what() + ")");
   }
-  // dm-table.c device_area_is_invalid(): the area must lie inside the device.
-  if (start + len > dev->sectors() || start + len < start) {
-    throw TargetError(name + " too small for target: start=" + std::to_string(start) + ", len=" +
-                      std::to_string(len) + ", dev_size=" + std::to_string(dev->sectors()));
+}
+
+Task<Status> Target::flush() {
+  Status first_error;
+  std::vector<const BlockDevice*> done;
+  for (const DeviceArea& area : device_areas()) {
+    const BlockDevice* id = area.device->identity();
+    if (std::find(done.begin(), done.end(), id) != done.end()) continue;
+    done.push_back(id);
+    Status st = co_await area.device->submit(flush_bio());
+    if (st && !first_error) first_error = st;
   }
-  return dev;
+  co_return first_error;
 }
 
 }  // namespace dmnbd

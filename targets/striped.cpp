@@ -39,24 +39,9 @@ class StripedTarget final : public Target {
         throw TargetError(std::string("Couldn't parse stripe destination (") + e.what() + ")");
       }
     }
-    // dm-table checks each leg's area (start, stripe width) once the target is built.
-    for (const Leg& leg : legs_) {
-      const uint64_t size = leg.dev->sectors();
-      if (leg.start + width_ > size || leg.start + width_ < leg.start)
-        throw TargetError(leg.name + " too small for target: start=" + std::to_string(leg.start) +
-                          ", len=" + std::to_string(width_) + ", dev_size=" + std::to_string(size));
-    }
   }
 
   Task<Status> map(Bio bio) override {
-    if (bio.op == BioOp::flush) {
-      Status first;
-      for (uint32_t i = 0; i < stripes_; ++i) {
-        Status st = co_await submit(i, bio);
-        if (st && !first) first = st;
-      }
-      co_return first;
-    }
     if (bio.op == BioOp::discard || bio.op == BioOp::write_zeroes) {
       // dm sends one such bio per leg; each leg keeps only its own chunks of the range.
       Status first;
@@ -122,10 +107,11 @@ class StripedTarget final : public Target {
   uint64_t max_io_len() const override { return chunk_; }
   bool only_remaps() const override { return true; }
 
-  std::vector<std::shared_ptr<BlockDevice>> devices() const override {
-    std::vector<std::shared_ptr<BlockDevice>> out;
-    for (const Leg& leg : legs_) out.push_back(leg.dev);
-    return out;
+  // Each leg's area is its stripe's width from its start.
+  std::vector<DeviceArea> device_areas() const override {
+    std::vector<DeviceArea> areas;
+    for (const Leg& leg : legs_) areas.push_back({leg.dev, leg.start, width_});
+    return areas;
   }
 
  private:

@@ -29,18 +29,10 @@ class UnstripedTarget final : public Target {
     }
     start_ = parse_sector(args[4], "Invalid striped device offset");
     if (ctx.length % chunk_) throw TargetError("Target length not divisible by chunk size");
-    // dm-table's area check, with the (offset, target length) iterate_devices reports.
-    const uint64_t size = dev_->sectors();
-    if (start_ + ctx.length > size || start_ + ctx.length < start_)
-      throw TargetError(dev_name_ + " too small for target: start=" + std::to_string(start_) +
-                        ", len=" + std::to_string(ctx.length) +
-                        ", dev_size=" + std::to_string(size));
+    length_ = ctx.length;
   }
 
   Task<Status> map(Bio bio) override {
-    // The kernel sends this target no flushes (num_flush_bios is 0); passing
-    // them on keeps dmnbd's promise that a FLUSH syncs every backing file.
-    if (bio.op == BioOp::flush) co_return co_await dev_->submit(bio);
     // Nor discards: its devices cannot be trimmed, so a discard changes nothing.
     if (bio.op == BioOp::discard) co_return ok();
     const uint64_t mapped = map_sector(bio.sector);
@@ -65,7 +57,10 @@ class UnstripedTarget final : public Target {
 
   uint64_t max_io_len() const override { return chunk_; }
   bool only_remaps() const override { return true; }
-  std::vector<std::shared_ptr<BlockDevice>> devices() const override { return {dev_}; }
+  // The kernel sends this target no flushes (num_flush_bios is 0); the default
+  // flush still reaches its device, keeping dmnbd's promise that a FLUSH syncs
+  // every backing file. Its area is (offset, target length), as iterate_devices says.
+  std::vector<DeviceArea> device_areas() const override { return {{dev_, start_, length_}}; }
 
  private:
   // map_to_core(): skip the other legs' chunks of every earlier row, then the
@@ -78,6 +73,7 @@ class UnstripedTarget final : public Target {
   uint32_t stripes_ = 0, chunk_ = 0, stripe_ = 0;
   std::string dev_name_;
   uint64_t start_ = 0;
+  uint64_t length_ = 0;
   std::shared_ptr<BlockDevice> dev_;
 };
 

@@ -32,18 +32,30 @@ struct TargetContext {
   // Callable from any thread, for as long as the target lives.
   std::function<void()> raise_event = [] {};
 
-  // dm_get_device(): resolves `name` and checks [start, start + len) fits in it.
-  std::shared_ptr<BlockDevice> get_device(const std::string& name, uint64_t start,
-                                          uint64_t len) const;
+  // dm_get_device(): resolves `name`. The areas a target uses are checked
+  // against their devices' sizes once it is built (Target::device_areas).
+  std::shared_ptr<BlockDevice> get_device(const std::string& name) const;
+};
+
+// One stretch of a device a target uses, as the kernel's iterate_devices
+// reports it: sectors [start, start + length) of `device`.
+struct DeviceArea {
+  std::shared_ptr<BlockDevice> device;
+  uint64_t start = 0;
+  uint64_t length = 0;
 };
 
 class Target {
  public:
   virtual ~Target() = default;
 
-  // Reads, writes, discards and write-zeroes inside the target, and flushes
-  // (sector 0, no length), which must reach every device the target uses.
+  // Reads, writes, discards and write-zeroes inside the target.
   virtual Task<Status> map(Bio bio) = 0;
+
+  // An empty flush (the kernel's num_flush_bios): by default it goes to every
+  // device in device_areas(), once each, and fails if any fails. A target
+  // that orders, delays or records flushes overrides it.
+  virtual Task<Status> flush();
 
   // Allocation status; the default says "allocated, contents unknown".
   virtual Task<Status> block_status(uint64_t sector, uint64_t count, ExtentList& out) {
@@ -81,8 +93,10 @@ class Target {
   // changes, delays or records I/O must leave this false.
   virtual bool only_remaps() const { return false; }
 
-  // The devices this target holds (the kernel's iterate_devices), for deps.
-  virtual std::vector<std::shared_ptr<BlockDevice>> devices() const { return {}; }
+  // The areas of devices this target uses (the kernel's iterate_devices).
+  // The table checks each lies inside its device ("too small for target"),
+  // and deps, open counts and the default flush all come from this one list.
+  virtual std::vector<DeviceArea> device_areas() const { return {}; }
 };
 
 using TargetArgs = std::span<const std::string>;

@@ -118,7 +118,8 @@ std::vector<std::shared_ptr<BlockDevice>> Device::dependencies(bool include_inac
   auto add_from = [&deps](const std::shared_ptr<Table>& table) {
     if (!table) return;
     for (const auto& e : table->entries())
-      for (auto& dev : e.target->devices()) {
+      for (const DeviceArea& area : e.target->device_areas()) {
+        const std::shared_ptr<BlockDevice>& dev = area.device;
         bool seen = false;
         for (const auto& d : deps) seen = seen || d->identity() == dev->identity();
         if (!seen) deps.push_back(dev);
@@ -183,7 +184,7 @@ Task<Status> Device::route(const Table& table, Bio bio, std::vector<ZeroRun>* ze
 Task<Status> Device::flush_table(const Table& table) {
   Status first_error;
   for (const auto& entry : table.entries()) {
-    Status st = co_await entry.target->map(flush_bio());
+    Status st = co_await entry.target->flush();
     if (st && !first_error) first_error = st;
   }
   co_return first_error;

@@ -60,9 +60,47 @@ std::vector<TableLine> parse_table_text(std::string_view text) {
   return lines;
 }
 
+namespace {
+
+// Remembers the word of the table each device was opened by, so that errors
+// name devices as the user wrote them.
+class NamingResolver final : public DeviceResolver {
+ public:
+  explicit NamingResolver(DeviceResolver& inner) : inner_(inner) {}
+  std::shared_ptr<BlockDevice> open(const std::string& name, bool read_only) override {
+    auto dev = inner_.open(name, read_only);
+    words_.emplace_back(dev->identity(), name);
+    return dev;
+  }
+  std::string word_for(const BlockDevice& dev) const {
+    for (const auto& [id, word] : words_)
+      if (id == dev.identity()) return word;
+    return dev.name();
+  }
+
+ private:
+  DeviceResolver& inner_;
+  std::vector<std::pair<const BlockDevice*, std::string>> words_;
+};
+
+// dm-table.c device_area_is_invalid(), for every area the target reports.
+void check_device_areas(const Target& target, const NamingResolver& names) {
+  for (const DeviceArea& area : target.device_areas()) {
+    const uint64_t size = area.device->sectors();
+    const uint64_t end = area.start + area.length;
+    if (end > size || end < area.start)
+      throw TargetError(names.word_for(*area.device) + " too small for target: start=" +
+                        std::to_string(area.start) + ", len=" + std::to_string(area.length) +
+                        ", dev_size=" + std::to_string(size));
+  }
+}
+
+}  // namespace
+
 std::shared_ptr<Table> Table::build(std::string_view text, DeviceResolver& resolver, bool read_only,
                                     std::function<void()> raise_event) {
   auto table = std::make_shared<Table>();
+  NamingResolver naming(resolver);
   const std::vector<TableLine> lines = parse_table_text(text);
   if (lines.empty()) throw TableError(0, "table is empty");
   for (const TableLine& line : lines) {
@@ -73,10 +111,12 @@ std::shared_ptr<Table> Table::build(std::string_view text, DeviceResolver& resol
     TargetContext ctx{.begin = line.start,
                       .length = line.length,
                       .read_only = read_only,
-                      .resolver = resolver,
+                      .resolver = naming,
                       .raise_event = raise_event};
     try {
-      table->entries_.push_back({line.start, line.length, line.type, type->create(ctx, line.args)});
+      std::unique_ptr<Target> target = type->create(ctx, line.args);
+      check_device_areas(*target, naming);
+      table->entries_.push_back({line.start, line.length, line.type, std::move(target)});
     } catch (const TargetError& e) {
       throw TableError(line.line, line.type + ": " + e.what());
     }

@@ -24,6 +24,10 @@ class RecorderTarget final : public Target {
     g_recorded.push_back({bio.op, bio.sector, bio.sectors});
     co_return ok();
   }
+  Task<Status> flush() override {
+    g_recorded.push_back({BioOp::flush, 0, 0});
+    co_return ok();
+  }
   std::string table() const override { return std::to_string(max_io_len_); }
   uint64_t max_io_len() const override { return max_io_len_; }
 
@@ -90,6 +94,38 @@ TEST_F(DeviceTest, FlushReachesEveryTarget) {
   ASSERT_EQ(g_recorded.size(), 2u);
   EXPECT_EQ(g_recorded[0].op, BioOp::flush);
   EXPECT_EQ(g_recorded[1].op, BioOp::flush);
+}
+
+// A device that counts the flushes it is sent.
+class FlushCounter final : public BlockDevice {
+ public:
+  std::string name() const override { return "counter"; }
+  uint64_t sectors() const override { return 1 << 20; }
+  Task<Status> submit(Bio bio) override {
+    if (bio.op == BioOp::flush) ++flushes;
+    co_return ok();
+  }
+  Task<Status> block_status(uint64_t, uint64_t count, ExtentList& out) override {
+    out.append(count, 0);
+    co_return ok();
+  }
+  int flushes = 0;
+};
+
+// The default Target::flush() reaches every device in the target's areas
+// once, however many areas lie on it; deps come from the same areas.
+TEST_F(DeviceTest, DefaultFlushReachesEachDeviceOnce) {
+  auto counter = std::make_shared<FlushCounter>();
+  resolver_.add("c", counter);
+  auto dev = make("0 48 striped 3 8 c 0 a.img 0 c 4096\n48 8 linear c 100\n");
+  ASSERT_FALSE(run_sync(dev->flush()));
+  EXPECT_EQ(counter->flushes, 2);  // once per target that uses it
+  EXPECT_EQ(dev->dependencies(false).size(), 2u);
+}
+
+TEST_F(DeviceTest, AreaPastTheEndOfItsDeviceIsRefusedWithTheTablesWord) {
+  EXPECT_EQ(test::build_error("0 64 striped 2 8 a.img 0 b.img 2040\n", resolver_),
+            "striped: b.img too small for target: start=2040, len=32, dev_size=2048");
 }
 
 TEST_F(DeviceTest, UnalignedWriteIsReadModifyWrite) {

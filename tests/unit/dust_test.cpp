@@ -43,7 +43,7 @@ TEST_F(DustTest, TableStatusAndLimits) {
   EXPECT_EQ(table_->table_text(), "0 1024 dust a.img 8 4096\n");
   EXPECT_EQ(table_->status_text(), "0 1024 dust a.img bypass verbose\n");
   EXPECT_EQ(t().max_io_len(), 8u);
-  EXPECT_FALSE(run_sync(t().map(flush_bio())));
+  EXPECT_FALSE(run_sync(t().flush()));
 }
 
 TEST_F(DustTest, BadBlocksFailReadsOnlyWhileEnabled) {

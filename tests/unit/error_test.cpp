@@ -22,7 +22,7 @@ TEST(ErrorTarget, FailsEveryIoWithEioButNotFlush) {
   EXPECT_EQ(run_sync(t.map({.op = BioOp::write_zeroes, .sector = 0, .sectors = 8})),
             errno_status(EIO));
   // The kernel sends no flush to the error target, so a device flush succeeds.
-  EXPECT_FALSE(run_sync(t.map(flush_bio())));
+  EXPECT_FALSE(run_sync(t.flush()));
   EXPECT_EQ(table->table_text(), "0 64 error\n");
 }
 

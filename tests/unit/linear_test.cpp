@@ -27,7 +27,7 @@ TEST_P(LinearTest, ReadsAndWritesAtTheOffset) {
   std::fill(buf.begin(), buf.end(), std::byte{0x5a});
   Bio write{.op = BioOp::write, .sector = 0, .sectors = 8, .data = buf, .flags = kBioFua};
   ASSERT_FALSE(run_sync(t.map(write), GetParam()));
-  ASSERT_FALSE(run_sync(t.map(flush_bio()), GetParam()));
+  ASSERT_FALSE(run_sync(t.flush(), GetParam()));
   auto file = test::read_file_bytes(dir_ / "a.img");
   EXPECT_EQ(file[100 * 512], std::byte{0x5a});
   EXPECT_EQ(file[108 * 512 - 1], std::byte{0x5a});
@@ -81,7 +81,7 @@ TEST_P(LinearTest, WriteZeroesKeepsOrPunchesAllocation) {
 TEST_P(LinearTest, TableLineRoundTrips) {
   auto table = Table::build("0 64 linear a.img 100\n", resolver_, false);
   EXPECT_EQ(table->table_text(), "0 64 linear a.img 100\n");
-  EXPECT_EQ(table->entries()[0].target->devices().size(), 1u);
+  EXPECT_EQ(table->entries()[0].target->device_areas().size(), 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Engines, LinearTest, ::testing::Values(true, false),

@@ -154,7 +154,7 @@ class LogWritesTest : public ::testing::Test {
     Target& t = *table->entries()[0].target;
     EXPECT_FALSE(write(t, 0, 8, 0xa1));
     EXPECT_FALSE(write(t, 100, 1, 0xb1));
-    EXPECT_FALSE(run_sync(t.map(flush_bio())));
+    EXPECT_FALSE(run_sync(t.flush()));
     EXPECT_FALSE(write(t, 200, 2, 0xc1, kBioFua));
     EXPECT_FALSE(run_sync(t.map({.op = BioOp::discard, .sector = 300, .sectors = 16})));
     EXPECT_EQ(msg(t, {"mark", "m1"}), "");
@@ -300,7 +300,7 @@ TEST_F(LogWritesTest, FlushCoversOnlyWritesCompletedBeforeIt) {
       asio::detached);
   ctx.run_for(std::chrono::milliseconds(20));
   asio::co_spawn(
-      ctx, [&]() -> Task<void> { f1 = co_await t.map(flush_bio()); }, asio::detached);
+      ctx, [&]() -> Task<void> { f1 = co_await t.flush(); }, asio::detached);
   run_until([&] { return finished(f1); });
   ASSERT_FALSE(f1);
   ASSERT_EQ(w, errno_status(EINPROGRESS));
@@ -308,7 +308,7 @@ TEST_F(LogWritesTest, FlushCoversOnlyWritesCompletedBeforeIt) {
   run_until([&] { return finished(w); });
   ASSERT_FALSE(w);
   asio::co_spawn(
-      ctx, [&]() -> Task<void> { f2 = co_await t.map(flush_bio()); }, asio::detached);
+      ctx, [&]() -> Task<void> { f2 = co_await t.flush(); }, asio::detached);
   run_until([&] { return finished(f2); });
   ASSERT_FALSE(f2);
   EXPECT_EQ(table->status_text(), "0 2048 log-writes 3 4\n");
@@ -346,7 +346,7 @@ TEST_F(LogWritesTest, WriteZeroesAreLoggedAsZeroes) {
                 {.op = BioOp::write_zeroes, .sector = 10, .sectors = 4, .flags = kBioFastZero})),
             errno_status(ENOTSUP));
   ASSERT_FALSE(run_sync(t.map({.op = BioOp::write_zeroes, .sector = 10, .sectors = 4})));
-  ASSERT_FALSE(run_sync(t.map(flush_bio())));
+  ASSERT_FALSE(run_sync(t.flush()));
   table.reset();
   const ParsedLog log = parse_log(dir_ / "log.img", 3);
   EXPECT_EQ(log.super.nr_entries, 3u);
@@ -362,10 +362,10 @@ TEST_F(LogWritesTest, StopsLoggingWhenTheLogIsFull) {
   auto table = Table::build("0 2048 log-writes a.img small.img\n", resolver_, false);
   Target& t = *table->entries()[0].target;
   ASSERT_FALSE(write(t, 0, 8, 0x11));
-  ASSERT_FALSE(run_sync(t.map(flush_bio())));
+  ASSERT_FALSE(run_sync(t.flush()));
   EXPECT_EQ(table->status_text(), "0 2048 log-writes 2 10\n");
   ASSERT_FALSE(write(t, 20, 1, 0x22));
-  ASSERT_FALSE(run_sync(t.map(flush_bio())));
+  ASSERT_FALSE(run_sync(t.flush()));
   EXPECT_EQ(table->status_text(), "0 2048 log-writes 2 12 logging_disabled\n");
   // The device itself carries on.
   ASSERT_FALSE(write(t, 21, 1, 0x33));
@@ -391,7 +391,7 @@ TEST_F(LogWritesTest, MarksAndMessageErrors) {
   ASSERT_FALSE(run_sync(t.map({.op = BioOp::read, .sector = 3, .sectors = 1, .data = buf})));
   EXPECT_EQ(static_cast<uint8_t>(buf[0]), test::pattern_byte(3 * 512));
   EXPECT_EQ(table->status_text(), "0 2048 log-writes 1 1\n");
-  EXPECT_EQ(t.devices().size(), 2u);
+  EXPECT_EQ(t.device_areas().size(), 2u);
 }
 
 TEST_F(LogWritesTest, ConstructorErrors) {

@@ -86,7 +86,7 @@ TEST_F(StripedTest, WritesLandOnTheirLegAndTheTableRoundTrips) {
   EXPECT_EQ(table->table_text(), "0 96 striped 2 16 a.img 4 b.img 0\n");
   EXPECT_EQ(table->status_text(), "0 96 striped 2 a.img b.img 1 AA\n");
   EXPECT_EQ(table->entries()[0].target->max_io_len(), 16u);
-  EXPECT_EQ(table->entries()[0].target->devices().size(), 2u);
+  EXPECT_EQ(table->entries()[0].target->device_areas().size(), 2u);
   auto dev = std::make_shared<Device>("s", "", false, 0);
   dev->load(table);
   ASSERT_FALSE(run_sync(dev->resume()));
@@ -116,7 +116,7 @@ TEST_F(StripedTest, FlushReachesEveryLegAndDiscardsAreSplitPerLeg) {
   resolver_.add("r2", r2);
   auto table = Table::build("0 240 striped 3 8 r0 0 r1 100 r2 200\n", resolver_, false);
   Target& t = *table->entries()[0].target;
-  ASSERT_FALSE(run_sync(t.map(flush_bio())));
+  ASSERT_FALSE(run_sync(t.flush()));
   for (auto* r : {r0.get(), r1.get(), r2.get()}) {
     ASSERT_EQ(r->bios.size(), 1u);
     EXPECT_EQ(r->bios[0].op, BioOp::flush);
@@ -165,7 +165,7 @@ TEST_F(StripedTest, FailingLegIsMarkedDeadAndRaisesEvents) {
   EXPECT_EQ(t.status(), "2 good bad 1 AD");
   EXPECT_EQ(events, 1);
   // A flush fails on the bad leg too; after 15 errors the events stop.
-  EXPECT_EQ(run_sync(t.map(flush_bio())), errno_status(EIO));
+  EXPECT_EQ(run_sync(t.flush()), errno_status(EIO));
   for (int i = 0; i < 20; ++i)
     (void)run_sync(t.map({.op = BioOp::read, .sector = 8, .sectors = 1, .data = buf}));
   EXPECT_EQ(events, 14);

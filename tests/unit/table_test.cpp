@@ -104,7 +104,7 @@ TEST_F(TableTest, TargetConstructorErrorsNameTheLine) {
 TEST_F(TableTest, ErrorTargetAcceptsDeviceArguments) {
   auto t = build("0 8 error a.img 0\n8 8 error\n");
   EXPECT_EQ(t->table_text(), "0 8 error a.img 0\n8 8 error\n");
-  EXPECT_EQ(t->entries()[0].target->devices().size(), 1u);
+  EXPECT_EQ(t->entries()[0].target->device_areas().size(), 1u);
 }
 
 }  // namespace

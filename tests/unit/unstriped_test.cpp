@@ -80,7 +80,7 @@ TEST_F(UnstripedTest, WritesDiscardsFlushesAndTheTable) {
   std::vector<std::byte> data(8 * 512, std::byte{0x77});
   // Sector 8 is row 1 of stripe 1: 16 + 8 + 8 + 8 = 40.
   ASSERT_FALSE(run_sync(t.map({.op = BioOp::write, .sector = 8, .sectors = 8, .data = data})));
-  ASSERT_FALSE(run_sync(t.map(flush_bio())));
+  ASSERT_FALSE(run_sync(t.flush()));
   auto file = test::read_file_bytes(dir_ / "r.img");
   EXPECT_EQ(label(file, 39), "R:000039");
   EXPECT_EQ(file[40 * 512], std::byte{0x77});
