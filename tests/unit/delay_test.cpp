@@ -205,6 +205,7 @@ TEST_F(DelayTest, ConstructorErrors) {
   EXPECT_EQ(err("a.img 0 1 a.img 1s 1"), "delay: Invalid device sector");
   EXPECT_EQ(err("a.img 0 1ms"), "delay: Invalid delay");
   EXPECT_EQ(err("a.img 0 1 a.img 0 1 a.img 0 -1"), "delay: Invalid delay");
+  EXPECT_EQ(err("a.img 0 +1"), "delay: Invalid delay");  // the kernel's sscanf("%u%c")
   EXPECT_EQ(err("nope.img 0 1").rfind("delay: Device lookup failed (", 0), 0u);
   EXPECT_EQ(err("a.img 0 1 nope.img 0 1").rfind("delay: Device lookup failed (", 0), 0u);
   EXPECT_EQ(err("a.img 0 1 a.img 1025 1"),
