@@ -101,7 +101,7 @@ class DelayTarget final : public Target {
     Class c;
     c.name = a[0];
     c.start = parse_sector(a[1], "Invalid device sector");
-    if (!parse_u32(a[2], c.delay_ms)) throw TargetError("Invalid delay");
+    if (!scan_u32(a[2], c.delay_ms)) throw TargetError("Invalid delay");  // sscanf("%u%c")
     c.dev = ctx.get_device(c.name);
     return c;
   }

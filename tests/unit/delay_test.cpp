@@ -1,39 +1,18 @@
 #include <gtest/gtest.h>
 
+#include "devices/recording_device.hpp"
 #include "dmnbd/table.hpp"
 #include "test_support.hpp"
 
 namespace dmnbd {
 namespace {
 
+using test::BioRecord;
 using test::build_error;
+using test::RecordingDevice;
 using test::run_sync;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
-
-class RecordingDevice final : public BlockDevice {
- public:
-  struct Rec {
-    BioOp op;
-    uint64_t sector;
-    bool operator==(const Rec&) const = default;
-  };
-  explicit RecordingDevice(std::string name) : name_(std::move(name)) {}
-  std::string name() const override { return name_; }
-  uint64_t sectors() const override { return 10000; }
-  Task<Status> submit(Bio bio) override {
-    bios.push_back({bio.op, bio.sector});
-    co_return ok();
-  }
-  Task<Status> block_status(uint64_t, uint64_t count, ExtentList& out) override {
-    out.append(count, 0);
-    co_return ok();
-  }
-  std::vector<Rec> bios;
-
- private:
-  std::string name_;
-};
 
 // An event loop with an I/O engine, for bios that run side by side.
 class DelayTest : public ::testing::Test {
@@ -149,9 +128,9 @@ TEST_F(DelayTest, SuspendReleasesTheQueueAndResumeDelaysAgain) {
 }
 
 TEST_F(DelayTest, ClassesGoToTheirDevicesAndOffsets) {
-  auto r = std::make_shared<RecordingDevice>("r");
-  auto w = std::make_shared<RecordingDevice>("w");
-  auto f = std::make_shared<RecordingDevice>("f");
+  auto r = std::make_shared<RecordingDevice>("r", 10000);
+  auto w = std::make_shared<RecordingDevice>("w", 10000);
+  auto f = std::make_shared<RecordingDevice>("f", 10000);
   resolver_.add("r", r);
   resolver_.add("w", w);
   resolver_.add("f", f);
@@ -161,21 +140,21 @@ TEST_F(DelayTest, ClassesGoToTheirDevicesAndOffsets) {
   ASSERT_FALSE(run_sync(t.map({.op = BioOp::read, .sector = 5, .sectors = 1, .data = buf})));
   ASSERT_FALSE(run_sync(t.map({.op = BioOp::write, .sector = 6, .sectors = 1, .data = buf})));
   ASSERT_FALSE(run_sync(t.map({.op = BioOp::discard, .sector = 7, .sectors = 1})));
-  ASSERT_FALSE(run_sync(t.map(flush_bio())));
-  EXPECT_EQ(r->bios, (std::vector<RecordingDevice::Rec>{{BioOp::read, 15}}));
-  EXPECT_EQ(w->bios, (std::vector<RecordingDevice::Rec>{{BioOp::write, 26}, {BioOp::discard, 27}}));
-  EXPECT_EQ(f->bios, (std::vector<RecordingDevice::Rec>{{BioOp::flush, 0}}));
+  ASSERT_FALSE(run_sync(t.flush()));
+  EXPECT_EQ(r->bios(), (std::vector<BioRecord>{{BioOp::read, 15, 1}}));
+  EXPECT_EQ(w->bios(), (std::vector<BioRecord>{{BioOp::write, 26, 1}, {BioOp::discard, 27, 1}}));
+  EXPECT_EQ(f->bios(), (std::vector<BioRecord>{{BioOp::flush, 0}}));
   EXPECT_EQ(table->table_text(), "0 100 delay r 10 0 w 20 0 f 30 0\n");
   // Six arguments: flushes go with writes.
   auto six = Table::build("0 100 delay r 10 0 w 20 0\n", resolver_, false);
-  ASSERT_FALSE(run_sync(six->entries()[0].target->map(flush_bio())));
-  EXPECT_EQ(w->bios.back(), (RecordingDevice::Rec{BioOp::flush, 0}));
+  ASSERT_FALSE(run_sync(six->entries()[0].target->flush()));
+  EXPECT_EQ(w->bios().back(), (BioRecord{BioOp::flush, 0}));
   EXPECT_EQ(six->table_text(), "0 100 delay r 10 0 w 20 0\n");
   // Three: everything to one place.
   auto three = Table::build("0 100 delay f 1 0\n", resolver_, false);
   ASSERT_FALSE(run_sync(three->entries()[0].target->map(
       {.op = BioOp::write, .sector = 2, .sectors = 1, .data = buf})));
-  EXPECT_EQ(f->bios.back(), (RecordingDevice::Rec{BioOp::write, 3}));
+  EXPECT_EQ(f->bios().back(), (BioRecord{BioOp::write, 3, 1}));
   EXPECT_EQ(three->table_text(), "0 100 delay f 1 0\n");
   EXPECT_EQ(three->status_text(), "0 100 delay 0 0 0\n");
 }
@@ -205,6 +184,7 @@ TEST_F(DelayTest, ConstructorErrors) {
   EXPECT_EQ(err("a.img 0 1 a.img 1s 1"), "delay: Invalid device sector");
   EXPECT_EQ(err("a.img 0 1ms"), "delay: Invalid delay");
   EXPECT_EQ(err("a.img 0 1 a.img 0 1 a.img 0 -1"), "delay: Invalid delay");
+  EXPECT_EQ(err("a.img 0 +1"), "delay: Invalid delay");  // the kernel's sscanf("%u%c")
   EXPECT_EQ(err("nope.img 0 1").rfind("delay: Device lookup failed (", 0), 0u);
   EXPECT_EQ(err("a.img 0 1 nope.img 0 1").rfind("delay: Device lookup failed (", 0), 0u);
   EXPECT_EQ(err("a.img 0 1 a.img 1025 1"),

@@ -47,7 +47,7 @@ TEST_F(FlakeyTest, UpPassesEverythingThrough) {
   EXPECT_EQ(static_cast<uint8_t>(buf[0]), test::pattern_byte(10 * 512));
   std::fill(buf.begin(), buf.end(), std::byte{0xab});
   ASSERT_FALSE(write(t, buf, 2));
-  ASSERT_FALSE(run_sync(t.map(flush_bio())));
+  ASSERT_FALSE(run_sync(t.flush()));
   EXPECT_EQ(file_byte(10 * 512), 0xab);
   EXPECT_EQ(table->table_text(), "0 1024 flakey a.img 8 1 0 2 error_reads error_writes\n");
   EXPECT_EQ(table->status_text(), "0 1024 flakey\n");
@@ -59,7 +59,7 @@ TEST_F(FlakeyTest, DownWithoutFeaturesFailsEverything) {
   std::vector<std::byte> buf(512, std::byte{1});
   EXPECT_EQ(read(t, buf), errno_status(EIO));
   EXPECT_EQ(write(t, buf), errno_status(EIO));
-  EXPECT_EQ(run_sync(t.map(flush_bio())), errno_status(EIO));
+  EXPECT_EQ(run_sync(t.flush()), errno_status(EIO));
   EXPECT_EQ(run_sync(t.map({.op = BioOp::discard, .sector = 0, .sectors = 8})), errno_status(EIO));
   EXPECT_EQ(file_byte(8 * 512), test::pattern_byte(8 * 512));
   // A feature count of 0 is the same as none.
@@ -71,11 +71,11 @@ TEST_F(FlakeyTest, DownWithoutFeaturesFailsEverything) {
 TEST_F(FlakeyTest, SuspendFlushesPassWhileDown) {
   auto table = build("0 1");
   Target& t = target(table);
-  EXPECT_EQ(run_sync(t.map(flush_bio())), errno_status(EIO));
+  EXPECT_EQ(run_sync(t.flush()), errno_status(EIO));
   run_sync(t.presuspend());
-  EXPECT_FALSE(run_sync(t.map(flush_bio())));
+  EXPECT_FALSE(run_sync(t.flush()));
   run_sync(t.resume());
-  EXPECT_EQ(run_sync(t.map(flush_bio())), errno_status(EIO));
+  EXPECT_EQ(run_sync(t.flush()), errno_status(EIO));
   // Through a device: a reload away from a down table works.
   auto dev = test::make_device("0 1024 flakey a.img 8 0 1 1 error_writes\n", resolver_);
   dev->load(Table::build("0 1024 flakey a.img 8 1 0\n", resolver_, false));
@@ -89,7 +89,7 @@ TEST_F(FlakeyTest, DropWritesDropsWritesDiscardsAndFlushesButReads) {
   EXPECT_FALSE(write(t, buf, 1, kBioFua));
   EXPECT_FALSE(run_sync(t.map({.op = BioOp::discard, .sector = 0, .sectors = 8})));
   EXPECT_FALSE(run_sync(t.map({.op = BioOp::write_zeroes, .sector = 0, .sectors = 8})));
-  EXPECT_FALSE(run_sync(t.map(flush_bio())));
+  EXPECT_FALSE(run_sync(t.flush()));
   EXPECT_EQ(file_byte(9 * 512), test::pattern_byte(9 * 512));
   EXPECT_EQ(file_byte(8 * 512), test::pattern_byte(8 * 512));
   ASSERT_FALSE(read(t, buf, 1));
@@ -102,7 +102,7 @@ TEST_F(FlakeyTest, ErrorWritesFailsWritesButReads) {
   Target& t = target(table);
   std::vector<std::byte> buf(512, std::byte{0xcd});
   EXPECT_EQ(write(t, buf), errno_status(EIO));
-  EXPECT_EQ(run_sync(t.map(flush_bio())), errno_status(EIO));
+  EXPECT_EQ(run_sync(t.flush()), errno_status(EIO));
   EXPECT_FALSE(read(t, buf));
   EXPECT_EQ(static_cast<uint8_t>(buf[0]), test::pattern_byte(8 * 512));
   EXPECT_EQ(table->table_text(), "0 1024 flakey a.img 8 0 5 1 error_writes\n");

@@ -2,47 +2,23 @@
 
 #include <cstdio>
 
+#include "devices/recording_device.hpp"
 #include "dmnbd/table.hpp"
 #include "test_support.hpp"
 
 namespace dmnbd {
 namespace {
 
+using test::BioRecord;
 using test::build_error;
 using test::expect_label;
 using test::make_labelled_file;
+using test::RecordingDevice;
 using test::run_sync;
 
 std::string label(std::span<const std::byte> sector) {
   return std::string(reinterpret_cast<const char*>(sector.data()), 8);
 }
-
-// A device that records the bios it gets and answers with `result`.
-class RecordingDevice final : public BlockDevice {
- public:
-  struct Rec {
-    BioOp op;
-    uint64_t sector, sectors;
-    bool operator==(const Rec&) const = default;
-  };
-  RecordingDevice(std::string name, uint64_t sectors) : name_(std::move(name)), size_(sectors) {}
-  std::string name() const override { return name_; }
-  uint64_t sectors() const override { return size_; }
-  Task<Status> submit(Bio bio) override {
-    bios.push_back({bio.op, bio.sector, bio.sectors});
-    co_return result;
-  }
-  Task<Status> block_status(uint64_t, uint64_t count, ExtentList& out) override {
-    out.append(count, 0);
-    co_return ok();
-  }
-  std::vector<Rec> bios;
-  Status result;
-
- private:
-  std::string name_;
-  uint64_t size_;
-};
 
 class StripedTest : public ::testing::Test {
  protected:
@@ -118,22 +94,21 @@ TEST_F(StripedTest, FlushReachesEveryLegAndDiscardsAreSplitPerLeg) {
   Target& t = *table->entries()[0].target;
   ASSERT_FALSE(run_sync(t.flush()));
   for (auto* r : {r0.get(), r1.get(), r2.get()}) {
-    ASSERT_EQ(r->bios.size(), 1u);
-    EXPECT_EQ(r->bios[0].op, BioOp::flush);
-    r->bios.clear();
+    EXPECT_EQ(r->bios(), std::vector<BioRecord>{{BioOp::flush}});
+    r->clear();
   }
   // Sectors 5..53: chunks 0 (r0, part), 1 (r1), 2 (r2), 3 (r0), 4 (r1), 5 (r2) and
   // 6 (r0, up to 53). Each leg gets one bio for its share, as dm's per-leg bios do.
   ASSERT_FALSE(run_sync(t.map({.op = BioOp::discard, .sector = 5, .sectors = 49})));
-  EXPECT_EQ(r0->bios, (std::vector<RecordingDevice::Rec>{{BioOp::discard, 5, 17}}));
-  EXPECT_EQ(r1->bios, (std::vector<RecordingDevice::Rec>{{BioOp::discard, 100, 16}}));
-  EXPECT_EQ(r2->bios, (std::vector<RecordingDevice::Rec>{{BioOp::discard, 200, 16}}));
-  for (auto* r : {r0.get(), r1.get(), r2.get()}) r->bios.clear();
+  EXPECT_EQ(r0->bios(), (std::vector<BioRecord>{{BioOp::discard, 5, 17}}));
+  EXPECT_EQ(r1->bios(), (std::vector<BioRecord>{{BioOp::discard, 100, 16}}));
+  EXPECT_EQ(r2->bios(), (std::vector<BioRecord>{{BioOp::discard, 200, 16}}));
+  for (auto* r : {r0.get(), r1.get(), r2.get()}) r->clear();
   // A range inside one chunk reaches only that leg.
   ASSERT_FALSE(run_sync(t.map({.op = BioOp::write_zeroes, .sector = 9, .sectors = 3})));
-  EXPECT_TRUE(r0->bios.empty());
-  EXPECT_EQ(r1->bios, (std::vector<RecordingDevice::Rec>{{BioOp::write_zeroes, 101, 3}}));
-  EXPECT_TRUE(r2->bios.empty());
+  EXPECT_TRUE(r0->bios().empty());
+  EXPECT_EQ(r1->bios(), (std::vector<BioRecord>{{BioOp::write_zeroes, 101, 3}}));
+  EXPECT_TRUE(r2->bios().empty());
 }
 
 TEST_F(StripedTest, DeviceSplitsAtChunksAndDiscardsReachTheFiles) {
@@ -151,7 +126,7 @@ TEST_F(StripedTest, DeviceSplitsAtChunksAndDiscardsReachTheFiles) {
 TEST_F(StripedTest, FailingLegIsMarkedDeadAndRaisesEvents) {
   auto good = std::make_shared<RecordingDevice>("good", 1000);
   auto bad = std::make_shared<RecordingDevice>("bad", 1000);
-  bad->result = errno_status(EIO);
+  bad->fail_all(errno_status(EIO));
   resolver_.add("good", good);
   resolver_.add("bad", bad);
   int events = 0;
@@ -171,7 +146,7 @@ TEST_F(StripedTest, FailingLegIsMarkedDeadAndRaisesEvents) {
   EXPECT_EQ(events, 14);
   // "Not supported" is not the leg's fault.
   auto other = std::make_shared<RecordingDevice>("nosupp", 1000);
-  other->result = errno_status(EOPNOTSUPP);
+  other->fail_all(errno_status(EOPNOTSUPP));
   resolver_.add("nosupp", other);
   auto t2 = Table::build("0 64 striped 2 8 good 0 nosupp 0\n", resolver_, false);
   EXPECT_EQ(run_sync(t2->entries()[0].target->map(

@@ -30,7 +30,7 @@ TEST(ZeroTarget, DropsWritesDiscardsAndFlushes) {
   EXPECT_FALSE(run_sync(t.map({.op = BioOp::write, .sector = 0, .sectors = 1, .data = buf})));
   EXPECT_FALSE(run_sync(t.map({.op = BioOp::discard, .sector = 0, .sectors = 64})));
   EXPECT_FALSE(run_sync(t.map({.op = BioOp::write_zeroes, .sector = 0, .sectors = 64})));
-  EXPECT_FALSE(run_sync(t.map(flush_bio())));
+  EXPECT_FALSE(run_sync(t.flush()));
   ExtentList out;
   ASSERT_FALSE(run_sync(t.block_status(0, 64, out)));
   EXPECT_EQ(out.extents(), (std::vector<Extent>{{64, kExtentHole | kExtentZero}}));
