@@ -17,6 +17,7 @@
 #include "dmnbd/config.hpp"
 #include "dmnbd/device_manager.hpp"
 #include "dmnbd/device_set.hpp"
+#include "dmnbd/run_blocking.hpp"
 #include "nbd/server.hpp"
 
 namespace {
@@ -93,6 +94,9 @@ int serve(const ServeOptions& opts) {
   server.on_stop([&control] { control.stop(); });
   server.start();
   server.run_until_signal();
+  // Every connection is gone and the worker loops have stopped: targets write
+  // their last metadata (log-writes its end mark) before the process exits.
+  run_blocking(devices.teardown_all());
   spdlog::info("stopped");
   return 0;
 }

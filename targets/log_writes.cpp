@@ -25,7 +25,6 @@
 #include <vector>
 
 #include "dmnbd/async_mutex.hpp"
-#include "dmnbd/run_blocking.hpp"
 #include "dmnbd/target.hpp"
 #include "log_writes/format.hpp"
 
@@ -54,8 +53,10 @@ class LogWritesTarget final : public Target {
     end_sector_ = log_->sectors();
   }
 
-  // log_writes_dtr(): what no flush covered yet, then the end mark.
-  ~LogWritesTarget() override {
+  // log_writes_dtr(): what no flush covered yet, then the end mark. (A
+  // table that fails to build is dropped without a teardown, so a log-writes
+  // line of it writes no end mark, where the kernel's dtr would.)
+  Task<void> teardown() override {
     {
       std::lock_guard lk(mutex_);
       for (Block& b : unflushed_) logging_.push_back(std::move(b));
@@ -63,7 +64,7 @@ class LogWritesTarget final : public Target {
       logging_.push_back(mark_block(lw::kEndMark));
     }
     try {
-      run_blocking(drain());
+      co_await drain();
     } catch (const std::exception& e) {
       spdlog::error("log-writes: writing the end of the log failed: {}", e.what());
     }

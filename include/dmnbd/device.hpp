@@ -46,17 +46,19 @@ class Device final : public BlockDevice, public std::enable_shared_from_this<Dev
 
   // ---- Lifecycle (dmsetup). Serialise calls per device with control_lock().
   AsyncMutex& control_lock() { return control_mutex_; }
-  // Puts `table` in the inactive slot, replacing what was there.
-  void load(std::shared_ptr<Table> table);
-  // Drops the inactive table; false if there was none.
-  bool clear();
-  // On removal: lets go of both tables, and with them of the devices they hold.
-  void drop_tables();
+  // Puts `table` in the inactive slot; the table it replaces is torn down.
+  Task<void> load(std::shared_ptr<Table> table);
+  // Tears down and drops the inactive table; false if there was none.
+  Task<bool> clear();
+  // On removal and at shutdown: tears down both tables and lets go of them,
+  // and with them of the devices they hold.
+  Task<void> drop_tables();
   // Holds back new I/O, waits for I/O in flight, then (unless noflush)
   // flushes every backing device. Idempotent.
   Task<Status> suspend(bool noflush);
   // Swaps in the inactive table if there is one (suspending first), then lets
-  // I/O through. Fails without a change if a target's preresume refuses.
+  // I/O through and tears down the table it replaced (dm's order). Fails
+  // without a change if a target's preresume refuses.
   Task<Status> resume();
   bool suspended() const { return gate_.suspended(); }
   // At server shutdown: lets I/O held by a suspend through, so every request

@@ -49,14 +49,17 @@ class DeviceManager {
   // the error names the line and the kernel's reason).
   Task<std::shared_ptr<Device>> create(const std::string& name, const std::string& table,
                                        const CreateOptions& options);
-  void load(const std::string& name, const std::string& table);
-  void clear(const std::string& name);
+  Task<void> load(const std::string& name, const std::string& table);
+  Task<void> clear(const std::string& name);
   Task<void> suspend(const std::string& name, bool noflush);
   Task<void> resume(const std::string& name);
   // load + suspend + resume; devices stacked on this one are suspended first
   // (top-down) and resumed last (bottom-up).
   Task<void> reload(const std::string& name, const std::string& table);
   Task<void> remove(const std::string& name, bool force);
+  // At shutdown: tears down every device's tables, devices stacked on
+  // others first, so a target's last writes still reach the devices below.
+  Task<void> teardown_all();
   void rename(const std::string& from, const std::string& to);
   // Message to the target at `sector`; returns its text.
   Task<std::string> message(const std::string& name, uint64_t sector,

@@ -1,5 +1,6 @@
 // A dm table: target lines contiguous from sector 0, fully built before use.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
@@ -61,12 +62,17 @@ class Table {
   const Entry& find(uint64_t sector) const;        // sector < sectors()
   const Entry* find_entry(uint64_t sector) const;  // nullptr past the end
 
+  // Every target's teardown(), once; later calls return at once. The Device
+  // calls it before it lets go of a table.
+  Task<void> teardown();
+
   // `dmsetup table` and `dmsetup status` lines, newline-terminated.
   std::string table_text() const;
   std::string status_text() const;
 
  private:
   std::vector<Entry> entries_;
+  std::atomic<bool> torn_down_ = false;
 };
 
 }  // namespace dmnbd

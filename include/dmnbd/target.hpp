@@ -83,6 +83,12 @@ class Target {
   virtual Task<Status> preresume() { co_return ok(); }
   virtual Task<void> resume() { co_return; }
 
+  // Runs once when the table goes away (replaced, cleared, removed, or at
+  // shutdown), after its last I/O and before it is destroyed: the kernel's
+  // dtr, but allowed to wait, so a target writes its last metadata or stops
+  // its background work here and its destructor only frees memory.
+  virtual Task<void> teardown() { co_return; }
+
   // Largest bio, in sectors, that may reach map(); bios are split so that none
   // crosses a multiple of it. 0 means no limit.
   virtual uint64_t max_io_len() const { return 0; }

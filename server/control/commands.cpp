@@ -131,7 +131,8 @@ Task<json> dispatch(DeviceManager& devices, const json& req) {
     co_return ok;
   }
   if (cmd == "load") {
-    devices.load(name, str(req, "table"));
+    const std::string table = str(req, "table");
+    co_await devices.load(name, table);
     co_return ok;
   }
   if (cmd == "reload") {
@@ -140,7 +141,7 @@ Task<json> dispatch(DeviceManager& devices, const json& req) {
     co_return ok;
   }
   if (cmd == "clear") {
-    devices.clear(name);
+    co_await devices.clear(name);
     co_return ok;
   }
   if (cmd == "suspend") {

@@ -48,22 +48,34 @@ std::shared_ptr<Table> Device::inactive_table() const {
   return inactive_;
 }
 
-void Device::load(std::shared_ptr<Table> table) {
-  std::lock_guard lk(mutex_);
-  inactive_ = std::move(table);
+Task<void> Device::load(std::shared_ptr<Table> table) {
+  std::shared_ptr<Table> replaced;
+  {
+    std::lock_guard lk(mutex_);
+    replaced = std::exchange(inactive_, std::move(table));
+  }
+  if (replaced) co_await replaced->teardown();
 }
 
-bool Device::clear() {
-  std::lock_guard lk(mutex_);
-  bool had = inactive_ != nullptr;
-  inactive_.reset();
-  return had;
+Task<bool> Device::clear() {
+  std::shared_ptr<Table> dropped;
+  {
+    std::lock_guard lk(mutex_);
+    dropped = std::exchange(inactive_, nullptr);
+  }
+  if (dropped) co_await dropped->teardown();
+  co_return dropped != nullptr;
 }
 
-void Device::drop_tables() {
-  live_.store(nullptr);
-  std::lock_guard lk(mutex_);
-  inactive_.reset();
+Task<void> Device::drop_tables() {
+  std::shared_ptr<Table> live = live_.exchange(nullptr);
+  std::shared_ptr<Table> inactive;
+  {
+    std::lock_guard lk(mutex_);
+    inactive = std::exchange(inactive_, nullptr);
+  }
+  if (live) co_await live->teardown();
+  if (inactive) co_await inactive->teardown();
 }
 
 std::function<void()> Device::event_callback() {
@@ -102,14 +114,18 @@ Task<Status> Device::resume() {
   if (going_live)
     for (const auto& e : going_live->entries())
       if (Status st = co_await e.target->preresume()) co_return st;
+  std::shared_ptr<Table> replaced;
   if (next) {
-    live_.store(next);
+    replaced = live_.exchange(next);
     std::lock_guard lk(mutex_);
     if (inactive_ == next) inactive_.reset();
   }
   if (going_live)
     for (const auto& e : going_live->entries()) co_await e.target->resume();
   gate_.resume();
+  // Nothing can reach the old table any more: I/O in flight drained before
+  // the swap, and new I/O finds the new one.
+  if (replaced) co_await replaced->teardown();
   co_return ok();
 }
 

@@ -120,7 +120,9 @@ Task<std::shared_ptr<Device>> DeviceManager::create(const std::string& name,
   }
   auto device = std::make_shared<Device>(name, options.description, options.read_only, minor);
   if (!options.no_table) {
-    device->load(build_table(device, table));  // throws TableError; nothing is visible yet
+    // No temporaries in co_await (GCC 12 destroys them twice).
+    std::shared_ptr<Table> built = build_table(device, table);  // throws TableError
+    co_await device->load(std::move(built));                    // nothing is visible yet
     if (Status st = co_await device->resume())
       throw ControlError(st.value(), name + ": resume failed: " + st.message());
   }
@@ -134,14 +136,16 @@ Task<std::shared_ptr<Device>> DeviceManager::create(const std::string& name,
   co_return device;
 }
 
-void DeviceManager::load(const std::string& name, const std::string& table) {
+Task<void> DeviceManager::load(const std::string& name, const std::string& table) {
   auto device = get(name);
-  device->load(build_table(device, table));
+  std::shared_ptr<Table> built = build_table(device, table);
+  co_await device->load(std::move(built));
   spdlog::info("device {}: table loaded into the inactive slot", name);
 }
 
-void DeviceManager::clear(const std::string& name) {
-  if (get(name)->clear()) spdlog::info("device {}: inactive table cleared", name);
+Task<void> DeviceManager::clear(const std::string& name) {
+  auto device = get(name);
+  if (co_await device->clear()) spdlog::info("device {}: inactive table cleared", name);
 }
 
 Task<void> DeviceManager::suspend(const std::string& name, bool noflush) {
@@ -166,7 +170,7 @@ Task<void> DeviceManager::resume(const std::string& name) {
 }
 
 Task<void> DeviceManager::reload(const std::string& name, const std::string& table) {
-  load(name, table);
+  co_await load(name, table);
   auto device = get(name);
   auto users = users_of(*device);
   for (const auto& upper : users) {
@@ -195,16 +199,33 @@ Task<void> DeviceManager::remove(const std::string& name, bool force) {
                                     std::to_string(device->open_count()) + ")");
     // --force: users keep a device whose every I/O fails, as with the kernel.
     const uint64_t sectors = std::max<uint64_t>(device->sectors(), 1);
-    device->load(build_table(device, "0 " + std::to_string(sectors) + " error"));
+    std::shared_ptr<Table> failing = build_table(device, "0 " + std::to_string(sectors) + " error");
+    co_await device->load(std::move(failing));
     co_await device->resume();
   } else {
-    device->drop_tables();  // nobody uses it: release what its tables hold now
+    co_await device->drop_tables();  // nobody uses it: release what its tables hold now
   }
   {
     std::lock_guard lk(mutex_);
     devices_.erase(std::remove(devices_.begin(), devices_.end(), device), devices_.end());
   }
   spdlog::info("device {}: removed{}", name, force ? " (forced)" : "");
+}
+
+Task<void> DeviceManager::teardown_all() {
+  std::vector<std::shared_ptr<Device>> left = list();
+  while (!left.empty()) {
+    // A device no other remaining device stacks on goes first.
+    auto unused = std::find_if(left.begin(), left.end(), [&](const auto& candidate) {
+      return std::none_of(left.begin(), left.end(), [&](const auto& other) {
+        return other != candidate && other->depends_on(*candidate);
+      });
+    });
+    if (unused == left.end()) unused = left.begin();  // a cycle cannot be built; be safe
+    std::shared_ptr<Device> device = *unused;
+    left.erase(unused);
+    co_await device->drop_tables();
+  }
 }
 
 void DeviceManager::rename(const std::string& from, const std::string& to) {

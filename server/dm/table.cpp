@@ -124,6 +124,11 @@ std::shared_ptr<Table> Table::build(std::string_view text, DeviceResolver& resol
   return table;
 }
 
+Task<void> Table::teardown() {
+  if (torn_down_.exchange(true)) co_return;
+  for (auto& entry : entries_) co_await entry.target->teardown();
+}
+
 const Table::Entry& Table::find(uint64_t sector) const {
   auto it = std::upper_bound(entries_.begin(), entries_.end(), sector,
                              [](uint64_t s, const Entry& e) { return s < e.end(); });

@@ -52,7 +52,9 @@ Task<std::string> Session::run() {
         socket_.close(ignored);
       });
     }
-    std::optional<Negotiated> agreed = co_await Handshake(socket_, exports_, peer_).run(why);
+    // A named local: GCC 12 destroys the temporaries of a co_await expression twice.
+    Handshake handshake(socket_, exports_, peer_);
+    std::optional<Negotiated> agreed = co_await handshake.run(why);
     handshake_timer_.cancel();
     if (agreed) {
       n_ = std::move(*agreed);

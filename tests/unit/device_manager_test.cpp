@@ -52,11 +52,11 @@ TEST_F(DeviceManagerTest, CreateMakesAResumedDevice) {
 TEST_F(DeviceManagerTest, LoadFillsTheInactiveSlotAndResumeSwapsIt) {
   auto d = create("a", "0 2048 linear a.img 0\n");
   auto live_before = d->live_table();
-  EXPECT_EQ(error_of([&] { manager_.load("a", "0 8 linear a.img x"); }), EINVAL);
+  EXPECT_EQ(error_of([&] { run_sync(manager_.load("a", "0 8 linear a.img x")); }), EINVAL);
   EXPECT_EQ(d->live_table(), live_before);  // a bad load changes nothing
   EXPECT_EQ(d->inactive_table(), nullptr);
 
-  manager_.load("a", "0 1024 zero\n");
+  run_sync(manager_.load("a", "0 1024 zero\n"));
   EXPECT_EQ(d->sectors(), 2048u);  // not live yet
   ASSERT_NE(d->inactive_table(), nullptr);
   run_sync(manager_.resume("a"));
@@ -64,8 +64,8 @@ TEST_F(DeviceManagerTest, LoadFillsTheInactiveSlotAndResumeSwapsIt) {
   EXPECT_EQ(d->inactive_table(), nullptr);
   EXPECT_EQ(d->live_table()->table_text(), "0 1024 zero\n");
 
-  manager_.load("a", "0 8 zero\n");
-  manager_.clear("a");
+  run_sync(manager_.load("a", "0 8 zero\n"));
+  run_sync(manager_.clear("a"));
   EXPECT_EQ(d->inactive_table(), nullptr);
 }
 
@@ -108,9 +108,10 @@ TEST_F(DeviceManagerTest, StackingCountsOpensAndRefusesCycles) {
   EXPECT_EQ(lower->open_count(), 1);
   EXPECT_TRUE(upper->depends_on(*lower));
   std::string what;
-  EXPECT_EQ(error_of([&] { manager_.load("lower", "0 8 linear upper 0"); }, &what), EINVAL);
+  EXPECT_EQ(error_of([&] { run_sync(manager_.load("lower", "0 8 linear upper 0")); }, &what),
+            EINVAL);
   EXPECT_NE(what.find("cycle"), std::string::npos) << what;
-  EXPECT_EQ(error_of([&] { manager_.load("lower", "0 8 linear lower 0"); }), EINVAL);
+  EXPECT_EQ(error_of([&] { run_sync(manager_.load("lower", "0 8 linear lower 0")); }), EINVAL);
 
   auto top = create("top", "0 512 linear upper 0\n");
   auto users = manager_.users_of(*lower);

@@ -15,6 +15,7 @@ struct RecordedBio {
   uint64_t sector, sectors;
 };
 std::vector<RecordedBio> g_recorded;
+std::vector<uint64_t> g_torn_down;  // the max_io_len argument of each recorder torn down
 
 class RecorderTarget final : public Target {
  public:
@@ -27,6 +28,10 @@ class RecorderTarget final : public Target {
   Task<Status> flush() override {
     g_recorded.push_back({BioOp::flush, 0, 0});
     co_return ok();
+  }
+  Task<void> teardown() override {
+    g_torn_down.push_back(max_io_len_);
+    co_return;
   }
   std::string table() const override { return std::to_string(max_io_len_); }
   uint64_t max_io_len() const override { return max_io_len_; }
@@ -42,6 +47,7 @@ class DeviceTest : public ::testing::Test {
     test::make_patterned_file(dir_ / "a.img", 1 << 20, 0);
     test::make_patterned_file(dir_ / "b.img", 1 << 20, 100);
     g_recorded.clear();
+    g_torn_down.clear();
   }
   std::shared_ptr<Device> make(const std::string& table, bool read_only = false) {
     return test::make_device(table, resolver_, read_only);
@@ -126,6 +132,27 @@ TEST_F(DeviceTest, DefaultFlushReachesEachDeviceOnce) {
 TEST_F(DeviceTest, AreaPastTheEndOfItsDeviceIsRefusedWithTheTablesWord) {
   EXPECT_EQ(test::build_error("0 64 striped 2 8 a.img 0 b.img 2040\n", resolver_),
             "striped: b.img too small for target: start=2040, len=32, dev_size=2048");
+}
+
+// Every table a device lets go of is torn down once, in dm's order: the old
+// live table after the swap, a replaced or cleared inactive one at once.
+TEST_F(DeviceTest, EveryDroppedTableIsTornDownOnce) {
+  auto dev = make("0 8 recorder 1\n");
+  auto table = [&](int tag) {
+    return Table::build("0 8 recorder " + std::to_string(tag) + "\n", resolver_, false);
+  };
+  run_sync(dev->load(table(2)));
+  run_sync(dev->load(table(3)));  // replaces 2, which never went live
+  EXPECT_EQ(g_torn_down, (std::vector<uint64_t>{2}));
+  ASSERT_FALSE(run_sync(dev->resume()));  // 3 goes live, 1 goes
+  EXPECT_EQ(g_torn_down, (std::vector<uint64_t>{2, 1}));
+  run_sync(dev->load(table(4)));
+  EXPECT_TRUE(run_sync(dev->clear()));
+  EXPECT_FALSE(run_sync(dev->clear()));
+  EXPECT_EQ(g_torn_down, (std::vector<uint64_t>{2, 1, 4}));
+  run_sync(dev->drop_tables());
+  run_sync(dev->drop_tables());
+  EXPECT_EQ(g_torn_down, (std::vector<uint64_t>{2, 1, 4, 3}));
 }
 
 TEST_F(DeviceTest, UnalignedWriteIsReadModifyWrite) {

@@ -78,7 +78,7 @@ TEST_F(FlakeyTest, SuspendFlushesPassWhileDown) {
   EXPECT_EQ(run_sync(t.flush()), errno_status(EIO));
   // Through a device: a reload away from a down table works.
   auto dev = test::make_device("0 1024 flakey a.img 8 0 1 1 error_writes\n", resolver_);
-  dev->load(Table::build("0 1024 flakey a.img 8 1 0\n", resolver_, false));
+  run_sync(dev->load(Table::build("0 1024 flakey a.img 8 1 0\n", resolver_, false)));
   EXPECT_FALSE(run_sync(dev->resume()));
 }
 

@@ -148,7 +148,7 @@ class LogWritesTest : public ::testing::Test {
     if (rc) std::cerr << "replay-log: " << o_err.str();
     return rc;
   }
-  // The kernel's example sequence; returns the table (destroy it to end the log).
+  // The kernel's example sequence; returns the table (tear it down to end the log).
   std::shared_ptr<Table> run_sequence() {
     auto table = Table::build("0 2048 log-writes a.img log.img\n", resolver_, false);
     Target& t = *table->entries()[0].target;
@@ -171,7 +171,8 @@ TEST_F(LogWritesTest, LogsInTheKernelsOrderAndFormat) {
   EXPECT_EQ(table->status_text(), "0 2048 log-writes 5 16\n");
   EXPECT_EQ(table->table_text(), "0 2048 log-writes a.img log.img\n");
   EXPECT_EQ(parse_log(dir_ / "log.img", 0).super.nr_entries, 5u);  // rewritten after the mark
-  table.reset();  // teardown: the discard and D (no flush yet), then the end mark
+  run_sync(table->teardown());  // the discard and D (no flush yet), then the end mark
+  table.reset();
 
   const ParsedLog log = parse_log(dir_ / "log.img", 8);
   EXPECT_EQ(log.super.magic, lw::kMagic);
@@ -206,6 +207,7 @@ TEST_F(LogWritesTest, LogsInTheKernelsOrderAndFormat) {
 
 TEST_F(LogWritesTest, ReplayGivesBackTheDeviceAtEachMark) {
   auto table = run_sequence();
+  run_sync(table->teardown());
   table.reset();
   std::filesystem::copy_file(dir_ / "orig.img", dir_ / "full.img");
   std::filesystem::copy_file(dir_ / "orig.img", dir_ / "m1.img");
@@ -226,6 +228,7 @@ TEST_F(LogWritesTest, ReplayGivesBackTheDeviceAtEachMark) {
 
 TEST_F(LogWritesTest, ReplayLogQueries) {
   auto table = run_sequence();
+  run_sync(table->teardown());
   table.reset();
   std::string out;
   ASSERT_EQ(replay({}, &out), 0);
@@ -318,6 +321,7 @@ TEST_F(LogWritesTest, FlushCoversOnlyWritesCompletedBeforeIt) {
   EXPECT_EQ(log.entries[1].entry.flags, 0u);
   EXPECT_EQ(log.entries[2].entry.flags, lw::kFlagFlush);
   // The gated device's timer belongs to this loop: let go of it first.
+  run_sync(table->teardown());
   table.reset();
   resolver_.add("gated", nullptr);
   gated.reset();
@@ -329,7 +333,7 @@ TEST_F(LogWritesTest, SuspendFlushIsNotLogged) {
   auto dev = test::make_device("0 2048 log-writes a.img log.img\n", resolver_);
   std::vector<std::byte> data(512, std::byte{0x42});
   ASSERT_FALSE(run_sync(dev->write(0, data, 0)));
-  dev->load(Table::build("0 2048 linear a.img 0\n", resolver_, false));
+  run_sync(dev->load(Table::build("0 2048 linear a.img 0\n", resolver_, false)));
   ASSERT_FALSE(run_sync(dev->resume()));  // suspend (with its flush), swap: the old table goes
   const ParsedLog log = parse_log(dir_ / "log.img", 2);
   EXPECT_EQ(log.super.nr_entries, 2u);
@@ -347,6 +351,7 @@ TEST_F(LogWritesTest, WriteZeroesAreLoggedAsZeroes) {
             errno_status(ENOTSUP));
   ASSERT_FALSE(run_sync(t.map({.op = BioOp::write_zeroes, .sector = 10, .sectors = 4})));
   ASSERT_FALSE(run_sync(t.flush()));
+  run_sync(table->teardown());
   table.reset();
   const ParsedLog log = parse_log(dir_ / "log.img", 3);
   EXPECT_EQ(log.super.nr_entries, 3u);

@@ -64,7 +64,7 @@ TEST_F(StripedTest, WritesLandOnTheirLegAndTheTableRoundTrips) {
   EXPECT_EQ(table->entries()[0].target->max_io_len(), 16u);
   EXPECT_EQ(table->entries()[0].target->device_areas().size(), 2u);
   auto dev = std::make_shared<Device>("s", "", false, 0);
-  dev->load(table);
+  run_sync(dev->load(table));
   ASSERT_FALSE(run_sync(dev->resume()));
   // Sectors 10-40 span chunks 0 (leg a), 1 (leg b) and 2 (leg a, row 1).
   std::vector<std::byte> data(31 * 512, std::byte{0x5a});

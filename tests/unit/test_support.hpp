@@ -111,7 +111,7 @@ inline std::shared_ptr<Device> make_device(const std::string& table, DeviceResol
                                            bool read_only = false,
                                            const std::string& name = "dev") {
   auto device = std::make_shared<Device>(name, "", read_only, 0);
-  device->load(Table::build(table, resolver, read_only, device->event_callback()));
+  run_blocking(device->load(Table::build(table, resolver, read_only, device->event_callback())));
   if (Status st = run_blocking(device->resume())) throw std::runtime_error(st.message());
   return device;
 }
