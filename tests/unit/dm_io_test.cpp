@@ -92,8 +92,8 @@ TEST(DmIoFlushAllTest, FlushesEveryDeviceAtOnceAndReportsTheFirstError) {
 TEST(WhenAllTest, ResultsComeInTheOrderGivenAndExceptionsAfterAllFinish) {
   int finished = 0;
   auto slow = [&finished](int hops, Status st) -> Task<Status> {
-    for (int i = 0; i < hops; ++i)
-      co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+    auto executor = co_await asio::this_coro::executor;
+    for (int i = 0; i < hops; ++i) co_await asio::post(executor, asio::use_awaitable);
     ++finished;
     co_return st;
   };
