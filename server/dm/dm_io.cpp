@@ -57,7 +57,8 @@ Task<Status> flush_device(BlockDevice& dev) {
 Task<Status> flush_all(std::span<const std::shared_ptr<BlockDevice>> devices) {
   std::vector<Task<Status>> flushes;
   for (const auto& dev : devices) flushes.push_back(flush_device(*dev));
-  co_return first_error(co_await when_all(std::move(flushes)));
+  const std::vector<Status> results = co_await when_all(flushes);
+  co_return first_error(results);
 }
 
 }  // namespace dmnbd

@@ -11,7 +11,7 @@
 
 namespace dmnbd {
 
-Task<std::vector<Status>> when_all(std::vector<Task<Status>> tasks) {
+Task<std::vector<Status>> when_all(std::span<Task<Status>> tasks) {
   if (tasks.empty()) co_return std::vector<Status>{};
   // Shared with the completion handlers, which may outlive a waiter that threw.
   struct State {

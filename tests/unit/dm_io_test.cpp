@@ -92,8 +92,8 @@ TEST(DmIoFlushAllTest, FlushesEveryDeviceAtOnceAndReportsTheFirstError) {
 TEST(WhenAllTest, ResultsComeInTheOrderGivenAndExceptionsAfterAllFinish) {
   int finished = 0;
   auto slow = [&finished](int hops, Status st) -> Task<Status> {
-    for (int i = 0; i < hops; ++i)
-      co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+    auto executor = co_await asio::this_coro::executor;
+    for (int i = 0; i < hops; ++i) co_await asio::post(executor, asio::use_awaitable);
     ++finished;
     co_return st;
   };
@@ -101,7 +101,7 @@ TEST(WhenAllTest, ResultsComeInTheOrderGivenAndExceptionsAfterAllFinish) {
   tasks.push_back(slow(5, errno_status(EIO)));
   tasks.push_back(slow(0, ok()));
   tasks.push_back(slow(2, errno_status(EAGAIN)));
-  auto results = run_sync(when_all(std::move(tasks)));
+  auto results = run_sync(when_all(tasks));
   EXPECT_EQ(results, (std::vector<Status>{errno_status(EIO), ok(), errno_status(EAGAIN)}));
   EXPECT_EQ(first_error(results), errno_status(EIO));
   EXPECT_EQ(finished, 3);
@@ -114,7 +114,7 @@ TEST(WhenAllTest, ResultsComeInTheOrderGivenAndExceptionsAfterAllFinish) {
   std::vector<Task<Status>> more;
   more.push_back(throws());
   more.push_back(slow(3, ok()));
-  EXPECT_THROW(run_sync(when_all(std::move(more))), std::runtime_error);
+  EXPECT_THROW(run_sync(when_all(more)), std::runtime_error);
   EXPECT_EQ(finished, 5);  // the slow one finished before the exception came out
 }
 

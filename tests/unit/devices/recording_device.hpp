@@ -54,8 +54,10 @@ class RecordingDevice final : public BlockDevice {
       fault = fault_;
       hops = hops_ ? hops_(bio) : 0;
     }
-    for (unsigned i = 0; i < hops; ++i)
-      co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+    if (hops) {
+      auto executor = co_await asio::this_coro::executor;
+      for (unsigned i = 0; i < hops; ++i) co_await asio::post(executor, asio::use_awaitable);
+    }
     Status st = fault ? fault(bio) : ok();
     if (!st) st = co_await inner_->submit(bio);
     std::lock_guard lk(mutex_);
