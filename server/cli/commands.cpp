@@ -176,11 +176,20 @@ std::function<int()> add_control_commands(CLI::App& app) {
                      default_data_dir().string() + "/control.sock)");
   app.add_flag("--json", o->json_output, "Print the server's JSON response");
 
-  // Each verb: its subcommand and how its request is made.
-  std::vector<std::pair<CLI::App*, std::function<json()>>> verbs;
-  auto verb = [&](const std::string& name, const std::string& help, std::function<json()> request) {
+  // One row per verb: its subcommand, how its request is made, and how its
+  // answer is printed (nothing, for the verbs dmsetup is silent about).
+  using Printer = std::function<void(const json& response)>;
+  struct Verb {
+    CLI::App* sub;
+    std::function<json()> request;
+    Printer print;
+  };
+  std::vector<Verb> verbs;
+  auto verb = [&](
+                  const std::string& name, const std::string& help, std::function<json()> request,
+                  Printer print = [](const json&) {}) {
     CLI::App* sub = app.add_subcommand(name, help);
-    verbs.push_back({sub, std::move(request)});
+    verbs.push_back({sub, std::move(request), std::move(print)});
     return sub;
   };
   auto named = [o](const char* cmd) {
@@ -240,29 +249,53 @@ std::function<int()> add_control_commands(CLI::App& app) {
   rename->add_option("name", o->name)->required();
   rename->add_option("new_name", o->new_name)->required();
 
+  const std::map<std::string, Printer> show_printers = {
+      {"table", [o](const json& r) { print_lines(r, o->name.empty()); }},
+      {"status", [o](const json& r) { print_lines(r, o->name.empty()); }},
+      {"info", [](const json& r) { print_info(r); }},
+      {"deps", [o](const json& r) { print_deps(r, o->name.empty()); }},
+  };
   for (const char* cmd : {"table", "status", "info", "deps"}) {
-    auto* sub = verb(cmd, "Show a device's (or every device's) " + std::string(cmd), [o, cmd] {
-      json req{{"cmd", cmd}};
-      if (!o->name.empty()) req["name"] = o->name;
-      if (o->inactive) req["inactive"] = true;
-      return req;
-    });
+    auto* sub = verb(
+        cmd, "Show a device's (or every device's) " + std::string(cmd),
+        [o, cmd] {
+          json req{{"cmd", cmd}};
+          if (!o->name.empty()) req["name"] = o->name;
+          if (o->inactive) req["inactive"] = true;
+          return req;
+        },
+        show_printers.at(cmd));
     sub->add_option("name", o->name, "Device name (default: all)");
     if (std::string(cmd) == "table") {
       sub->add_flag("--showkeys", o->showkeys, "Show keys (no target here hides any yet)");
       sub->add_flag("--inactive", o->inactive, "Show the inactive table");
     }
   }
-  verb("ls", "List devices", [o] {
-    return json{{"cmd", "ls"}};
-  })->add_flag("--tree", o->tree, "Show the stacking as a tree");
-  auto* message = verb("message", "Send a message to the target at SECTOR", [o] {
-    return json{{"cmd", "message"}, {"name", o->name}, {"sector", o->sector}, {"words", o->words}};
-  });
+  verb(
+      "ls", "List devices",
+      [o] {
+        return json{{"cmd", "ls"}};
+      },
+      [o](const json& r) { print_ls(r, o->tree); })
+      ->add_flag("--tree", o->tree, "Show the stacking as a tree");
+  auto* message = verb(
+      "message", "Send a message to the target at SECTOR",
+      [o] {
+        return json{
+            {"cmd", "message"}, {"name", o->name}, {"sector", o->sector}, {"words", o->words}};
+      },
+      [](const json& r) {
+        if (!r.value("output", "").empty()) std::cout << r["output"].get<std::string>() << "\n";
+      });
   message->add_option("name", o->name)->required();
   message->add_option("sector", o->sector)->required();
   message->add_option("words", o->words)->required();
-  verb("targets", "List target types and versions", [] { return json{{"cmd", "targets"}}; });
+  verb(
+      "targets", "List target types and versions",
+      [] {
+        return json{{"cmd", "targets"}};
+      },
+      [](const json& r) { print_targets(r["targets"]); });
   auto* wait = verb("wait", "Wait until the event counter exceeds EVENT_NR", [o] {
     return json{{"cmd", "wait"},
                 {"name", o->name},
@@ -274,7 +307,7 @@ std::function<int()> add_control_commands(CLI::App& app) {
   wait->add_option("--timeout", o->timeout, "Give up after this many seconds (default: never)");
 
   return [o, verbs] {
-    for (const auto& [sub, make_request] : verbs) {
+    for (const auto& [sub, make_request, print] : verbs) {
       if (!*sub) continue;
       const std::string cmd = sub->get_name();
       json response;
@@ -300,20 +333,7 @@ std::function<int()> add_control_commands(CLI::App& app) {
         std::cerr << "dmnbd " << cmd << ": " << response.value("error", "failed") << "\n";
         return 1;
       }
-      if (o->json_output) return 0;
-      const bool all = o->name.empty();
-      if (cmd == "table" || cmd == "status")
-        print_lines(response, all);
-      else if (cmd == "info")
-        print_info(response);
-      else if (cmd == "deps")
-        print_deps(response, all);
-      else if (cmd == "ls")
-        print_ls(response, o->tree);
-      else if (cmd == "targets")
-        print_targets(response["targets"]);
-      else if (cmd == "message" && !response.value("output", "").empty())
-        std::cout << response["output"].get<std::string>() << "\n";
+      if (!o->json_output) print(response);
       return 0;
     }
     return -1;

@@ -2,7 +2,6 @@
 
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
-#include <set>
 
 #include "dmnbd/table.hpp"
 #include "dmnbd/target.hpp"
@@ -111,101 +110,146 @@ Task<json> wait_for_event(DeviceManager& devices, const json& req) {
   co_return json{{"ok", true}, {"event_nr", device->event_nr()}};
 }
 
+// One function per verb. Arguments are read into locals before any co_await:
+// GCC 12 destroys temporaries of a co_await expression twice when the callee
+// throws.
+using Name = const std::string&;
+const json kOk{{"ok", true}};
+
+Task<json> verb_create(DeviceManager& devices, const json& req, Name name) {
+  const std::string table = opt_str(req, "table");
+  const CreateOptions options{.description = opt_str(req, "description"),
+                              .read_only = flag(req, "read_only"),
+                              .no_table = flag(req, "notable")};
+  co_await devices.create(name, table, options);
+  co_return kOk;
+}
+
+Task<json> verb_load(DeviceManager& devices, const json& req, Name name) {
+  const std::string table = str(req, "table");
+  co_await devices.load(name, table);
+  co_return kOk;
+}
+
+Task<json> verb_reload(DeviceManager& devices, const json& req, Name name) {
+  const std::string table = str(req, "table");
+  co_await devices.reload(name, table);
+  co_return kOk;
+}
+
+Task<json> verb_clear(DeviceManager& devices, const json&, Name name) {
+  co_await devices.clear(name);
+  co_return kOk;
+}
+
+Task<json> verb_suspend(DeviceManager& devices, const json& req, Name name) {
+  const bool noflush = flag(req, "noflush");
+  co_await devices.suspend(name, noflush);
+  co_return kOk;
+}
+
+Task<json> verb_resume(DeviceManager& devices, const json&, Name name) {
+  co_await devices.resume(name);
+  co_return kOk;
+}
+
+Task<json> verb_remove(DeviceManager& devices, const json& req, Name name) {
+  const bool force = flag(req, "force");
+  co_await devices.remove(name, force);
+  co_return kOk;
+}
+
+Task<json> verb_rename(DeviceManager& devices, const json& req, Name name) {
+  devices.rename(name, str(req, "new_name"));
+  co_return kOk;
+}
+
+json table_or_status(DeviceManager& devices, const json& req, bool status) {
+  json out = json::array();
+  for (const auto& d : selected(devices, req))
+    out.push_back({{"name", d->name()}, {"lines", table_lines(*d, status, flag(req, "inactive"))}});
+  return json{{"ok", true}, {"devices", out}};
+}
+
+Task<json> verb_table(DeviceManager& devices, const json& req, Name) {
+  co_return table_or_status(devices, req, false);
+}
+
+Task<json> verb_status(DeviceManager& devices, const json& req, Name) {
+  co_return table_or_status(devices, req, true);
+}
+
+Task<json> verb_info(DeviceManager& devices, const json& req, Name) {
+  json out = json::array();
+  for (const auto& d : selected(devices, req)) out.push_back(info_of(*d));
+  co_return json{{"ok", true}, {"devices", out}};
+}
+
+// `ls` and `deps` answer alike; the CLI shows them differently.
+Task<json> verb_deps(DeviceManager& devices, const json& req, Name) {
+  json out = json::array();
+  for (const auto& d : selected(devices, req)) {
+    json deps = json::array();
+    for (const auto& dep : d->dependencies(false)) deps.push_back(device_ref(*dep));
+    json entry = device_ref(*d);
+    entry["deps"] = deps;
+    out.push_back(entry);
+  }
+  co_return json{{"ok", true}, {"devices", out}};
+}
+
+Task<json> verb_message(DeviceManager& devices, const json& req, Name name) {
+  std::vector<std::string> words;
+  if (!req.contains("words") || !req["words"].is_array())
+    throw BadRequest("'words' must be a list of strings");
+  for (const auto& w : req["words"]) {
+    if (!w.is_string()) throw BadRequest("'words' must be a list of strings");
+    words.push_back(w.get<std::string>());
+  }
+  const uint64_t sector = number(req, "sector", 0);
+  std::string output = co_await devices.message(name, sector, words);
+  co_return json{{"ok", true}, {"output", output}};
+}
+
+Task<json> verb_targets(DeviceManager&, const json&, Name) {
+  json out = json::array();
+  for (const auto* t : TargetRegistry::instance().all())
+    out.push_back(
+        {{"name", t->name}, {"version", {t->version.major, t->version.minor, t->version.patch}}});
+  co_return json{{"ok", true}, {"targets", out}};
+}
+
+Task<json> verb_wait(DeviceManager& devices, const json& req, Name) {
+  co_return co_await wait_for_event(devices, req);
+}
+
+struct Verb {
+  const char* name;
+  bool needs_name;  // a device 'name' is required (else optional: all devices)
+  Task<json> (*run)(DeviceManager&, const json&, Name);
+};
+
+// The control protocol, one row per verb (the README's "Control socket" section).
+constexpr Verb kVerbs[] = {
+    {"create", true, verb_create},   {"load", true, verb_load},
+    {"reload", true, verb_reload},   {"clear", true, verb_clear},
+    {"suspend", true, verb_suspend}, {"resume", true, verb_resume},
+    {"remove", true, verb_remove},   {"rename", true, verb_rename},
+    {"message", true, verb_message}, {"wait", true, verb_wait},
+    {"table", false, verb_table},    {"status", false, verb_status},
+    {"info", false, verb_info},      {"ls", false, verb_deps},
+    {"deps", false, verb_deps},      {"targets", false, verb_targets},
+};
+
 Task<json> dispatch(DeviceManager& devices, const json& req) {
   const std::string cmd = str(req, "cmd");
-  // Arguments are read into locals before any co_await: GCC 12 destroys
-  // temporaries of a co_await expression twice when the callee throws.
-  const std::string name = req.contains("name") ? str(req, "name") : std::string();
-  static const std::set<std::string> needs_name = {"create",  "load",   "reload", "clear",
-                                                   "suspend", "resume", "remove", "rename",
-                                                   "message", "wait"};
-  if (name.empty() && needs_name.count(cmd))
-    throw BadRequest("'" + cmd + "' needs a device 'name'");
-  json ok{{"ok", true}};
-  if (cmd == "create") {
-    const std::string table = req.contains("table") ? str(req, "table") : std::string();
-    const CreateOptions options{.description = opt_str(req, "description"),
-                                .read_only = flag(req, "read_only"),
-                                .no_table = flag(req, "notable")};
-    co_await devices.create(name, table, options);
-    co_return ok;
-  }
-  if (cmd == "load") {
-    const std::string table = str(req, "table");
-    co_await devices.load(name, table);
-    co_return ok;
-  }
-  if (cmd == "reload") {
-    const std::string table = str(req, "table");
-    co_await devices.reload(name, table);
-    co_return ok;
-  }
-  if (cmd == "clear") {
-    co_await devices.clear(name);
-    co_return ok;
-  }
-  if (cmd == "suspend") {
-    const bool noflush = flag(req, "noflush");
-    co_await devices.suspend(name, noflush);
-    co_return ok;
-  }
-  if (cmd == "resume") {
-    co_await devices.resume(name);
-    co_return ok;
-  }
-  if (cmd == "remove") {
-    const bool force = flag(req, "force");
-    co_await devices.remove(name, force);
-    co_return ok;
-  }
-  if (cmd == "rename") {
-    devices.rename(name, str(req, "new_name"));
-    co_return ok;
-  }
-  if (cmd == "table" || cmd == "status") {
-    json out = json::array();
-    for (const auto& d : selected(devices, req))
-      out.push_back({{"name", d->name()},
-                     {"lines", table_lines(*d, cmd == "status", flag(req, "inactive"))}});
-    co_return json{{"ok", true}, {"devices", out}};
-  }
-  if (cmd == "info") {
-    json out = json::array();
-    for (const auto& d : selected(devices, req)) out.push_back(info_of(*d));
-    co_return json{{"ok", true}, {"devices", out}};
-  }
-  if (cmd == "ls" || cmd == "deps") {
-    json out = json::array();
-    for (const auto& d : selected(devices, req)) {
-      json deps = json::array();
-      for (const auto& dep : d->dependencies(false)) deps.push_back(device_ref(*dep));
-      json entry = device_ref(*d);
-      entry["deps"] = deps;
-      out.push_back(entry);
-    }
-    co_return json{{"ok", true}, {"devices", out}};
-  }
-  if (cmd == "message") {
-    std::vector<std::string> words;
-    if (!req.contains("words") || !req["words"].is_array())
-      throw BadRequest("'words' must be a list of strings");
-    for (const auto& w : req["words"]) {
-      if (!w.is_string()) throw BadRequest("'words' must be a list of strings");
-      words.push_back(w.get<std::string>());
-    }
-    const uint64_t sector = number(req, "sector", 0);
-    std::string output = co_await devices.message(name, sector, words);
-    co_return json{{"ok", true}, {"output", output}};
-  }
-  if (cmd == "targets") {
-    json out = json::array();
-    for (const auto* t : TargetRegistry::instance().all())
-      out.push_back(
-          {{"name", t->name}, {"version", {t->version.major, t->version.minor, t->version.patch}}});
-    co_return json{{"ok", true}, {"targets", out}};
-  }
-  if (cmd == "wait") co_return co_await wait_for_event(devices, req);
-  throw BadRequest("unknown command '" + cmd + "'");
+  const Verb* verb = nullptr;
+  for (const Verb& v : kVerbs)
+    if (cmd == v.name) verb = &v;
+  if (!verb) throw BadRequest("unknown command '" + cmd + "'");
+  const std::string name = opt_str(req, "name");
+  if (name.empty() && verb->needs_name) throw BadRequest("'" + cmd + "' needs a device 'name'");
+  co_return co_await verb->run(devices, req, name);
 }
 
 }  // namespace
