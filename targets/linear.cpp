@@ -22,7 +22,10 @@ class LinearTarget final : public Target {
     co_return co_await dev_->block_status(offset_ + sector, count, out);
   }
 
-  bool only_remaps() const override { return true; }
+  Task<Status> direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) override {
+    co_return co_await dev_->direct_access(offset_ + sector, count, how);
+  }
+
   std::string table() const override { return dev_name_ + " " + std::to_string(offset_); }
   std::vector<DeviceArea> device_areas() const override { return {{dev_, offset_, length_}}; }
 

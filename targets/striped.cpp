@@ -105,7 +105,12 @@ class StripedTarget final : public Target {
   }
 
   uint64_t max_io_len() const override { return chunk_; }
-  bool only_remaps() const override { return true; }
+  // Within one chunk (the device splits at max_io_len), so on one leg.
+  Task<Status> direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) override {
+    uint32_t stripe = 0;
+    const uint64_t mapped = map_sector(sector, stripe);
+    co_return co_await legs_[stripe].dev->direct_access(legs_[stripe].start + mapped, count, how);
+  }
 
   // Each leg's area is its stripe's width from its start.
   std::vector<DeviceArea> device_areas() const override {

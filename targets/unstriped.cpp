@@ -56,7 +56,11 @@ class UnstripedTarget final : public Target {
   }
 
   uint64_t max_io_len() const override { return chunk_; }
-  bool only_remaps() const override { return true; }
+  Task<Status> direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) override {
+    const uint64_t mapped = map_sector(sector);
+    if (mapped + count > dev_->sectors()) co_return errno_status(EIO);  // past the end
+    co_return co_await dev_->direct_access(mapped, count, how);
+  }
   // The kernel sends this target no flushes (num_flush_bios is 0); the default
   // flush still reaches its device, keeping dmnbd's promise that a FLUSH syncs
   // every backing file. Its area is (offset, target length), as iterate_devices says.

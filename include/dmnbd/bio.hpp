@@ -7,8 +7,6 @@
 
 namespace dmnbd {
 
-struct MappedView;
-
 inline constexpr unsigned kSectorShift = 9;
 inline constexpr uint64_t kSectorSize = 1u << kSectorShift;
 
@@ -18,11 +16,6 @@ enum class BioOp : uint8_t {
   flush,
   discard,
   write_zeroes,
-  // Writes nothing: asks where a write's bytes would go. A device that holds
-  // them in memory adds a writable piece to `view`; any other fails it, and the
-  // Device never passes it to a target that does more than remap (see
-  // mapped_view.hpp).
-  map_for_write,
 };
 
 // Bio flags.
@@ -40,13 +33,6 @@ struct Bio {
   // A read may report that its whole range reads as zeroes (the zero target
   // does); the NBD layer turns that into a hole chunk without sending data.
   bool* reads_zero = nullptr;
-  // A read may be answered by adding a piece to the view that points at the
-  // bytes instead of filling `data` (see mapped_view.hpp); `view_offset` is where
-  // this bio's bytes start within the viewed request. The Device passes a view
-  // only through targets that pass I/O through unchanged; a device that
-  // cannot answer a read this way ignores it. A map_for_write always has one.
-  MappedView* view = nullptr;
-  uint64_t view_offset = 0;
 
   uint64_t bytes() const { return sectors << kSectorShift; }
   uint64_t end() const { return sector + sectors; }
@@ -62,7 +48,6 @@ struct Bio {
     b.sector = sector + skip;
     b.sectors = count;
     if (!data.empty()) b.data = data.subspan(skip << kSectorShift, count << kSectorShift);
-    b.view_offset = view_offset + (skip << kSectorShift);
     return b;
   }
 };

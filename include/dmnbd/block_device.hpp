@@ -11,6 +11,17 @@
 
 namespace dmnbd {
 
+struct MappedView;
+
+// What zero-copy I/O asks of direct_access (in the spirit of the kernel's dax
+// direct_access): a piece of `view`, at byte `view_offset` of the request,
+// pointing at where the bytes live, to be read or written in place.
+struct DirectAccess {
+  bool write = false;
+  MappedView* view = nullptr;
+  uint64_t view_offset = 0;
+};
+
 class BlockDevice {
  public:
   virtual ~BlockDevice() = default;
@@ -21,6 +32,13 @@ class BlockDevice {
 
   // Performs the bio; flush makes every completed write durable.
   virtual Task<Status> submit(Bio bio) = 0;
+
+  // Adds one piece to how.view for sectors [sector, sector + count) when those
+  // bytes live in memory that may be read (or written) in place; otherwise
+  // fails and adds nothing. Never waits. By default: not supported.
+  virtual Task<Status> direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) {
+    co_return errno_status(EOPNOTSUPP);
+  }
 
   // Appends the allocation status of [sector, sector + count) to `out`. It may
   // stop early (out.total_sectors() < count) but must report at least one sector.

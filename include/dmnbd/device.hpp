@@ -84,6 +84,7 @@ class Device final : public BlockDevice, public std::enable_shared_from_this<Dev
 
   // ---- I/O. BlockDevice: sector-aligned bios from a stacked target.
   Task<Status> submit(Bio bio) override;
+  Task<Status> direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) override;
   Task<Status> block_status(uint64_t sector, uint64_t count, ExtentList& out) override;
 
   // Byte-addressed requests. Out of range: reads, discards and block status
@@ -106,12 +107,12 @@ class Device final : public BlockDevice, public std::enable_shared_from_this<Dev
                                   std::vector<ByteExtent>& out);
 
  private:
-  Task<Status> submit_entered(Bio bio, SuspendGate::Pass& pass);  // submit(), past the gate
-  Task<Status> route(const Table& table, Bio bio, std::vector<ZeroRun>* zero_runs);
-  // route(), and if that added pieces to the bio's read view, `pass` moves
-  // into the view: the device stays in flight until the bytes are copied.
-  Task<Status> route_and_hold(const Table& table, Bio bio, std::vector<ZeroRun>* zero_runs,
-                              SuspendGate::Pass& pass);
+  struct Part;
+  static Part part_at(const Table& table, uint64_t sector, uint64_t left);
+  Task<Status> route(const Table& table, Bio bio, std::vector<ZeroRun>* zero_runs,
+                     MappedView* view = nullptr);
+  Task<Status> direct_access_in(const Table& table, uint64_t sector, uint64_t count,
+                                const DirectAccess& how);
   Task<Status> flush_table(const Table& table);
   Task<Status> block_status_in(const Table& table, uint64_t sector, uint64_t count,
                                ExtentList& out);

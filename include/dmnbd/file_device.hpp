@@ -21,12 +21,13 @@ class FileDevice final : public BlockDevice {
   bool is_block_device() const { return is_block_device_; }
 
   Task<Status> submit(Bio bio) override;
+  Task<Status> direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) override;
   Task<Status> block_status(uint64_t sector, uint64_t count, ExtentList& out) override;
 
  private:
   FileDevice(std::string name, int fd, uint64_t size_bytes, bool is_block_device);
   Task<Status> transfer(const Bio& bio);
-  bool can_answer_with_view(const Bio& bio) const;
+  bool can_read_in_place(uint64_t sector, uint64_t count) const;
   Task<Status> punch_or_zero(const Bio& bio);
   Task<Status> write_zero_buffers(const Bio& bio);
   Task<Status> block_device_ioctl(const Bio& bio);
@@ -39,8 +40,8 @@ class FileDevice final : public BlockDevice {
   int fd_;
   // tmpfs and ramfs never wait for a disk: their I/O is a memory copy.
   bool memory_backed_ = false;
-  // Such a file is also mapped, to answer reads and, when it is open for
-  // writing, map_for_write bios with a MappedView. Nothing in user space
+  // Such a file is also mapped, to answer direct_access for reads and, when
+  // it is open for writing, for writes. Nothing in user space
   // touches the mapping: the kernel does, when it copies to or from a socket,
   // so a file truncated under us gives EFAULT, not SIGBUS.
   std::shared_ptr<std::byte> mapping_;

@@ -1,16 +1,18 @@
 // I/O without a copy in user space. When every target on a request's path
 // only remaps it, and the device at the bottom holds the bytes in memory (a
-// file on tmpfs, mapped), the device adds a piece pointing at them instead of
-// doing the I/O. A request split across targets or stripes gets one piece per
-// part; a part that cannot be mapped stays with the usual path.
+// file on tmpfs, mapped), direct_access (block_device.hpp, forwarded by such
+// targets) adds a piece pointing at them instead of the I/O being done. A
+// request split across targets or stripes gets one piece per part; for a
+// read, a part that cannot be mapped stays with the usual path.
 //
-// Reads: the NBD layer sends straight from the pieces, so the only copy is the
-// kernel's into the socket. Writes (a map_for_write bio): the NBD layer
-// receives the payload straight into the pieces, so the only copy is the
-// kernel's out of the socket.
+// Reads (Device::read with a view): the NBD layer sends straight from the
+// pieces, so the only copy is the kernel's into the socket. Writes
+// (Device::map_write, all of the request or nothing): the NBD layer receives
+// the payload straight into the pieces, so the only copy is the kernel's out
+// of the socket.
 //
-// The bytes move when the socket copies them, not when the bio completes. So
-// that this stays invisible, the view holds each device it came through "in
+// The bytes move when the socket copies them, not when the request completes.
+// So that this stays invisible, the view holds each device it came through "in
 // flight" (a suspend waits for it) until they have moved: a suspend never
 // returns while a view could still touch the device. Whoever holds a view must
 // use it or drop it promptly, and never wait for the client while holding it.

@@ -93,11 +93,13 @@ class Target {
   // crosses a multiple of it. 0 means no limit.
   virtual uint64_t max_io_len() const { return 0; }
 
-  // True when map() only remaps reads and writes (same bytes, same length,
-  // data untouched, nothing recorded), so a device below may answer them with
-  // a MappedView and map_for_write bios may pass. A target that looks at,
-  // changes, delays or records I/O must leave this false.
-  virtual bool only_remaps() const { return false; }
+  // Zero-copy I/O (mapped_view.hpp; the kernel's dax direct_access): a
+  // target that only remaps (same bytes, data untouched, nothing recorded)
+  // forwards it to the device it maps the range onto. A target that looks at,
+  // changes, delays or records I/O keeps this default, which says no.
+  virtual Task<Status> direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) {
+    co_return errno_status(EOPNOTSUPP);
+  }
 
   // The areas of devices this target uses (the kernel's iterate_devices).
   // The table checks each lies inside its device ("too small for target"),

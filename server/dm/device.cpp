@@ -164,24 +164,41 @@ Status Device::check_range(const Table* table, uint64_t offset, uint64_t length,
   return ok();
 }
 
+// The part of [sector, sector + left) that one target takes: up to its end
+// and to its next max_io_len boundary; `rel` is target-relative.
+struct Device::Part {
+  const Table::Entry& entry;
+  uint64_t rel, count;
+};
+
+Device::Part Device::part_at(const Table& table, uint64_t sector, uint64_t left) {
+  const Table::Entry& entry = table.find(sector);
+  const uint64_t rel = sector - entry.begin;
+  uint64_t count = std::min(left, entry.end() - sector);
+  if (uint64_t max = entry.target->max_io_len()) count = std::min(count, max - rel % max);
+  return {entry, rel, count};
+}
+
 // Splits the bio at target boundaries and at each target's max_io_len, and
-// hands each piece to its target with the sector made target-relative.
-Task<Status> Device::route(const Table& table, Bio bio, std::vector<ZeroRun>* zero_runs) {
+// hands each piece to its target with the sector made target-relative. With
+// `view`, each part of a read that its target can answer in place goes into
+// the view instead (direct_access); the others are read as usual.
+Task<Status> Device::route(const Table& table, Bio bio, std::vector<ZeroRun>* zero_runs,
+                           MappedView* view) {
   bool all_zero = true;
   for (uint64_t done = 0; done < bio.sectors;) {
-    const uint64_t sector = bio.sector + done;
-    const Table::Entry& entry = table.find(sector);
-    const uint64_t rel = sector - entry.begin;
-    uint64_t count = std::min(bio.sectors - done, entry.end() - sector);
-    if (uint64_t max = entry.target->max_io_len()) count = std::min(count, max - rel % max);
-
+    const auto [entry, rel, count] = part_at(table, bio.sector + done, bio.sectors - done);
+    if (view) {
+      const DirectAccess how{.view = view, .view_offset = done << kSectorShift};
+      if (!co_await entry.target->direct_access(rel, count, how)) {
+        all_zero = false;
+        done += count;
+        continue;
+      }
+    }
     bool piece_zero = false;
     Bio piece = bio.part(done, count).at(rel);
     piece.reads_zero = bio.op == BioOp::read ? &piece_zero : nullptr;
-    if (!entry.target->only_remaps()) {
-      if (bio.op == BioOp::map_for_write) co_return errno_status(EAGAIN);
-      piece.view = nullptr;
-    }
     if (Status st = co_await entry.target->map(piece)) co_return st;
     if (piece_zero && zero_runs) {
       if (!zero_runs->empty() && zero_runs->back().sector + zero_runs->back().sectors == done)
@@ -206,34 +223,51 @@ Task<Status> Device::flush_table(const Table& table) {
   co_return first_error;
 }
 
+// Every part of [sector, sector + count) in place, or none: on failure the
+// pieces (and holds) added for earlier parts are taken back.
+Task<Status> Device::direct_access_in(const Table& table, uint64_t sector, uint64_t count,
+                                      const DirectAccess& how) {
+  MappedView& view = *how.view;
+  const size_t pieces = view.pieces.size(), owners = view.owners.size(), holds = view.holds.size();
+  for (uint64_t done = 0; done < count;) {
+    const auto [entry, rel, n] = part_at(table, sector + done, count - done);
+    DirectAccess part = how;
+    part.view_offset += done << kSectorShift;
+    if (Status st = co_await entry.target->direct_access(rel, n, part)) {
+      view.pieces.resize(pieces);
+      view.owners.resize(owners);
+      view.holds.erase(view.holds.begin() + static_cast<std::ptrdiff_t>(holds), view.holds.end());
+      co_return st;
+    }
+    done += n;
+  }
+  co_return ok();
+}
+
 // Every I/O entry point passes the suspend gate first, then holds on to the
 // live table it started with, so a table swap never pulls targets from under it.
 Task<Status> Device::submit(Bio bio) {
-  if (bio.op == BioOp::map_for_write) {
-    // Never waits (see map_write): a suspended device refuses it.
-    if (!gate_.try_enter()) co_return errno_status(EAGAIN);
-    SuspendGate::Pass pass(&gate_);
-    co_return co_await submit_entered(bio, pass);
-  }
   auto pass = co_await gate_.enter();
-  co_return co_await submit_entered(bio, pass);
-}
-
-Task<Status> Device::submit_entered(Bio bio, SuspendGate::Pass& pass) {
   std::shared_ptr<Table> table = live_table();
   if (!table) co_return errno_status(EIO);
   if (bio.op == BioOp::flush) co_return co_await flush_table(*table);
   if (bio.op != BioOp::read && read_only_) co_return errno_status(EPERM);
   if (bio.end() > table->sectors() || bio.end() < bio.sector) co_return errno_status(EIO);
-  co_return co_await route_and_hold(*table, bio, nullptr, pass);
+  co_return co_await route(*table, bio, nullptr);
 }
 
-Task<Status> Device::route_and_hold(const Table& table, Bio bio, std::vector<ZeroRun>* zero_runs,
-                                    SuspendGate::Pass& pass) {
-  const size_t pieces_before = bio.view ? bio.view->pieces.size() : 0;
-  Status st = co_await route(table, bio, zero_runs);
-  if (bio.view && bio.view->pieces.size() > pieces_before)
-    bio.view->holds.push_back(std::move(pass));
+// A stacked device answers in place through its own table. It never waits: a
+// suspended device says no, and the caller takes the usual path, which does
+// wait. The view holds this device in flight until its bytes have moved.
+Task<Status> Device::direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) {
+  if (!gate_.try_enter()) co_return errno_status(EAGAIN);
+  SuspendGate::Pass pass(&gate_);
+  std::shared_ptr<Table> table = live_table();
+  if (!table || sector + count > table->sectors() || sector + count < sector)
+    co_return errno_status(EIO);
+  if (how.write && read_only_) co_return errno_status(EPERM);
+  Status st = co_await direct_access_in(*table, sector, count, how);
+  if (!st) how.view->holds.push_back(std::move(pass));
   co_return st;
 }
 
@@ -275,9 +309,12 @@ Task<Status> Device::read(uint64_t offset, std::span<std::byte> buf,
     Bio bio{.op = BioOp::read,
             .sector = offset >> kSectorShift,
             .sectors = buf.size() >> kSectorShift,
-            .data = buf,
-            .view = view};
-    co_return co_await route_and_hold(*table, bio, zero_runs, pass);
+            .data = buf};
+    const size_t pieces_before = view ? view->pieces.size() : 0;
+    Status st = co_await route(*table, bio, zero_runs, view);
+    // Bytes answered in place move later: the device stays in flight until then.
+    if (view && view->pieces.size() > pieces_before) view->holds.push_back(std::move(pass));
+    co_return st;
   }
   // A client that ignored the advertised block size: read whole sectors aside.
   const uint64_t first = round_down(offset);
@@ -297,14 +334,15 @@ Task<Status> Device::map_write(uint64_t offset, uint64_t length, MappedView& vie
   std::shared_ptr<Table> table = live_table();
   if (Status st = check_range(table.get(), offset, length, true)) co_return st;
   if (!aligned(offset) || !aligned(length) || length == 0) co_return errno_status(EAGAIN);
-  Bio bio{.op = BioOp::map_for_write,
-          .sector = offset >> kSectorShift,
-          .sectors = length >> kSectorShift,
-          .view = &view};
-  Status st = co_await route_and_hold(*table, bio, nullptr, pass);
-  if (!st && view.bytes() != length) st = errno_status(EAGAIN);  // some part is not in memory
-  if (st) view.release();
-  co_return st;
+  const DirectAccess how{.write = true, .view = &view};
+  Status st =
+      co_await direct_access_in(*table, offset >> kSectorShift, length >> kSectorShift, how);
+  if (st) {
+    view.release();
+    co_return errno_status(EAGAIN);  // some part is not in memory
+  }
+  view.holds.push_back(std::move(pass));
+  co_return ok();
 }
 
 Task<Status> Device::write(uint64_t offset, std::span<std::byte> buf, uint32_t flags) {

@@ -91,19 +91,8 @@ Task<Status> FileDevice::submit(Bio bio) {
   if (bio.op != BioOp::flush && bio.end() > sectors()) co_return errno_status(EIO);
   switch (bio.op) {
     case BioOp::read:
-      if (bio.view && can_answer_with_view(bio)) {
-        bio.view->add(bio.view_offset, bio.bytes(), mapping_.get() + (bio.sector << kSectorShift),
-                      mapping_);
-        co_return ok();
-      }
-      co_return co_await transfer(bio);
     case BioOp::write:
       co_return co_await transfer(bio);
-    case BioOp::map_for_write:
-      if (!mapping_writable_ || !bio.view) co_return errno_status(EAGAIN);
-      bio.view->add(bio.view_offset, bio.bytes(), mapping_.get() + (bio.sector << kSectorShift),
-                    mapping_);
-      co_return ok();
     case BioOp::flush:
       co_return co_await sync();
     case BioOp::discard:
@@ -116,16 +105,25 @@ Task<Status> FileDevice::submit(Bio bio) {
   co_return errno_status(EINVAL);
 }
 
+Task<Status> FileDevice::direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) {
+  if (sector + count > sectors() || sector + count < sector) co_return errno_status(EIO);
+  if (how.write ? !mapping_writable_ : !can_read_in_place(sector, count))
+    co_return errno_status(EOPNOTSUPP);
+  how.view->add(how.view_offset, count << kSectorShift, mapping_.get() + (sector << kSectorShift),
+                mapping_);
+  co_return ok();
+}
+
 // A view pays for large reads, where it saves a copy of every byte; a small
 // one costs a page fault the first time each page is touched through the
 // mapping, more than the copy it saves. And only where the file has data: a
 // fault on a tmpfs hole would allocate a page, so a read of a sparse file
 // through the mapping would fill it in.
-bool FileDevice::can_answer_with_view(const Bio& bio) const {
-  if (!mapping_ || bio.bytes() < kMinViewBytes) return false;
+bool FileDevice::can_read_in_place(uint64_t sector, uint64_t count) const {
+  if (!mapping_ || (count << kSectorShift) < kMinViewBytes) return false;
   static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  const uint64_t start = (bio.sector << kSectorShift) & ~(page - 1);
-  const uint64_t end = (bio.sector << kSectorShift) + bio.bytes();
+  const uint64_t start = (sector << kSectorShift) & ~(page - 1);
+  const uint64_t end = (sector << kSectorShift) + (count << kSectorShift);
   thread_local std::vector<unsigned char> resident;
   resident.resize((end - start + page - 1) / page);
   void* addr = const_cast<std::byte*>(mapping_.get() + start);

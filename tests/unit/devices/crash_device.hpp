@@ -130,7 +130,7 @@ class CrashDevice final : public BlockDevice {
 
   bool enter(const Bio& bio) {
     std::lock_guard lk(mutex_);
-    if (powered_ && bio.op != BioOp::read && bio.op != BioOp::map_for_write) {
+    if (powered_ && bio.op != BioOp::read) {
       if (allowed_ == 0)
         powered_ = false;
       else if (allowed_ != UINT64_MAX)
@@ -151,7 +151,6 @@ class CrashDevice final : public BlockDevice {
   }
 
   Task<Status> submit_entered(Bio bio) {
-    if (bio.op == BioOp::map_for_write) co_return errno_status(EOPNOTSUPP);
     if (bio.op == BioOp::flush) co_return co_await flush(bio);
     if (!modifies(bio.op)) co_return co_await disk_->submit(bio);
     if (bio.end() > sectors()) co_return errno_status(EIO);

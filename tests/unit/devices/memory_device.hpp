@@ -26,7 +26,6 @@ class MemoryDevice final : public BlockDevice {
       ++flushes_;
       co_return ok();
     }
-    if (bio.op == BioOp::map_for_write) co_return errno_status(EOPNOTSUPP);
     if (bio.end() > sectors() || bio.end() < bio.sector) co_return errno_status(EIO);
     std::lock_guard lk(mutex_);
     std::byte* at = bytes_.data() + (bio.sector << kSectorShift);
