@@ -8,8 +8,8 @@
 #include <set>
 #include <sstream>
 
-#include "cli/cli.hpp"
-#include "cli/control_client.hpp"
+#include "cli.hpp"
+#include "control_client.hpp"
 #include "dmnbd/target.hpp"
 
 namespace dmnbd::cli {

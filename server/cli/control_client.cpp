@@ -1,4 +1,4 @@
-#include "cli/control_client.hpp"
+#include "control_client.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>

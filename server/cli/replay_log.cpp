@@ -4,7 +4,7 @@
 // are replayed as holes punched in a regular file (BLKDISCARD on a block
 // device), falling back to writing zeroes of any length; and --list prints
 // every entry.
-#include "cli/replay_log.hpp"
+#include "replay_log.hpp"
 
 #include <fcntl.h>
 #include <linux/falloc.h>

@@ -1,4 +1,4 @@
-#include "control/commands.hpp"
+#include "commands.hpp"
 
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>

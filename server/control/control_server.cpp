@@ -1,4 +1,4 @@
-#include "control/control_server.hpp"
+#include "control_server.hpp"
 
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -9,7 +9,7 @@
 #include <boost/asio/read_until.hpp>
 #include <boost/asio/write.hpp>
 
-#include "control/commands.hpp"
+#include "commands.hpp"
 
 namespace dmnbd::control {
 namespace {

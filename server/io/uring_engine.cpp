@@ -7,7 +7,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 
 #include "dmnbd/io_engine.hpp"
-#include "io/handler_slot.hpp"
+#include "handler_slot.hpp"
 
 namespace dmnbd {
 namespace {

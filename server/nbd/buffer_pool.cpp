@@ -1,4 +1,4 @@
-#include "nbd/buffer_pool.hpp"
+#include "buffer_pool.hpp"
 
 #include <algorithm>
 

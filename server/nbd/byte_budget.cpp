@@ -1,4 +1,4 @@
-#include "nbd/byte_budget.hpp"
+#include "byte_budget.hpp"
 
 #include <algorithm>
 #include <vector>

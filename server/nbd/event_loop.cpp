@@ -1,4 +1,4 @@
-#include "nbd/event_loop.hpp"
+#include "event_loop.hpp"
 
 #include <sched.h>
 #include <sys/resource.h>

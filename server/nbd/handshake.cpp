@@ -1,4 +1,4 @@
-#include "nbd/handshake.hpp"
+#include "handshake.hpp"
 
 #include <spdlog/spdlog.h>
 

@@ -13,8 +13,8 @@
 #include "dmnbd/asio.hpp"
 #include "dmnbd/device.hpp"
 #include "dmnbd/device_manager.hpp"
-#include "nbd/protocol.hpp"
-#include "nbd/request_reader.hpp"
+#include "protocol.hpp"
+#include "request_reader.hpp"
 
 namespace dmnbd::nbd {
 

@@ -1,4 +1,4 @@
-#include "nbd/protocol.hpp"
+#include "protocol.hpp"
 
 namespace dmnbd::nbd {
 

@@ -7,10 +7,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "buffer_pool.hpp"
+#include "byte_budget.hpp"
 #include "dmnbd/asio.hpp"
 #include "dmnbd/mapped_view.hpp"
-#include "nbd/buffer_pool.hpp"
-#include "nbd/byte_budget.hpp"
 
 namespace dmnbd::nbd {
 

@@ -1,4 +1,4 @@
-#include "nbd/reply_writer.hpp"
+#include "reply_writer.hpp"
 
 #include <spdlog/spdlog.h>
 

@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "nbd/reply.hpp"
-#include "nbd/request_reader.hpp"
+#include "reply.hpp"
+#include "request_reader.hpp"
 
 namespace dmnbd::nbd {
 

@@ -1,4 +1,4 @@
-#include "nbd/request_reader.hpp"
+#include "request_reader.hpp"
 
 #include <sys/socket.h>
 #include <sys/uio.h>

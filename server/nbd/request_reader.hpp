@@ -10,10 +10,10 @@
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/system/error_code.hpp>
 
+#include "buffer_pool.hpp"
 #include "dmnbd/asio.hpp"
 #include "dmnbd/mapped_view.hpp"
-#include "nbd/buffer_pool.hpp"
-#include "nbd/protocol.hpp"
+#include "protocol.hpp"
 
 namespace dmnbd::nbd {
 

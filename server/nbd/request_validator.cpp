@@ -1,4 +1,4 @@
-#include "nbd/request_validator.hpp"
+#include "request_validator.hpp"
 
 namespace dmnbd::nbd {
 

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <optional>
 
-#include "nbd/protocol.hpp"
+#include "protocol.hpp"
 
 namespace dmnbd::nbd {
 

@@ -1,4 +1,4 @@
-#include "nbd/server.hpp"
+#include "server.hpp"
 
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -12,8 +12,8 @@
 #include <optional>
 
 #include "dmnbd/io_engine.hpp"
-#include "nbd/event_loop.hpp"
-#include "nbd/session.hpp"
+#include "event_loop.hpp"
+#include "session.hpp"
 
 namespace dmnbd::nbd {
 

@@ -10,11 +10,11 @@
 #include <thread>
 #include <vector>
 
+#include "byte_budget.hpp"
 #include "dmnbd/asio.hpp"
 #include "dmnbd/config.hpp"
 #include "dmnbd/device_manager.hpp"
-#include "nbd/byte_budget.hpp"
-#include "nbd/session.hpp"
+#include "session.hpp"
 
 namespace dmnbd::nbd {
 

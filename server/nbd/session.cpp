@@ -1,12 +1,12 @@
-#include "nbd/session.hpp"
+#include "session.hpp"
 
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/post.hpp>
 
-#include "nbd/handshake.hpp"
-#include "nbd/request_validator.hpp"
+#include "handshake.hpp"
+#include "request_validator.hpp"
 
 namespace dmnbd::nbd {
 namespace {

@@ -9,15 +9,15 @@
 #include <memory>
 #include <string>
 
+#include "buffer_pool.hpp"
+#include "byte_budget.hpp"
 #include "dmnbd/asio.hpp"
 #include "dmnbd/device.hpp"
 #include "dmnbd/device_manager.hpp"
-#include "nbd/buffer_pool.hpp"
-#include "nbd/byte_budget.hpp"
-#include "nbd/handshake.hpp"
-#include "nbd/protocol.hpp"
-#include "nbd/reply_writer.hpp"
-#include "nbd/request_reader.hpp"
+#include "handshake.hpp"
+#include "protocol.hpp"
+#include "reply_writer.hpp"
+#include "request_reader.hpp"
 
 namespace dmnbd::nbd {
 
