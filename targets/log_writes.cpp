@@ -221,7 +221,8 @@ class LogWritesTarget final : public Target {
                           .data_len = block.mark.size()};
     std::vector<std::byte> buf(kLogSectorSize + block.data.size());
     lw::encode_entry(entry, block.mark, std::span(buf).first(kLogSectorSize));
-    std::memcpy(buf.data() + kLogSectorSize, block.data.data(), block.data.size());
+    if (!block.data.empty())  // an empty vector's data() may be null
+      std::memcpy(buf.data() + kLogSectorSize, block.data.data(), block.data.size());
     Bio bio{.op = BioOp::write, .sector = sector, .sectors = buf.size() / kSectorSize, .data = buf};
     if (Status st = co_await log_->submit(bio)) co_return st;
     if (!block.zeroes || block.nr_sectors == 0) co_return ok();

@@ -145,6 +145,7 @@ TEST(RequestReader, RequestsAndPayloadsSurviveAnySplit) {
       EXPECT_EQ(in.request.offset, sent[i].request.offset);
       EXPECT_EQ(in.request.length, sent[i].request.length);
       ASSERT_EQ(in.payload.size(), sent[i].payload.size()) << "request " << i;
+      if (in.payload.size() == 0) continue;  // memcmp must not see the null of an empty buffer
       EXPECT_EQ(0, std::memcmp(in.payload.data(), sent[i].payload.data(), in.payload.size()))
           << "payload of request " << i << " (seed " << seed << ")";
     }
