@@ -41,6 +41,21 @@ struct BackgroundJob::State {
   std::vector<std::function<void()>> step_done;  // pause()rs
   std::vector<std::function<void()>> ended;      // stop()pers
 
+  // Returns once `busy` is false, joining `waiters` (woken when it clears)
+  // meanwhile. The lambda captures only raw pointers: one with a destructor
+  // in a co_await expression is destroyed twice by GCC 12.
+  Task<void> wait_while(const bool& busy, std::vector<std::function<void()>>& waiters) {
+    co_await park_until_woken([s = this, b = &busy, w = &waiters](std::function<void()> wake) {
+      std::unique_lock lk(s->mutex);
+      if (*b) {
+        w->push_back(std::move(wake));
+        return;
+      }
+      lk.unlock();
+      wake();
+    });
+  }
+
   // Cuts a throttle sleep short. Posted: the timer belongs to the job's
   // executor, and the loop checks the flags before it sleeps.
   void interrupt_sleep() {
@@ -160,17 +175,7 @@ Task<void> BackgroundJob::pause() {
     state_->paused = true;
     state_->interrupt_sleep();
   }
-  // A raw pointer: the job holds the state, and a lambda with a destructor in a
-  // co_await expression is destroyed twice by GCC 12.
-  co_await park_until_woken([s = state_.get()](std::function<void()> wake) {
-    std::unique_lock lk(s->mutex);
-    if (s->in_step) {
-      s->step_done.push_back(std::move(wake));
-      return;
-    }
-    lk.unlock();
-    wake();
-  });
+  co_await state_->wait_while(state_->in_step, state_->step_done);
 }
 
 void BackgroundJob::resume() {
@@ -193,17 +198,7 @@ Task<void> BackgroundJob::stop() {
     loop = std::exchange(state_->loop_parked, nullptr);
   }
   if (loop) loop();
-  // A raw pointer: the job holds the state, and a lambda with a destructor in a
-  // co_await expression is destroyed twice by GCC 12.
-  co_await park_until_woken([s = state_.get()](std::function<void()> wake) {
-    std::unique_lock lk(s->mutex);
-    if (s->running) {
-      s->ended.push_back(std::move(wake));
-      return;
-    }
-    lk.unlock();
-    wake();
-  });
+  co_await state_->wait_while(state_->running, state_->ended);
 }
 
 BackgroundJob::Progress BackgroundJob::progress() const {

@@ -12,16 +12,14 @@ backing file) on the unix socket SOCKET:
 Prints "ok - ..." / "not ok - ..." and "# measured ..." lines; exit 1 on failure.
 """
 import os
-import socket
 import struct
 import sys
 import threading
 import time
 
+from nbd_wire import REQ_MAGIC, SIMPLE_MAGIC, connect_go, recv_exact
+
 MiB = 1 << 20
-NBDMAGIC, IHAVEOPT = 0x4E42444D41474943, 0x49484156454F5054
-REQ_MAGIC, SIMPLE_MAGIC = 0x25609513, 0x67446698
-O_GO, R_ACK, R_INFO = 7, 1, 3
 READ, WRITE = 0, 1
 WRITE_SIZE = 32 * MiB
 # Beyond the bound: the receive buffer, allocator slack, one request being received.
@@ -38,34 +36,8 @@ def check(desc, cond, detail=""):
     failures += 0 if cond else 1
 
 
-def recv_exact(s, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise EOFError("server closed the connection")
-        buf += chunk
-    return bytes(buf)
-
-
 def connect(export="slow"):
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(SOCK)
-    magic, opt, _flags = struct.unpack(">QQH", recv_exact(s, 18))
-    assert magic == NBDMAGIC and opt == IHAVEOPT
-    s.sendall(struct.pack(">I", 3))  # fixed newstyle, no zeroes
-    payload = struct.pack(">I", len(export)) + export.encode() + struct.pack(">H", 0)
-    s.sendall(struct.pack(">QII", IHAVEOPT, O_GO, len(payload)) + payload)
-    size = None
-    while True:
-        _m, _o, rtype, length = struct.unpack(">QIII", recv_exact(s, 20))
-        data = recv_exact(s, length)
-        if rtype == R_INFO and struct.unpack(">H", data[:2])[0] == 0:
-            size = struct.unpack(">Q", data[2:10])[0]
-        elif rtype == R_ACK:
-            return s, size
-        else:
-            raise RuntimeError(f"GO failed: reply type {rtype:#x}")
+    return connect_go(SOCK, export)
 
 
 def fill(i):

@@ -32,6 +32,8 @@ dmnbd_start "$WORK/cfg.yaml"
 cat > "$WORK/stall.py" <<'PY'
 import socket, struct, subprocess, sys, time
 
+from nbd_wire import connect_go, recv_exact
+
 sock, ctl, dmnbd, img, old = sys.argv[1:6]
 MiB = 1 << 20
 COUNT = 24
@@ -45,37 +47,12 @@ def t(desc, cond, detail=""):
     bad += 0 if cond else 1
 
 
-def recv_exact(s, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise EOFError("server closed the connection")
-        buf += chunk
-    return bytes(buf)
-
-
 def control(*args):
     return subprocess.run([dmnbd, "--control", ctl] + list(args), capture_output=True, text=True,
                           timeout=20)
 
 
-s = socket.socket(socket.AF_UNIX)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # fill up soon
-s.connect(sock)
-magic, opt, flags = struct.unpack(">QQH", recv_exact(s, 18))
-s.sendall(struct.pack(">I", 3))  # FIXED_NEWSTYLE | NO_ZEROES
-name = b"disk"
-payload = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
-s.sendall(struct.pack(">QII", 0x49484156454F5054, 7, len(payload)) + payload)  # OPT_GO
-while True:
-    _, _, rtype, rlen = struct.unpack(">QIII", recv_exact(s, 20))
-    recv_exact(s, rlen)
-    if rtype == 1:  # ACK
-        break
-    if rtype & 0x80000000:
-        t("GO accepted", False, "reply type %#x" % rtype)
-        sys.exit(1)
+s, _ = connect_go(sock, "disk", rcvbuf=64 * 1024)  # a small buffer fills up soon
 
 for i in range(COUNT):
     s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, i, i * MiB, MiB))
@@ -135,6 +112,7 @@ with open(img, "rb") as f:
     t("the file holds the whole payload", f.read(SIZE) == data)
 sys.exit(1 if bad else 0)
 PY
+export PYTHONPATH=$LIB_DIR  # nbd_wire.py
 run_probe 90 "$PY" "$WORK/stall.py" "$WORK/nbd.sock" "$WORK/control.sock" "$DMNBD" \
   "$SHM/disk.img" "$WORK/old.img"
 pass
