@@ -41,10 +41,10 @@ packages_install() { # ROLE...
   # shellcheck disable=SC2086
   DEBIAN_FRONTEND=noninteractive "${apt[@]}" install $missing > /tmp/dmnbd-apt.log 2>&1 && return 0
   apt-get -q -o DPkg::Lock::Timeout=600 update >> /tmp/dmnbd-apt.log 2>&1 \
-    || { echo "apt-get update failed (see /tmp/dmnbd-apt.log)" >&2; return 1; }
+    || { tail -20 /tmp/dmnbd-apt.log >&2; echo "apt-get update failed (see /tmp/dmnbd-apt.log)" >&2; return 1; }
   # shellcheck disable=SC2086
   DEBIAN_FRONTEND=noninteractive "${apt[@]}" install $missing >> /tmp/dmnbd-apt.log 2>&1 \
-    || { echo "apt-get install $missing failed (see /tmp/dmnbd-apt.log)" >&2; return 1; }
+    || { tail -20 /tmp/dmnbd-apt.log >&2; echo "apt-get install $missing failed (see /tmp/dmnbd-apt.log)" >&2; return 1; }
 }
 
 packages_skip_status() {

@@ -3,6 +3,7 @@
 #include <charconv>
 #include <cstdint>
 
+#include "dmnbd/dm_io.hpp"
 #include "dmnbd/target.hpp"
 
 namespace dmnbd {
@@ -91,16 +92,14 @@ std::shared_ptr<BlockDevice> TargetContext::get_device(const std::string& name) 
 }
 
 Task<Status> Target::flush() {
-  Status first_error;
-  std::vector<const BlockDevice*> done;
+  std::vector<std::shared_ptr<BlockDevice>> devices;
   for (const DeviceArea& area : device_areas()) {
     const BlockDevice* id = area.device->identity();
-    if (std::find(done.begin(), done.end(), id) != done.end()) continue;
-    done.push_back(id);
-    Status st = co_await area.device->submit(flush_bio());
-    if (st && !first_error) first_error = st;
+    if (std::none_of(devices.begin(), devices.end(),
+                     [id](const auto& d) { return d->identity() == id; }))
+      devices.push_back(area.device);
   }
-  co_return first_error;
+  co_return co_await flush_all(devices);
 }
 
 }  // namespace dmnbd

@@ -85,11 +85,12 @@ Task<std::string> Session::transmission() {
       break;
     }
     Incoming in = co_await reader.next();
+    using Kind = Incoming::Kind;
     // Past the budgets the socket is not read: the client waits, nothing is
     // dropped. A large WRITE's payload is still in the socket here.
-    PayloadLease lease = co_await reserve_payload(in.request);
+    PayloadLease lease;
+    if (in.kind == Kind::request) lease = co_await reserve_payload(in.request);
     if (in.payload_pending && co_await receive_large_write(reader, in)) continue;
-    using Kind = Incoming::Kind;
     if (in.kind == Kind::closed) {
       why = "client closed the connection";
       break;
