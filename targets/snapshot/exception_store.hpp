@@ -1,0 +1,87 @@
+// Where a snapshot keeps its exceptions (origin chunk -> COW chunk), the
+// kernel's dm_exception_store_type: persistent ("P", "PO": the kernel's
+// on-disk COW format, dm-snap-persistent.c) or transient ("N": in memory,
+// dm-snap-transient.c). The snapshot target keeps the lookup table
+// (exception_table.hpp); a store only allocates COW chunks, makes exceptions
+// durable in the kernel's order, and walks them back for a merge.
+//
+// Thread-safety: every member may be called from any thread; a store
+// serialises its own metadata I/O.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "dmnbd/block_device.hpp"
+
+namespace dmnbd::snapshot {
+
+using Chunk = uint64_t;
+
+struct ChunkPair {
+  Chunk old_chunk = 0;  // chunk of the origin
+  Chunk new_chunk = 0;  // chunk of the COW device holding its old contents
+};
+
+// The numbers of `dmsetup status`: "<allocated>/<total> <metadata>", sectors.
+struct StoreUsage {
+  uint64_t total_sectors = 0;
+  uint64_t sectors_allocated = 0;
+  uint64_t metadata_sectors = 0;
+};
+
+class ExceptionStore {
+ public:
+  virtual ~ExceptionStore() = default;
+
+  // The effective chunk size in sectors: a persistent store's header wins
+  // over the table (valid once read_metadata() has returned).
+  virtual uint32_t chunk_sectors() const = 0;
+  // The store word of the table line: "P", "PO" or "N".
+  virtual std::string table_word() const = 0;
+  virtual bool persistent() const = 0;
+
+  // Reads the metadata and reports every exception, in on-disk order, to
+  // `add`. A zeroed COW is a new snapshot: its header and first area are
+  // written (durably) here, as the kernel's ctr does. `valid` is false when
+  // the header says the snapshot was invalidated. Throws TargetError with
+  // the kernel's ctr words ("Invalid or corrupt snapshot", ...) when the
+  // COW cannot be used; a read error is returned.
+  virtual Task<Status> read_metadata(std::function<void(ChunkPair)> add, bool& valid) = 0;
+
+  // Allocates the next COW chunk for origin chunk `old_chunk` (not durable
+  // yet): ENOSPC when the COW is full. Allocation order is commit order.
+  virtual Status prepare_exception(Chunk old_chunk, Chunk& new_chunk) = 0;
+
+  // The copy for a prepared exception finished (`copied` false: it failed,
+  // which invalidates the store). Returns once the exception is durable on
+  // the COW, after every exception prepared before it; an error means the
+  // snapshot must be invalidated.
+  virtual Task<Status> commit_exception(ChunkPair e, bool copied) = 0;
+
+  // The snapshot is invalid: a persistent store rewrites its header with
+  // valid = 0 (FUA); the areas are left as they are.
+  virtual Task<void> drop_snapshot() = 0;
+
+  virtual StoreUsage usage() const = 0;
+
+  // Merge, newest exception first: the last committed exception and how many
+  // exceptions before it continue it backwards (old and new chunks each one
+  // less), within one area; 0 when nothing is left to merge.
+  virtual Task<Status> prepare_merge(Chunk& last_old, Chunk& last_new, unsigned& count) = 0;
+  // Forgets the last `count` exceptions (count <= what prepare_merge gave),
+  // durably (area written with FUA).
+  virtual Task<Status> commit_merge(unsigned count) = 0;
+};
+
+// `word` is the table's store argument (P, PO, N, any case); throws
+// TargetError("Exception store type is not P or N") or the kernel's other
+// words. `chunk_sectors` is the table's (0: the header's, or 32 for a new
+// persistent store; refused for transient: "Chunk size not set"). The
+// chunk size is checked as dm_exception_store_set_chunk_size does.
+std::unique_ptr<ExceptionStore> make_exception_store(const std::string& word,
+                                                     uint32_t chunk_sectors,
+                                                     std::shared_ptr<BlockDevice> cow);
+
+}  // namespace dmnbd::snapshot
