@@ -19,6 +19,7 @@
 #include "dmnbd/device_set.hpp"
 #include "dmnbd/run_blocking.hpp"
 #include "nbd/server.hpp"
+#include "runtime/runtime.hpp"
 
 namespace {
 
@@ -87,15 +88,22 @@ int serve(const ServeOptions& opts) {
       "{} connections",
       limits.connection_payload >> 20, limits.server_payload >> 20, limits.handshake_seconds,
       limits.max_connections);
-  nbd::Server server(devices, config.listen, opts.threads, std::chrono::microseconds(opts.poll_us),
-                     limits);
-  control::ControlServer control(server.control_context(), devices, config.control);
+  runtime::Runtime runtime(opts.threads, std::chrono::microseconds(opts.poll_us));
+  nbd::Server server({.accept = runtime.worker(0),
+                      .next = [&runtime]() -> asio::io_context& { return runtime.next_worker(); }},
+                     devices, config.listen, limits);
+  control::ControlServer control(runtime.main_context(), devices, config.control);
   control.start();
-  server.on_stop([&control] { control.stop(); });
   server.start();
-  server.run_until_signal();
-  // Every connection is gone and the worker loops have stopped: targets write
-  // their last metadata (log-writes its end mark) before the process exits.
+  runtime.start();
+  // The first SIGINT or SIGTERM: no new connections or control requests;
+  // every connection finishes its requests, then the loops stop.
+  runtime.run([&] {
+    control.stop();
+    server.stop([&runtime] { runtime.stop(); });
+  });
+  // Every connection is gone and the loops have stopped: targets write their
+  // last metadata (log-writes its end mark) before the process exits.
   run_blocking(devices.teardown_all());
   spdlog::info("stopped");
   return 0;

@@ -4,15 +4,10 @@
 #include <sys/socket.h>
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/signal_set.hpp>
 #include <filesystem>
-#include <optional>
 
-#include "dmnbd/io_engine.hpp"
-#include "event_loop.hpp"
 #include "session.hpp"
 
 namespace dmnbd::nbd {
@@ -20,26 +15,15 @@ namespace dmnbd::nbd {
 using tcp = asio::ip::tcp;
 using local = asio::local::stream_protocol;
 
-struct Server::Worker {
-  asio::io_context ctx{1};
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> guard{
-      ctx.get_executor()};
-  std::thread thread;
-  std::atomic<const char*> engine_kind = nullptr;
-};
-
 // Accepts on one address and hands each connection to a worker loop.
 class Server::Listener {
  public:
   Listener(Server& server, const ListenAddress& addr)
-      : server_(server),
-        addr_(addr),
-        tcp_(server.workers_[0]->ctx),
-        unix_(server.workers_[0]->ctx) {}
+      : server_(server), addr_(addr), tcp_(server.loops_.accept), unix_(server.loops_.accept) {}
 
   void open() {
     if (addr_.kind == ListenAddress::Kind::tcp) {
-      tcp::resolver resolver(server_.workers_[0]->ctx);
+      tcp::resolver resolver(server_.loops_.accept);
       auto results = resolver.resolve(addr_.host, std::to_string(addr_.port),
                                       tcp::resolver::passive | tcp::resolver::numeric_service);
       tcp::endpoint ep = results.begin()->endpoint();
@@ -78,7 +62,7 @@ class Server::Listener {
     if (!std::filesystem::exists(addr_.path, ec)) return;
     if (!std::filesystem::is_socket(addr_.path, ec))
       throw std::runtime_error(addr_.path.string() + " exists and is not a socket");
-    local::socket probe(server_.workers_[0]->ctx);
+    local::socket probe(server_.loops_.accept);
     boost::system::error_code connect_ec;
     probe.connect(local::endpoint(addr_.path.string()), connect_ec);
     if (!connect_ec)
@@ -88,8 +72,8 @@ class Server::Listener {
 
   Task<void> accept_tcp() {
     for (;;) {
-      Worker& worker = server_.next_worker();
-      auto [ec, sock] = co_await tcp_.async_accept(worker.ctx, asio::as_tuple(asio::use_awaitable));
+      asio::io_context& loop = server_.loops_.next();
+      auto [ec, sock] = co_await tcp_.async_accept(loop, asio::as_tuple(asio::use_awaitable));
       if (ec == asio::error::operation_aborted || !tcp_.is_open()) co_return;
       if (ec) continue;
       boost::system::error_code ignored;
@@ -98,23 +82,21 @@ class Server::Listener {
       std::string peer =
           "tcp:" + remote.address().to_string() + ":" + std::to_string(remote.port());
       auto protocol = sock.local_endpoint(ignored).protocol();
-      Socket generic(worker.ctx,
-                     asio::generic::stream_protocol(protocol.family(), protocol.protocol()),
+      Socket generic(loop, asio::generic::stream_protocol(protocol.family(), protocol.protocol()),
                      sock.release());
-      server_.adopt(std::move(generic), std::move(peer), worker);
+      server_.adopt(std::move(generic), std::move(peer), loop);
     }
   }
 
   Task<void> accept_unix() {
     for (;;) {
-      Worker& worker = server_.next_worker();
-      auto [ec, sock] =
-          co_await unix_.async_accept(worker.ctx, asio::as_tuple(asio::use_awaitable));
+      asio::io_context& loop = server_.loops_.next();
+      auto [ec, sock] = co_await unix_.async_accept(loop, asio::as_tuple(asio::use_awaitable));
       if (ec == asio::error::operation_aborted || !unix_.is_open()) co_return;
       if (ec) continue;
       std::string peer = "unix:" + addr_.path.string() + "#" + std::to_string(++accepted_);
-      Socket generic(worker.ctx, asio::generic::stream_protocol(AF_UNIX, 0), sock.release());
-      server_.adopt(std::move(generic), std::move(peer), worker);
+      Socket generic(loop, asio::generic::stream_protocol(AF_UNIX, 0), sock.release());
+      server_.adopt(std::move(generic), std::move(peer), loop);
     }
   }
 
@@ -126,24 +108,16 @@ class Server::Listener {
   uint64_t accepted_ = 0;
 };
 
-Server::Server(DeviceManager& exports, std::vector<ListenAddress> listen, unsigned threads,
-               std::chrono::microseconds max_poll, ServerLimits limits)
-    : exports_(exports),
+Server::Server(ServerLoops loops, DeviceManager& exports, std::vector<ListenAddress> listen,
+               ServerLimits limits)
+    : loops_(std::move(loops)),
+      exports_(exports),
       listen_(std::move(listen)),
-      max_poll_(max_poll),
       limits_(limits),
-      payload_budget_(limits.server_payload) {
-  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
-  for (unsigned i = 0; i < threads; ++i) workers_.push_back(std::make_unique<Worker>());
-}
+      payload_budget_(limits.server_payload) {}
 
-Server::~Server() {
-  for (auto& w : workers_) {
-    w->guard.reset();
-    w->ctx.stop();
-    if (w->thread.joinable()) w->thread.join();
-  }
-}
+// The loops have stopped by now, so no session or accept runs.
+Server::~Server() = default;
 
 void Server::start() {
   for (const ListenAddress& addr : listen_) {
@@ -157,25 +131,9 @@ void Server::start() {
     listeners_.push_back(std::move(listener));
     spdlog::info("listening on {}", addr.text);
   }
-  for (auto& w : workers_) {
-    Worker* worker = w.get();
-    worker->thread = std::thread([this, worker] {
-      IoEngineScope engine(worker->ctx);
-      worker->engine_kind = engine.engine().kind();
-      run_event_loop(worker->ctx, max_poll_);
-    });
-  }
-  for (auto& w : workers_)
-    while (!w->engine_kind) std::this_thread::yield();
-  spdlog::info("{} event loop(s), backing I/O through {}", workers_.size(),
-               workers_[0]->engine_kind.load());
 }
 
-Server::Worker& Server::next_worker() {
-  return *workers_[next_++ % workers_.size()];
-}
-
-void Server::adopt(Socket socket, std::string peer, Worker& worker) {
+void Server::adopt(Socket socket, std::string peer, asio::io_context& loop) {
   const SessionLimits session_limits{.connection_payload = limits_.connection_payload,
                                      .server_payload = &payload_budget_,
                                      .handshake = std::chrono::seconds(limits_.handshake_seconds)};
@@ -192,27 +150,31 @@ void Server::adopt(Socket socket, std::string peer, Worker& worker) {
     sessions_.insert(session);
   }
   spdlog::info("{}: connected", session->peer());
-  asio::co_spawn(worker.ctx, session->run(),
-                 [this, session](std::exception_ptr error, std::string why) {
-                   if (error) why = "internal error";
-                   spdlog::info("{}: disconnected: {}", session->peer(), why);
-                   session_ended(session);
-                 });
+  asio::co_spawn(loop, session->run(), [this, session](std::exception_ptr error, std::string why) {
+    if (error) why = "internal error";
+    spdlog::info("{}: disconnected: {}", session->peer(), why);
+    session_ended(session);
+  });
 }
 
 void Server::session_ended(const std::shared_ptr<Session>& session) {
-  std::lock_guard lk(mutex_);
-  sessions_.erase(session);
-  if (stopping_ && sessions_.empty()) asio::post(main_, [this] { finish_if_idle(); });
+  std::function<void()> idle;
+  {
+    std::lock_guard lk(mutex_);
+    sessions_.erase(session);
+    if (stopping_ && sessions_.empty()) idle = std::exchange(idle_, nullptr);
+  }
+  if (idle) idle();
 }
 
-void Server::stop() {
+void Server::stop(std::function<void()> idle) {
   std::vector<std::shared_ptr<Session>> live;
   {
     std::lock_guard lk(mutex_);
     if (stopping_) return;
     stopping_ = true;
     live.assign(sessions_.begin(), sessions_.end());
+    if (!live.empty()) idle_ = std::move(idle);
   }
   for (auto& l : listeners_) l->close();
   spdlog::info("stopping: {} connection(s) finishing their requests", live.size());
@@ -223,34 +185,7 @@ void Server::stop() {
       spdlog::info("device {}: suspended; letting its held requests through", device->name());
       device->release_held_io();
     }
-  asio::post(main_, [this] {
-    for (auto& hook : stop_hooks_) hook();
-    finish_if_idle();
-  });
-}
-
-void Server::finish_if_idle() {
-  std::lock_guard lk(mutex_);
-  if (finished_ || !sessions_.empty()) return;
-  finished_ = true;
-  main_.stop();
-}
-
-void Server::run_until_signal() {
-  asio::signal_set signals(main_, SIGINT, SIGTERM);
-  signals.async_wait([this](boost::system::error_code ec, int signo) {
-    if (ec) return;
-    spdlog::info("received {}", signo == SIGINT ? "SIGINT" : "SIGTERM");
-    stop();
-  });
-  auto guard = asio::make_work_guard(main_);
-  IoEngineScope engine(main_);  // suspend flushes backing files from here
-  main_.run();
-  for (auto& w : workers_) {
-    w->guard.reset();
-    w->ctx.stop();
-    if (w->thread.joinable()) w->thread.join();
-  }
+  if (live.empty()) idle();
 }
 
 }  // namespace dmnbd::nbd

@@ -1,13 +1,11 @@
-// The NBD server: one event loop per core, listeners on TCP and unix
-// sockets, connections spread across the loops, clean stop on a signal.
+// The NBD server: listeners on TCP and unix sockets, each connection a
+// Session on one of the runtime's worker loops in turn, and a clean stop that
+// lets every connection finish its requests.
 #pragma once
-#include <atomic>
-#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
-#include <thread>
 #include <vector>
 
 #include "byte_budget.hpp"
@@ -18,48 +16,42 @@
 
 namespace dmnbd::nbd {
 
+// The event loops the server runs on, which the process owns: listeners
+// accept on one, and each new connection is served on the loop `next` gives.
+struct ServerLoops {
+  asio::io_context& accept;
+  std::function<asio::io_context&()> next;
+};
+
 class Server {
  public:
-  // `max_poll`: how long an idle worker loop busy-polls before it sleeps (see event_loop.hpp).
-  Server(DeviceManager& exports, std::vector<ListenAddress> listen, unsigned threads,
-         std::chrono::microseconds max_poll = {}, ServerLimits limits = {});
+  Server(ServerLoops loops, DeviceManager& exports, std::vector<ListenAddress> listen,
+         ServerLimits limits = {});
   ~Server();
 
   // Binds every listener; throws std::runtime_error naming the address.
   void start();
-  // Serves until SIGINT/SIGTERM, then lets in-flight requests finish.
-  void run_until_signal();
-  // Thread-safe: stop accepting and end every connection after its requests.
-  void stop();
-  // The loop of the main thread (signals, control socket); it has an I/O engine.
-  asio::io_context& control_context() { return main_; }
-  // Runs on the main loop when stopping begins.
-  void on_stop(std::function<void()> hook) { stop_hooks_.push_back(std::move(hook)); }
+  // Thread-safe: stops accepting and ends every connection after its
+  // requests; `idle` runs (on any thread) once the last one has ended.
+  void stop(std::function<void()> idle);
 
  private:
-  struct Worker;
   class Listener;
 
-  Worker& next_worker();
-  void adopt(Socket socket, std::string peer, Worker& worker);
+  void adopt(Socket socket, std::string peer, asio::io_context& loop);
   void session_ended(const std::shared_ptr<Session>& session);
-  void finish_if_idle();
 
+  ServerLoops loops_;
   DeviceManager& exports_;
   std::vector<ListenAddress> listen_;
-  std::chrono::microseconds max_poll_;
   const ServerLimits limits_;
   ByteBudget payload_budget_;  // every connection's READ and WRITE payloads
-  std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::unique_ptr<Listener>> listeners_;
-  std::atomic<size_t> next_ = 0;
 
   std::mutex mutex_;
   std::set<std::shared_ptr<Session>> sessions_;
   bool stopping_ = false;
-  bool finished_ = false;
-  asio::io_context main_;  // signals, control socket, and where shutdown completes
-  std::vector<std::function<void()>> stop_hooks_;
+  std::function<void()> idle_;  // set by stop(); run once the sessions are gone
 };
 
 }  // namespace dmnbd::nbd

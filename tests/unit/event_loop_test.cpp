@@ -1,6 +1,6 @@
 // The polling event loop must run every handler, stop when told, and sleep
 // once its polling window has passed: an idle server must not burn a CPU.
-#include "nbd/event_loop.hpp"
+#include "runtime/event_loop.hpp"
 
 #include <gtest/gtest.h>
 #include <time.h>
@@ -9,7 +9,7 @@
 #include <boost/asio/post.hpp>
 #include <thread>
 
-namespace dmnbd::nbd {
+namespace dmnbd::runtime {
 namespace {
 
 double thread_cpu_seconds(std::thread& t) {
@@ -57,4 +57,4 @@ TEST(EventLoop, ReturnsWhenOutOfWorkOrStopped) {
 }
 
 }  // namespace
-}  // namespace dmnbd::nbd
+}  // namespace dmnbd::runtime

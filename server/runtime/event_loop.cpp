@@ -3,7 +3,7 @@
 #include <sched.h>
 #include <sys/resource.h>
 
-namespace dmnbd::nbd {
+namespace dmnbd::runtime {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -52,4 +52,4 @@ void run_event_loop(asio::io_context& ctx, std::chrono::microseconds max_poll) {
   }
 }
 
-}  // namespace dmnbd::nbd
+}  // namespace dmnbd::runtime

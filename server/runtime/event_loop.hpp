@@ -14,9 +14,9 @@
 
 #include "dmnbd/asio.hpp"
 
-namespace dmnbd::nbd {
+namespace dmnbd::runtime {
 
 // Returns when `ctx` is stopped or runs out of work. max_poll 0: ctx.run().
 void run_event_loop(asio::io_context& ctx, std::chrono::microseconds max_poll);
 
-}  // namespace dmnbd::nbd
+}  // namespace dmnbd::runtime
