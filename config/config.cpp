@@ -1,4 +1,4 @@
-#include "dmnbd/config.hpp"
+#include "config/config.hpp"
 
 #include <yaml-cpp/yaml.h>
 

@@ -1,4 +1,4 @@
-#include "dmnbd/device_set.hpp"
+#include "config/device_set.hpp"
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
@@ -10,8 +10,8 @@
 
 #include <functional>
 
-#include "dmnbd/run_blocking.hpp"
-#include "dmnbd/table.hpp"
+#include "dm/run_blocking.hpp"
+#include "dm/table.hpp"
 
 namespace dmnbd {
 namespace {

@@ -12,12 +12,12 @@
 
 #include "cli/cli.hpp"
 #include "cli/replay_log.hpp"
+#include "config/config.hpp"
+#include "config/device_set.hpp"
 #include "control/control_server.hpp"
 #include "demo_config.hpp"
-#include "dmnbd/config.hpp"
-#include "dmnbd/device_manager.hpp"
-#include "dmnbd/device_set.hpp"
-#include "dmnbd/run_blocking.hpp"
+#include "dm/device_manager.hpp"
+#include "dm/run_blocking.hpp"
 #include "nbd/server.hpp"
 #include "runtime/runtime.hpp"
 

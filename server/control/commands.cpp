@@ -3,7 +3,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 
-#include "dmnbd/table.hpp"
+#include "dm/table.hpp"
 #include "dmnbd/target.hpp"
 
 namespace dmnbd::control {

@@ -3,8 +3,8 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include "dm/device_manager.hpp"
 #include "dmnbd/asio.hpp"
-#include "dmnbd/device_manager.hpp"
 
 namespace dmnbd::control {
 

@@ -7,8 +7,8 @@
 #include <memory>
 #include <set>
 
+#include "dm/device_manager.hpp"
 #include "dmnbd/asio.hpp"
-#include "dmnbd/device_manager.hpp"
 
 namespace dmnbd::control {
 

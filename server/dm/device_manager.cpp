@@ -1,4 +1,4 @@
-#include "dmnbd/device_manager.hpp"
+#include "dm/device_manager.hpp"
 
 #include <spdlog/spdlog.h>
 

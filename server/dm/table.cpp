@@ -1,4 +1,4 @@
-#include "dmnbd/table.hpp"
+#include "dm/table.hpp"
 
 #include <algorithm>
 

@@ -1,4 +1,4 @@
-#include "dmnbd/file_device.hpp"
+#include "dm/file_device.hpp"
 
 #include <fcntl.h>
 #include <linux/falloc.h>
@@ -15,8 +15,8 @@
 #include <cstring>
 #include <vector>
 
-#include "dmnbd/io_engine.hpp"
-#include "dmnbd/mapped_view.hpp"
+#include "dm/io_engine.hpp"
+#include "dm/mapped_view.hpp"
 
 namespace dmnbd {
 namespace {

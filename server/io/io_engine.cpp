@@ -1,4 +1,4 @@
-#include "dmnbd/io_engine.hpp"
+#include "dm/io_engine.hpp"
 
 #include <cstdlib>
 #include <stdexcept>

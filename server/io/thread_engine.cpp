@@ -7,7 +7,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/thread_pool.hpp>
 
-#include "dmnbd/io_engine.hpp"
+#include "dm/io_engine.hpp"
 
 namespace dmnbd {
 namespace {

@@ -6,7 +6,7 @@
 
 #include <boost/asio/posix/stream_descriptor.hpp>
 
-#include "dmnbd/io_engine.hpp"
+#include "dm/io_engine.hpp"
 #include "handler_slot.hpp"
 
 namespace dmnbd {

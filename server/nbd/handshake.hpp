@@ -10,9 +10,9 @@
 #include <string_view>
 #include <vector>
 
+#include "dm/device.hpp"
+#include "dm/device_manager.hpp"
 #include "dmnbd/asio.hpp"
-#include "dmnbd/device.hpp"
-#include "dmnbd/device_manager.hpp"
 #include "protocol.hpp"
 #include "request_reader.hpp"
 

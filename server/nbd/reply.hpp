@@ -9,8 +9,8 @@
 
 #include "buffer_pool.hpp"
 #include "byte_budget.hpp"
+#include "dm/mapped_view.hpp"
 #include "dmnbd/asio.hpp"
-#include "dmnbd/mapped_view.hpp"
 
 namespace dmnbd::nbd {
 

@@ -11,8 +11,8 @@
 #include <boost/system/error_code.hpp>
 
 #include "buffer_pool.hpp"
+#include "dm/mapped_view.hpp"
 #include "dmnbd/asio.hpp"
-#include "dmnbd/mapped_view.hpp"
 #include "protocol.hpp"
 
 namespace dmnbd::nbd {

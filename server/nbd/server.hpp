@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "byte_budget.hpp"
+#include "config/config.hpp"
+#include "dm/device_manager.hpp"
 #include "dmnbd/asio.hpp"
-#include "dmnbd/config.hpp"
-#include "dmnbd/device_manager.hpp"
 #include "session.hpp"
 
 namespace dmnbd::nbd {

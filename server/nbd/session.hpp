@@ -11,9 +11,9 @@
 
 #include "buffer_pool.hpp"
 #include "byte_budget.hpp"
+#include "dm/device.hpp"
+#include "dm/device_manager.hpp"
 #include "dmnbd/asio.hpp"
-#include "dmnbd/device.hpp"
-#include "dmnbd/device_manager.hpp"
 #include "handshake.hpp"
 #include "protocol.hpp"
 #include "reply_writer.hpp"

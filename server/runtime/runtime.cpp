@@ -8,7 +8,7 @@
 #include <optional>
 #include <thread>
 
-#include "dmnbd/io_engine.hpp"
+#include "dm/io_engine.hpp"
 #include "event_loop.hpp"
 
 namespace dmnbd::runtime {

@@ -1,9 +1,9 @@
-#include "dmnbd/config.hpp"
+#include "config/config.hpp"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
-#include "dmnbd/device_set.hpp"
+#include "config/device_set.hpp"
 #include "test_support.hpp"
 
 namespace dmnbd {

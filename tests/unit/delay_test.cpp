@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "devices/recording_device.hpp"
-#include "dmnbd/table.hpp"
+#include "dm/table.hpp"
 #include "test_support.hpp"
 
 namespace dmnbd {

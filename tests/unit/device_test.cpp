@@ -1,4 +1,4 @@
-#include "dmnbd/device.hpp"
+#include "dm/device.hpp"
 
 #include <gtest/gtest.h>
 

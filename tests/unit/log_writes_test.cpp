@@ -6,7 +6,7 @@
 
 #include "../../targets/log_writes/format.hpp"
 #include "cli/replay_log.hpp"
-#include "dmnbd/table.hpp"
+#include "dm/table.hpp"
 #include "test_support.hpp"
 
 namespace dmnbd {

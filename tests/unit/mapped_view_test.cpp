@@ -11,7 +11,7 @@
 #include <cstring>
 #include <thread>
 
-#include "dmnbd/table.hpp"
+#include "dm/table.hpp"
 #include "test_support.hpp"
 
 namespace dmnbd {

@@ -3,7 +3,7 @@
 #include <cstdio>
 
 #include "devices/recording_device.hpp"
-#include "dmnbd/table.hpp"
+#include "dm/table.hpp"
 #include "test_support.hpp"
 
 namespace dmnbd {

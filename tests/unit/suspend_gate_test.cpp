@@ -1,4 +1,4 @@
-#include "dmnbd/suspend_gate.hpp"
+#include "dm/suspend_gate.hpp"
 
 #include <gtest/gtest.h>
 

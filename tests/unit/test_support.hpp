@@ -15,10 +15,10 @@
 #include <string>
 #include <vector>
 
-#include "dmnbd/device.hpp"
-#include "dmnbd/file_device.hpp"
-#include "dmnbd/io_engine.hpp"
-#include "dmnbd/run_blocking.hpp"
+#include "dm/device.hpp"
+#include "dm/file_device.hpp"
+#include "dm/io_engine.hpp"
+#include "dm/run_blocking.hpp"
 #include "dmnbd/target.hpp"
 
 namespace dmnbd::test {

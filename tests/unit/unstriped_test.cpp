@@ -2,7 +2,7 @@
 
 #include <cstdio>
 
-#include "dmnbd/table.hpp"
+#include "dm/table.hpp"
 #include "test_support.hpp"
 
 namespace dmnbd {

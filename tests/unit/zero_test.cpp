@@ -1,6 +1,6 @@
 #include <gtest/gtest.h>
 
-#include "dmnbd/table.hpp"
+#include "dm/table.hpp"
 #include "test_support.hpp"
 
 namespace dmnbd {

@@ -12,8 +12,8 @@
 #include <string_view>
 #include <vector>
 
-#include "dmnbd/device.hpp"
-#include "dmnbd/file_device.hpp"
+#include "dm/device.hpp"
+#include "dm/file_device.hpp"
 
 namespace dmnbd {
 

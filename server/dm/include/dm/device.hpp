@@ -9,11 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "dm/mapped_view.hpp"
+#include "dm/suspend_gate.hpp"
+#include "dm/table.hpp"
 #include "dmnbd/async_mutex.hpp"
 #include "dmnbd/block_device.hpp"
-#include "dmnbd/mapped_view.hpp"
-#include "dmnbd/suspend_gate.hpp"
-#include "dmnbd/table.hpp"
 
 namespace dmnbd {
 

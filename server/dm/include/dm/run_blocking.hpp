@@ -5,8 +5,8 @@
 #include <exception>
 #include <optional>
 
+#include "dm/io_engine.hpp"
 #include "dmnbd/asio.hpp"
-#include "dmnbd/io_engine.hpp"
 
 namespace dmnbd {
 

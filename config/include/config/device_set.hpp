@@ -2,8 +2,8 @@
 // creates every device in `manager`, lower devices before the ones stacked on
 // them. Either everything is built or nothing is left behind.
 #pragma once
-#include "dmnbd/config.hpp"
-#include "dmnbd/device_manager.hpp"
+#include "config/config.hpp"
+#include "dm/device_manager.hpp"
 
 namespace dmnbd {
 

@@ -22,7 +22,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "dmnbd/suspend_gate.hpp"
+#include "dm/suspend_gate.hpp"
 
 namespace dmnbd {
 
