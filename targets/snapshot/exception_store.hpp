@@ -52,7 +52,9 @@ class ExceptionStore {
   // written (durably) here, as the kernel's ctr does. `valid` is false when
   // the header says the snapshot was invalidated. Throws TargetError with
   // the kernel's ctr words ("Invalid or corrupt snapshot", ...) when the
-  // COW cannot be used; a read error is returned.
+  // COW cannot be used (a StoreError: its ctr_error() is dm-snap.c's "Failed
+  // to read snapshot metadata"); a read or write error is returned (the
+  // kernel's ctr then fails with that same ti->error).
   virtual Task<Status> read_metadata(std::function<void(ChunkPair)> add, bool& valid) = 0;
 
   // Allocates the next COW chunk for origin chunk `old_chunk` (not durable
