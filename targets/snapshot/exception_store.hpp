@@ -14,6 +14,7 @@
 #include <string>
 
 #include "dmnbd/block_device.hpp"
+#include "dmnbd/status.hpp"
 
 namespace dmnbd::snapshot {
 
@@ -41,13 +42,19 @@ class ExceptionStore {
   // The store word of the table line: "P", "PO" or "N".
   virtual std::string table_word() const = 0;
   virtual bool persistent() const = 0;
+  // "PO": the table said userspace handles overflow (the kernel's
+  // userspace_supports_overflow), so a full COW overflows instead of
+  // invalidating on a snapshot write.
+  virtual bool overflow_aware() const { return false; }
 
   // Reads the metadata and reports every exception, in on-disk order, to
   // `add`. A zeroed COW is a new snapshot: its header and first area are
   // written (durably) here, as the kernel's ctr does. `valid` is false when
   // the header says the snapshot was invalidated. Throws TargetError with
   // the kernel's ctr words ("Invalid or corrupt snapshot", ...) when the
-  // COW cannot be used; a read error is returned.
+  // COW cannot be used (a StoreError: its ctr_error() is dm-snap.c's "Failed
+  // to read snapshot metadata"); a read or write error is returned (the
+  // kernel's ctr then fails with that same ti->error).
   virtual Task<Status> read_metadata(std::function<void(ChunkPair)> add, bool& valid) = 0;
 
   // Allocates the next COW chunk for origin chunk `old_chunk` (not durable
@@ -75,13 +82,53 @@ class ExceptionStore {
   virtual Task<Status> commit_merge(unsigned count) = 0;
 };
 
+// What a store throws when the kernel's exception-store code refuses: what()
+// is the store's own words (dm_exception_store_create's ti->error, or the
+// persistent store's DMWARN such as "Invalid or corrupt snapshot"), while
+// ctr_error() is what dm-snap.c's ctr leaves in ti->error, the one message
+// `dmsetup` users see: it overwrites the store's words with "Couldn't create
+// exception store", and a failed read_metadata reads "Failed to read snapshot
+// metadata". status() is the kernel's return code (EINVAL, ENXIO).
+class StoreError : public TargetError {
+ public:
+  StoreError(const std::string& words, const char* ctr_error, Status status)
+      : TargetError(words), ctr_error_(ctr_error), status_(status) {}
+  const char* ctr_error() const { return ctr_error_; }
+  Status status() const { return status_; }
+
+ private:
+  const char* ctr_error_;
+  Status status_;
+};
+
+inline constexpr const char* kStoreCreateFailed = "Couldn't create exception store";
+inline constexpr const char* kReadMetadataFailed = "Failed to read snapshot metadata";
+
 // `word` is the table's store argument (P, PO, N, any case); throws
 // TargetError("Exception store type is not P or N") or the kernel's other
-// words. `chunk_sectors` is the table's (0: the header's, or 32 for a new
-// persistent store; refused for transient: "Chunk size not set"). The
+// words (a StoreError, see above). `chunk_sectors` is the table's (0: the
+// header's, or 32 for a new persistent store; refused for transient: "Chunk
+// size not set", a plain TargetError: that one is dm-snap.c's own). The
 // chunk size is checked as dm_exception_store_set_chunk_size does.
 std::unique_ptr<ExceptionStore> make_exception_store(const std::string& word,
                                                      uint32_t chunk_sectors,
+                                                     std::shared_ptr<BlockDevice> cow);
+// The same from the table's chunk word, parsed as the kernel's kstrtouint
+// (base 10): anything else is StoreError("Invalid chunk size").
+std::unique_ptr<ExceptionStore> make_exception_store(const std::string& word,
+                                                     const std::string& chunk_arg,
+                                                     std::shared_ptr<BlockDevice> cow);
+
+// Why dm_exception_store_set_chunk_size refuses `chunk_sectors` (the
+// kernel's words), or nullptr when it is fine. The logical block size of the
+// COW and the origin is 512 bytes here, so every power of two is a multiple.
+const char* chunk_size_error(uint32_t chunk_sectors);
+
+// The stores themselves, for make_exception_store: `chunk_sectors` already
+// checked (0 allowed for persistent only).
+std::unique_ptr<ExceptionStore> make_persistent_store(uint32_t chunk_sectors, bool overflow_aware,
+                                                      std::shared_ptr<BlockDevice> cow);
+std::unique_ptr<ExceptionStore> make_transient_store(uint32_t chunk_sectors,
                                                      std::shared_ptr<BlockDevice> cow);
 
 }  // namespace dmnbd::snapshot
