@@ -49,6 +49,12 @@ class Target {
  public:
   virtual ~Target() = default;
 
+  // The constructor's I/O (the part of a kernel ctr that reads, and for a new
+  // store writes, the target's metadata): runs once, after every line of the
+  // table was constructed and checked, before any I/O. Throws TargetError
+  // with the reason, as a constructor does.
+  virtual Task<void> open() { co_return; }
+
   // Reads, writes, discards and write-zeroes inside the target.
   virtual Task<Status> map(Bio bio) = 0;
 

@@ -102,10 +102,13 @@ void DeviceManager::check_name(const std::string& name) {
         EINVAL, "invalid device name '" + name + "': 1-127 characters without '/' or whitespace");
 }
 
-std::shared_ptr<Table> DeviceManager::build_table(const std::shared_ptr<Device>& device,
-                                                  const std::string& text) {
+Task<std::shared_ptr<Table>> DeviceManager::build_table(const std::shared_ptr<Device>& device,
+                                                        const std::string& text) {
   Resolver resolver(*this, *device);
-  return Table::build(text, resolver, device->read_only(), device->event_callback());
+  std::shared_ptr<Table> table =
+      Table::build(text, resolver, device->read_only(), device->event_callback());
+  co_await table->open();
+  co_return table;
 }
 
 Task<std::shared_ptr<Device>> DeviceManager::create(const std::string& name,
@@ -121,8 +124,8 @@ Task<std::shared_ptr<Device>> DeviceManager::create(const std::string& name,
   auto device = std::make_shared<Device>(name, options.description, options.read_only, minor);
   if (!options.no_table) {
     // No temporaries in co_await (GCC 12 destroys them twice).
-    std::shared_ptr<Table> built = build_table(device, table);  // throws TableError
-    co_await device->load(std::move(built));                    // nothing is visible yet
+    std::shared_ptr<Table> built = co_await build_table(device, table);  // throws TableError
+    co_await device->load(std::move(built));                             // nothing is visible yet
     if (Status st = co_await device->resume())
       throw ControlError(st.value(), name + ": resume failed: " + st.message());
   }
@@ -138,7 +141,7 @@ Task<std::shared_ptr<Device>> DeviceManager::create(const std::string& name,
 
 Task<void> DeviceManager::load(const std::string& name, const std::string& table) {
   auto device = get(name);
-  std::shared_ptr<Table> built = build_table(device, table);
+  std::shared_ptr<Table> built = co_await build_table(device, table);
   co_await device->load(std::move(built));
   spdlog::info("device {}: table loaded into the inactive slot", name);
 }
@@ -199,7 +202,8 @@ Task<void> DeviceManager::remove(const std::string& name, bool force) {
                                     std::to_string(device->open_count()) + ")");
     // --force: users keep a device whose every I/O fails, as with the kernel.
     const uint64_t sectors = std::max<uint64_t>(device->sectors(), 1);
-    std::shared_ptr<Table> failing = build_table(device, "0 " + std::to_string(sectors) + " error");
+    const std::string error_table = "0 " + std::to_string(sectors) + " error";
+    std::shared_ptr<Table> failing = co_await build_table(device, error_table);
     co_await device->load(std::move(failing));
     co_await device->resume();
   } else {

@@ -1,6 +1,7 @@
 #include "dm/table.hpp"
 
 #include <algorithm>
+#include <optional>
 
 namespace dmnbd {
 namespace {
@@ -116,12 +117,27 @@ std::shared_ptr<Table> Table::build(std::string_view text, DeviceResolver& resol
     try {
       std::unique_ptr<Target> target = type->create(ctx, line.args);
       check_device_areas(*target, naming);
-      table->entries_.push_back({line.start, line.length, line.type, std::move(target)});
+      table->entries_.push_back({line.start, line.length, line.type, std::move(target), line.line});
     } catch (const TargetError& e) {
       throw TableError(line.line, line.type + ": " + e.what());
     }
   }
   return table;
+}
+
+Task<void> Table::open() {
+  for (auto& entry : entries_) {
+    std::optional<TableError> failed;
+    try {
+      co_await entry.target->open();
+    } catch (const TargetError& e) {
+      failed.emplace(entry.line, entry.type + ": " + e.what());
+    }
+    if (failed) {
+      co_await teardown();
+      throw *failed;
+    }
+  }
 }
 
 Task<void> Table::teardown() {

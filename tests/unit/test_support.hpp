@@ -9,6 +9,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <optional>
 #include <span>
@@ -96,10 +97,19 @@ inline std::string expect_label(char tag, uint64_t sector) {
   return buf;
 }
 
-// The reason a table is refused with, or "(built)" when it builds.
+// A table built and opened (its targets' metadata read), as a load does.
+inline std::shared_ptr<Table> open_table(
+    const std::string& text, DeviceResolver& resolver, bool read_only = false,
+    std::function<void()> raise_event = [] {}) {
+  std::shared_ptr<Table> table = Table::build(text, resolver, read_only, std::move(raise_event));
+  run_blocking(table->open());
+  return table;
+}
+
+// The reason a table is refused with, or "(built)" when it builds and opens.
 inline std::string build_error(const std::string& table, DeviceResolver& resolver) {
   try {
-    Table::build(table, resolver, false);
+    open_table(table, resolver);
   } catch (const TableError& e) {
     return e.reason();
   }
@@ -111,7 +121,7 @@ inline std::shared_ptr<Device> make_device(const std::string& table, DeviceResol
                                            bool read_only = false,
                                            const std::string& name = "dev") {
   auto device = std::make_shared<Device>(name, "", read_only, 0);
-  run_blocking(device->load(Table::build(table, resolver, read_only, device->event_callback())));
+  run_blocking(device->load(open_table(table, resolver, read_only, device->event_callback())));
   if (Status st = run_blocking(device->resume())) throw std::runtime_error(st.message());
   return device;
 }

@@ -70,8 +70,9 @@ class DeviceManager {
  private:
   class Resolver;
   std::shared_ptr<Device> find_exact(std::string_view name) const;
-  std::shared_ptr<Table> build_table(const std::shared_ptr<Device>& device,
-                                     const std::string& text);
+  // Built and opened (Table::build, Table::open); throws TableError.
+  Task<std::shared_ptr<Table>> build_table(const std::shared_ptr<Device>& device,
+                                           const std::string& text);
   static void check_name(const std::string& name);
 
   const std::filesystem::path base_dir_;

@@ -48,14 +48,20 @@ class Table {
     uint64_t length;
     std::string type;
     std::unique_ptr<Target> target;
+    unsigned line = 0;  // in the table text, for errors
     uint64_t end() const { return begin + length; }
   };
 
   // Checks the lines in the kernel's order (type, length, adjacency) and runs
   // every constructor; throws TableError naming the line and the reason.
+  // The table is ready for I/O once open() has returned.
   static std::shared_ptr<Table> build(
       std::string_view text, DeviceResolver& resolver, bool read_only,
       std::function<void()> raise_event = [] {});
+  // Every target's open(), in line order. On a failure the table is torn
+  // down (the kernel's dtr of what was constructed) and TableError names
+  // the line.
+  Task<void> open();
 
   uint64_t sectors() const { return entries_.empty() ? 0 : entries_.back().end(); }
   const std::vector<Entry>& entries() const { return entries_; }

@@ -1,0 +1,81 @@
+// snapshot-origin <origin>
+// The origin device with its snapshots kept: before a write changes a chunk
+// that a snapshot of <origin> has not copied yet, the chunk is copied to
+// that snapshot's COW (once per chunk; other writes to it wait for that
+// copy), and the write is only acknowledged once the copy is on disk.
+// Reads pass through. Like the kernel's, the line must start at sector 0.
+#include "dmnbd/target.hpp"
+#include "dmnbd/when_all.hpp"
+#include "origins.hpp"
+#include "snapshot.hpp"
+
+namespace dmnbd::snapshot {
+namespace {
+
+class OriginTarget final : public Target {
+ public:
+  OriginTarget(const TargetContext& ctx, TargetArgs args) : length_(ctx.length) {
+    if (args.size() != 1) throw TargetError("origin: incorrect number of arguments");
+    dev_name_ = args[0];
+    try {
+      dev_ = ctx.get_device(dev_name_);
+    } catch (const TargetError& e) {
+      throw TargetError(std::string("Cannot get target device (") + e.what() + ")");
+    }
+  }
+
+  Task<Status> map(Bio bio) override {
+    switch (bio.op) {
+      case BioOp::read:
+      case BioOp::flush:
+        break;
+      case BioOp::discard:
+        // The kernel's origin takes no discards: one that arrives anyway
+        // changes nothing, so no snapshot loses the chunk.
+        co_return ok();
+      case BioOp::write:
+      case BioOp::write_zeroes:
+        co_await copy_out(bio.sector, bio.sectors);
+        break;
+    }
+    co_return co_await dev_->submit(bio);
+  }
+
+  Task<Status> block_status(uint64_t sector, uint64_t count, ExtentList& out) override {
+    co_return co_await dev_->block_status(sector, count, out);
+  }
+
+  // Reads in place; writes never, as each must copy out first.
+  Task<Status> direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) override {
+    if (how.write) co_return errno_status(EOPNOTSUPP);
+    co_return co_await dev_->direct_access(sector, count, how);
+  }
+
+  std::string table() const override { return dev_name_; }
+  std::vector<DeviceArea> device_areas() const override { return {{dev_, 0, length_}}; }
+
+ private:
+  // do_origin(): every snapshot of the device, side by side.
+  Task<void> copy_out(uint64_t sector, uint64_t count) {
+    const std::vector<std::shared_ptr<Snapshot>> snapshots =
+        Origins::instance().snapshots_of(dev_->identity());
+    if (snapshots.empty()) co_return;
+    std::vector<Task<Status>> copies;
+    for (const auto& s : snapshots)
+      copies.push_back([](Snapshot& snap, uint64_t sector, uint64_t count) -> Task<Status> {
+        co_await snap.copy_out(sector, count);
+        co_return ok();
+      }(*s, sector, count));
+    co_await when_all(std::span(copies));
+  }
+
+  const uint64_t length_;
+  std::string dev_name_;
+  std::shared_ptr<BlockDevice> dev_;
+};
+
+}  // namespace
+
+DMNBD_REGISTER_TARGET("snapshot-origin", OriginTarget, 1, 9, 0);
+
+}  // namespace dmnbd::snapshot

@@ -1,0 +1,57 @@
+#include "origins.hpp"
+
+#include <algorithm>
+
+#include "snapshot.hpp"
+
+namespace dmnbd::snapshot {
+
+Origins& Origins::instance() {
+  static Origins origins;
+  return origins;
+}
+
+void Origins::add(const std::shared_ptr<Snapshot>& snapshot) {
+  std::lock_guard lk(mutex_);
+  snapshots_.push_back(snapshot);
+  keys_.push_back(snapshot.get());
+}
+
+void Origins::remove(const Snapshot* snapshot) {
+  std::lock_guard lk(mutex_);
+  for (size_t i = 0; i < keys_.size(); ++i)
+    if (keys_[i] == snapshot) {
+      keys_.erase(keys_.begin() + static_cast<ptrdiff_t>(i));
+      snapshots_.erase(snapshots_.begin() + static_cast<ptrdiff_t>(i));
+      return;
+    }
+}
+
+// The registered snapshots still alive. Filtered by the callers outside the
+// lock: dropping the last reference to one runs its destructor, which
+// unregisters it and so takes the lock.
+std::vector<std::shared_ptr<Snapshot>> Origins::live() const {
+  std::vector<std::shared_ptr<Snapshot>> out;
+  std::lock_guard lk(mutex_);
+  for (const auto& weak : snapshots_)
+    if (auto s = weak.lock()) out.push_back(std::move(s));
+  return out;
+}
+
+std::vector<std::shared_ptr<Snapshot>> Origins::snapshots_of(const BlockDevice* origin) const {
+  std::vector<std::shared_ptr<Snapshot>> out = live();
+  std::erase_if(out, [origin](const auto& s) { return s->origin()->identity() != origin; });
+  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return a->chunk_sectors() > b->chunk_sectors();
+  });
+  return out;
+}
+
+std::shared_ptr<Snapshot> Origins::sharing_cow(const BlockDevice* origin,
+                                               const BlockDevice* cow) const {
+  for (auto& s : live())
+    if (s->origin()->identity() == origin && s->cow()->identity() == cow) return s;
+  return nullptr;
+}
+
+}  // namespace dmnbd::snapshot

@@ -1,0 +1,37 @@
+// Which snapshots each origin device has (the kernel's _origins table): a
+// write through snapshot-origin copies out to each of them first. Keyed by
+// the device that really serves the origin (BlockDevice::identity()), so a
+// snapshot and a snapshot-origin line naming the same device meet here.
+#pragma once
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "dmnbd/block_device.hpp"
+
+namespace dmnbd::snapshot {
+
+class Snapshot;
+
+class Origins {
+ public:
+  static Origins& instance();
+
+  void add(const std::shared_ptr<Snapshot>& snapshot);
+  void remove(const Snapshot* snapshot);
+  // The live snapshots of `origin`, largest chunk size first (as the kernel
+  // keeps them).
+  std::vector<std::shared_ptr<Snapshot>> snapshots_of(const BlockDevice* origin) const;
+  // The snapshot of `origin` whose COW is `cow`: a reloaded snapshot table
+  // takes it over (the kernel's __find_snapshots_sharing_cow).
+  std::shared_ptr<Snapshot> sharing_cow(const BlockDevice* origin, const BlockDevice* cow) const;
+
+ private:
+  std::vector<std::shared_ptr<Snapshot>> live() const;
+
+  mutable std::mutex mutex_;
+  std::vector<std::weak_ptr<Snapshot>> snapshots_;  // few: scans are fine
+  std::vector<const Snapshot*> keys_;               // beside snapshots_, for remove()
+};
+
+}  // namespace dmnbd::snapshot

@@ -1,0 +1,293 @@
+// snapshot and snapshot-origin: constructor errors in the kernel's words,
+// copy-on-write through the origin, writes to the snapshot, status lines,
+// overflow and invalidation, handover on reload, and crashes of the COW.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "devices/crash_device.hpp"
+#include "devices/memory_device.hpp"
+#include "dm/table.hpp"
+#include "dmnbd/when_all.hpp"
+#include "test_support.hpp"
+
+namespace dmnbd {
+namespace {
+
+using test::build_error;
+using test::CrashDevice;
+using test::MemoryDevice;
+using test::run_sync;
+
+constexpr uint64_t kOriginSectors = 1024;
+
+std::vector<std::byte> filled(uint64_t sectors, uint8_t value) {
+  return std::vector<std::byte>(sectors << kSectorShift, std::byte{value});
+}
+
+uint8_t first_byte(Device& dev, uint64_t sector) {
+  std::vector<std::byte> buf(512);
+  EXPECT_FALSE(run_sync(dev.read(sector << kSectorShift, buf, nullptr)));
+  return std::to_integer<uint8_t>(buf[0]);
+}
+
+class SnapshotTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    origin_->fill_pattern(0);  // sector i holds (i & 0xff)
+    resolver_.add("base", origin_);
+    resolver_.add("cow", cow_disk_);
+  }
+  void TearDown() override { drop(); }
+
+  // The usual pair, as `dmnbd snapshot create` and dmsetup users build it.
+  void make_pair(const std::string& store = "P", uint32_t chunk = 8) {
+    origin_dev_ = test::make_device("0 1024 snapshot-origin base", resolver_, false, "origin");
+    snap_dev_ = test::make_device("0 1024 snapshot base cow " + store + " " + std::to_string(chunk),
+                                  resolver_, false, "snap");
+  }
+  void drop() {
+    for (auto* d : {&snap_dev_, &origin_dev_})
+      if (*d) {
+        run_sync((*d)->drop_tables());
+        d->reset();
+      }
+  }
+  std::string status() { return snap_dev_->live_table()->status_text(); }
+  void write(Device& dev, uint64_t sector, uint64_t sectors, uint8_t value) {
+    auto buf = filled(sectors, value);
+    ASSERT_FALSE(run_sync(dev.write(sector << kSectorShift, buf, 0)));
+  }
+
+  std::shared_ptr<MemoryDevice> origin_ = std::make_shared<MemoryDevice>(kOriginSectors, "base");
+  std::shared_ptr<BlockDevice> cow_disk_ = std::make_shared<MemoryDevice>(4096, "cow");
+  test::TempDir dir_;
+  test::DirResolver resolver_{dir_.path()};
+  std::shared_ptr<Device> origin_dev_, snap_dev_;
+};
+
+TEST_F(SnapshotTest, ConstructorErrorsInTheKernelsWords) {
+  EXPECT_EQ(build_error("0 64 snapshot base cow P", resolver_),
+            "snapshot: requires 4 or more arguments");
+  EXPECT_EQ(build_error("0 64 snapshot base cow P 8 1", resolver_),
+            "snapshot: Invalid number of feature arguments");
+  EXPECT_EQ(build_error("0 64 snapshot base cow P 8 1 nosuch", resolver_),
+            "snapshot: Unrecognised feature requested");
+  EXPECT_EQ(build_error("0 64 snapshot base cow P 8 1 discard_passdown_origin", resolver_),
+            "snapshot: discard_passdown_origin feature depends on discard_zeroes_cow");
+  EXPECT_EQ(build_error("0 64 snapshot base base P 8", resolver_),
+            "snapshot: COW device cannot be the same as origin device");
+  EXPECT_EQ(build_error("0 64 snapshot base cow X 8", resolver_)
+                .rfind("snapshot: Couldn't create exception store (", 0),
+            0u);
+  EXPECT_EQ(build_error("0 64 snapshot base cow P 7", resolver_)
+                .rfind("snapshot: Couldn't create exception store (", 0),
+            0u);
+  EXPECT_EQ(build_error("0 64 snapshot nosuch.img cow P 8", resolver_)
+                .rfind("snapshot: Cannot get origin device (", 0),
+            0u);
+  EXPECT_EQ(build_error("0 64 snapshot base nosuch.img P 8", resolver_)
+                .rfind("snapshot: Cannot get COW device (", 0),
+            0u);
+  EXPECT_EQ(build_error("0 64 snapshot-origin", resolver_),
+            "snapshot-origin: origin: incorrect number of arguments");
+  EXPECT_EQ(build_error("0 64 snapshot-origin base base", resolver_),
+            "snapshot-origin: origin: incorrect number of arguments");
+  EXPECT_NE(build_error("0 2048 snapshot-origin base", resolver_).find("too small for target"),
+            std::string::npos);
+}
+
+TEST_F(SnapshotTest, CorruptCowIsRefusedAtLoad) {
+  auto& cow = static_cast<MemoryDevice&>(*cow_disk_);
+  std::memcpy(cow.bytes().data(), "junk", 4);
+  EXPECT_EQ(build_error("0 1024 snapshot base cow P 8", resolver_),
+            "snapshot: Failed to read snapshot metadata");
+}
+
+TEST_F(SnapshotTest, TableAndFreshStatus) {
+  make_pair("P", 8);
+  EXPECT_EQ(snap_dev_->live_table()->table_text(), "0 1024 snapshot base cow P 8\n");
+  EXPECT_EQ(origin_dev_->live_table()->table_text(), "0 1024 snapshot-origin base\n");
+  EXPECT_EQ(status(), "0 1024 snapshot 16/4096 16\n");
+  EXPECT_EQ(origin_dev_->live_table()->status_text(), "0 1024 snapshot-origin\n");
+}
+
+TEST_F(SnapshotTest, OriginWritesCopyTheOldChunkOutFirst) {
+  make_pair();
+  write(*origin_dev_, 100, 1, 0xee);  // chunk 12 (sectors 96..103)
+  EXPECT_EQ(first_byte(*origin_dev_, 100), 0xee);
+  EXPECT_EQ(first_byte(*snap_dev_, 100), 100);
+  EXPECT_EQ(first_byte(*snap_dev_, 96), 96);
+  EXPECT_EQ(status(), "0 1024 snapshot 24/4096 16\n");
+  write(*origin_dev_, 101, 1, 0xdd);  // the same chunk: no second copy
+  EXPECT_EQ(first_byte(*snap_dev_, 101), 101);
+  EXPECT_EQ(status(), "0 1024 snapshot 24/4096 16\n");
+}
+
+TEST_F(SnapshotTest, WritesToTheSnapshotLeaveTheOriginAlone) {
+  make_pair();
+  write(*snap_dev_, 9, 1, 0xaa);  // part of chunk 1: copied first
+  EXPECT_EQ(first_byte(*snap_dev_, 9), 0xaa);
+  EXPECT_EQ(first_byte(*snap_dev_, 8), 8);
+  EXPECT_EQ(first_byte(*snap_dev_, 15), 15);
+  EXPECT_EQ(first_byte(*origin_dev_, 9), 9);
+  write(*snap_dev_, 16, 8, 0xbb);  // all of chunk 2: written in place of a copy
+  EXPECT_EQ(first_byte(*snap_dev_, 16), 0xbb);
+  EXPECT_EQ(first_byte(*snap_dev_, 23), 0xbb);
+  EXPECT_EQ(first_byte(*origin_dev_, 16), 16);
+  EXPECT_EQ(status(), "0 1024 snapshot 32/4096 16\n");
+}
+
+TEST_F(SnapshotTest, ConcurrentOriginWritesToOneChunkCopyItOnce) {
+  make_pair();
+  run_sync([](Device& dev) -> Task<void> {
+    std::vector<std::vector<std::byte>> bufs;
+    for (int i = 0; i < 8; ++i) bufs.push_back(filled(1, static_cast<uint8_t>(0xc0 + i)));
+    std::vector<Task<Status>> writes;
+    for (int i = 0; i < 8; ++i) writes.push_back(dev.write((200 + i) * 512, bufs[i], 0));
+    auto results = co_await when_all(std::span(writes));
+    EXPECT_FALSE(first_error(results));
+  }(*origin_dev_));
+  for (uint64_t s = 200; s < 208; ++s) EXPECT_EQ(first_byte(*snap_dev_, s), s & 0xff);
+  EXPECT_EQ(status(), "0 1024 snapshot 24/4096 16\n");  // chunk 25 alone
+}
+
+TEST_F(SnapshotTest, ExceptionsSurviveAReload) {
+  make_pair();
+  write(*origin_dev_, 40, 16, 0x11);  // chunks 5 and 6
+  write(*snap_dev_, 500, 1, 0x22);
+  drop();
+  origin_->bytes(40, 16)[0] = std::byte{0x33};  // the origin changes behind the snapshot's back
+  make_pair();
+  EXPECT_EQ(first_byte(*snap_dev_, 40), 40);
+  EXPECT_EQ(first_byte(*snap_dev_, 55), 55);
+  EXPECT_EQ(first_byte(*snap_dev_, 500), 0x22);
+  EXPECT_EQ(status(), "0 1024 snapshot 40/4096 16\n");
+}
+
+TEST_F(SnapshotTest, AReloadedTableTakesTheLiveSnapshotOver) {
+  make_pair();
+  write(*origin_dev_, 0, 1, 0x44);
+  // Overwrite the COW's header: a handover must not read it again.
+  auto& cow = static_cast<MemoryDevice&>(*cow_disk_);
+  std::vector<std::byte> saved(cow.bytes(0, 1).begin(), cow.bytes(0, 1).end());
+  std::memcpy(cow.bytes().data(), "junk", 4);
+  ASSERT_NO_THROW(
+      run_sync(snap_dev_->load(test::open_table("0 1024 snapshot base cow P 8", resolver_))));
+  ASSERT_FALSE(run_sync(snap_dev_->resume()));
+  EXPECT_EQ(first_byte(*snap_dev_, 0), 0);
+  EXPECT_EQ(status(), "0 1024 snapshot 24/4096 16\n");
+  std::memcpy(cow.bytes().data(), saved.data(), saved.size());
+}
+
+TEST_F(SnapshotTest, ManySnapshotsOfOneOrigin) {
+  auto cow2 = std::make_shared<MemoryDevice>(4096, "cow2");
+  resolver_.add("cow2", cow2);
+  make_pair("P", 8);
+  write(*origin_dev_, 0, 1, 0x01);
+  auto snap2 = test::make_device("0 1024 snapshot base cow2 P 16", resolver_, false, "snap2");
+  write(*origin_dev_, 0, 1, 0x02);
+  write(*origin_dev_, 64, 1, 0x03);
+  EXPECT_EQ(first_byte(*snap_dev_, 0), 0);
+  EXPECT_EQ(first_byte(*snap2, 0), 0x01);
+  EXPECT_EQ(first_byte(*snap_dev_, 64), 64);
+  EXPECT_EQ(first_byte(*snap2, 64), 64);
+  EXPECT_EQ(snap2->live_table()->status_text(), "0 1024 snapshot 64/4096 32\n");
+  run_sync(snap2->drop_tables());
+}
+
+TEST_F(SnapshotTest, FullCowWithPOOverflowsAndStaysReadable) {
+  cow_disk_ = std::make_shared<MemoryDevice>(40, "cow");  // header, area, 3 data chunks
+  resolver_.add("cow", cow_disk_);
+  make_pair("PO", 8);
+  for (int c = 0; c < 3; ++c) write(*snap_dev_, c * 8, 8, 0x50 + c);
+  auto buf = filled(8, 0x60);
+  EXPECT_EQ(run_sync(snap_dev_->write(3 * 8 * 512, buf, 0)), errno_status(EIO));
+  EXPECT_EQ(status(), "0 1024 snapshot Overflow\n");
+  EXPECT_EQ(first_byte(*snap_dev_, 8), 0x51);
+  EXPECT_EQ(first_byte(*snap_dev_, 100), 100);
+}
+
+TEST_F(SnapshotTest, FullCowWithPInvalidatesAndTheOriginGoesOn) {
+  cow_disk_ = std::make_shared<MemoryDevice>(40, "cow");
+  resolver_.add("cow", cow_disk_);
+  make_pair("P", 8);
+  const uint64_t events = snap_dev_->event_nr();
+  for (int c = 0; c < 4; ++c) write(*origin_dev_, c * 8, 1, 0x70);
+  EXPECT_EQ(status(), "0 1024 snapshot Invalid\n");
+  EXPECT_GT(snap_dev_->event_nr(), events);
+  std::vector<std::byte> buf(512);
+  EXPECT_EQ(run_sync(snap_dev_->read(0, buf, nullptr)), errno_status(EIO));
+  EXPECT_EQ(first_byte(*origin_dev_, 24), 0x70);
+  // On disk: the header says invalid, and a reload keeps it so.
+  auto& cow = static_cast<MemoryDevice&>(*cow_disk_);
+  EXPECT_EQ(std::to_integer<int>(cow.bytes()[4]), 0);
+  drop();
+  make_pair("P", 8);
+  EXPECT_EQ(status(), "0 1024 snapshot Invalid\n");
+}
+
+TEST_F(SnapshotTest, TransientStoreKeepsExceptionsInMemory) {
+  make_pair("N", 8);
+  EXPECT_EQ(status(), "0 1024 snapshot 0/4096 0\n");
+  write(*origin_dev_, 10, 1, 0x99);
+  EXPECT_EQ(first_byte(*snap_dev_, 10), 10);
+  EXPECT_EQ(status(), "0 1024 snapshot 8/4096 0\n");
+  EXPECT_EQ(snap_dev_->live_table()->table_text(), "0 1024 snapshot base cow N 8\n");
+}
+
+// A crash of the whole machine at any point: the origin and the COW live on
+// one disk that loses power at once and forgets what no flush or FUA
+// covered (all of it, or a random part). After it, the snapshot still reads
+// every chunk as it was when the snapshot was made, and no write that was
+// acknowledged with FUA is lost, on the origin or on the snapshot.
+TEST_F(SnapshotTest, CrashAtAnyPointKeepsTheSnapshotAndEveryDurableWrite) {
+  constexpr uint64_t kChunks = 8;
+  for (uint64_t stop_after = 0; stop_after < 60; stop_after += 3)
+    for (int keep : {-1, 0, 1}) {
+      SCOPED_TRACE("stop after " + std::to_string(stop_after) + " keep " + std::to_string(keep));
+      auto disk = std::make_shared<MemoryDevice>(kOriginSectors + 4096, "disk");
+      disk->fill_pattern(0);
+      std::memset(disk->bytes(kOriginSectors).data(), 0, 4096 * 512);
+      auto power = std::make_shared<CrashDevice>(disk, "disk");
+      resolver_.add("disk", power);
+      auto build = [&] {
+        auto real = test::make_device("0 1024 linear disk 0", resolver_, false, "base-real");
+        auto cow = test::make_device("0 4096 linear disk 1024", resolver_, false, "cowdev");
+        resolver_.add("base-real", real);
+        resolver_.add("cowdev", cow);
+        origin_dev_ = test::make_device("0 1024 snapshot-origin base-real", resolver_, false, "o");
+        snap_dev_ =
+            test::make_device("0 1024 snapshot base-real cowdev P 8", resolver_, false, "s");
+        return std::vector{real, cow};
+      };
+      auto lower = build();
+      power->power_off_after(stop_after);
+      std::vector<uint64_t> durable_origin, durable_snap;
+      for (uint64_t c = 0; c < kChunks; ++c) {
+        auto a = filled(1, 0xfe);
+        const uint32_t fua_a = (c % 2) ? kBioFua : 0;
+        if (!run_sync(origin_dev_->write(c * 8 * 512, a, fua_a)) && fua_a)
+          durable_origin.push_back(c);
+        auto b = filled(1, static_cast<uint8_t>(0xa0 + c));
+        const uint64_t snap_sector = 201 + c * 8;
+        const uint32_t fua_b = (c % 2) ? 0 : kBioFua;
+        if (!run_sync(snap_dev_->write(snap_sector * 512, b, fua_b)) && fua_b)
+          durable_snap.push_back(c);
+      }
+      ASSERT_FALSE(run_sync(keep < 0 ? power->crash() : power->crash(uint64_t(stop_after + keep))));
+      drop();
+      for (auto& d : lower) run_sync(d->drop_tables());
+      lower = build();
+      ASSERT_EQ(status().find("Invalid"), std::string::npos);
+      for (uint64_t c = 0; c < kChunks; ++c)
+        EXPECT_EQ(first_byte(*snap_dev_, c * 8), (c * 8) & 0xff);
+      for (uint64_t c : durable_origin) EXPECT_EQ(first_byte(*origin_dev_, c * 8), 0xfe);
+      for (uint64_t c : durable_snap) EXPECT_EQ(first_byte(*snap_dev_, 201 + c * 8), 0xa0 + c);
+      drop();
+      for (auto& d : lower) run_sync(d->drop_tables());
+    }
+}
+
+}  // namespace
+}  // namespace dmnbd
