@@ -26,6 +26,10 @@ struct Options {
   uint64_t sector = 0, event_nr = 0;
   double timeout = 0;
   std::vector<std::string> words;
+  // snapshot create
+  std::string origin, cow;
+  uint64_t cow_size = 0, chunk = 8;
+  bool transient = false;
 };
 
 std::string read_table(const Options& o) {
@@ -185,12 +189,17 @@ std::function<int()> add_control_commands(CLI::App& app) {
     Printer print;
   };
   std::vector<Verb> verbs;
+  auto verb_of = [&](
+                     CLI::App& parent, const std::string& name, const std::string& help,
+                     std::function<json()> request, Printer print = [](const json&) {}) {
+    CLI::App* sub = parent.add_subcommand(name, help);
+    verbs.push_back({sub, std::move(request), std::move(print)});
+    return sub;
+  };
   auto verb = [&](
                   const std::string& name, const std::string& help, std::function<json()> request,
                   Printer print = [](const json&) {}) {
-    CLI::App* sub = app.add_subcommand(name, help);
-    verbs.push_back({sub, std::move(request), std::move(print)});
-    return sub;
+    return verb_of(app, name, help, std::move(request), std::move(print));
   };
   auto named = [o](const char* cmd) {
     return [o, cmd] { return json{{"cmd", cmd}, {"name", o->name}}; };
@@ -306,10 +315,50 @@ std::function<int()> add_control_commands(CLI::App& app) {
   wait->add_option("event_nr", o->event_nr, "Event number to wait past (default 0)");
   wait->add_option("--timeout", o->timeout, "Give up after this many seconds (default: never)");
 
+  // Snapshots as lvcreate -s and lvremove make them (the README's walk-through).
+  CLI::App* snapshot =
+      app.add_subcommand("snapshot", "Create or remove a snapshot of a device, as LVM does");
+  snapshot->require_subcommand(1);
+  auto* snap_create = verb_of(
+      *snapshot, "create",
+      "Snapshot ORIGIN as NAME: suspend ORIGIN, move its table to ORIGIN-real, put "
+      "snapshot-origin over it, create NAME, resume",
+      [o] {
+        return json{{"cmd", "snapshot-create"},
+                    {"name", o->name},
+                    {"origin", o->origin},
+                    {"cow", o->cow},
+                    {"size", o->cow_size},
+                    {"chunk", o->chunk},
+                    {"store", o->transient ? "N" : "P"}};
+      },
+      [](const json& r) { std::cout << r["table"].get<std::string>() << "\n"; });
+  snap_create->add_option("name", o->name, "The snapshot device to create")->required();
+  snap_create->add_option("origin", o->origin, "The device to snapshot")->required();
+  snap_create->add_option("--cow", o->cow, "COW file (created if missing) or device")->required();
+  snap_create->add_option("--size", o->cow_size, "Size of a new COW file (e.g. 1G, 512M)")
+      ->transform(CLI::AsSizeValue(false));
+  snap_create->add_option("--chunk", o->chunk, "Chunk size in sectors (default 8: 4 KiB)")
+      ->check(CLI::PositiveNumber);
+  auto* persistent = snap_create->add_flag(
+      "--persistent", [](int64_t) {}, "Keep exceptions on the COW (P, the default)");
+  snap_create->add_flag("--transient", o->transient, "Keep exceptions in memory only (N)")
+      ->excludes(persistent);
+  verb_of(*snapshot, "remove",
+          "Remove snapshot NAME; with its origin's last snapshot gone, the origin maps its own "
+          "table again",
+          [o] {
+            return json{{"cmd", "snapshot-remove"}, {"name", o->name}};
+          })
+      ->add_option("name", o->name, "The snapshot device")
+      ->required();
+
   return [o, verbs] {
     for (const auto& [sub, make_request, print] : verbs) {
       if (!*sub) continue;
-      const std::string cmd = sub->get_name();
+      const CLI::App* parent = sub->get_parent();
+      const std::string cmd =
+          (parent && parent->get_parent() ? parent->get_name() + " " : "") + sub->get_name();
       json response;
       try {
         const json request = make_request();

@@ -5,42 +5,14 @@
 
 #include "dm/table.hpp"
 #include "dmnbd/target.hpp"
+#include "request_fields.hpp"
+#include "snapshot_verbs.hpp"
 
 namespace dmnbd::control {
 namespace {
 
 // dm's major number, so `ls`, `info` and `deps` read like dmsetup's.
 constexpr int kDmMajor = 253;
-
-struct BadRequest : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-std::string str(const json& req, const char* key) {
-  auto it = req.find(key);
-  if (it == req.end() || !it->is_string())
-    throw BadRequest(std::string("'") + key + "' must be a string");
-  return it->get<std::string>();
-}
-
-std::string opt_str(const json& req, const char* key) {
-  return req.contains(key) ? str(req, key) : std::string();
-}
-
-bool flag(const json& req, const char* key) {
-  auto it = req.find(key);
-  if (it == req.end()) return false;
-  if (!it->is_boolean()) throw BadRequest(std::string("'") + key + "' must be true or false");
-  return it->get<bool>();
-}
-
-uint64_t number(const json& req, const char* key, uint64_t fallback) {
-  auto it = req.find(key);
-  if (it == req.end()) return fallback;
-  if (!it->is_number_unsigned())
-    throw BadRequest(std::string("'") + key + "' must be a non-negative integer");
-  return it->get<uint64_t>();
-}
 
 json lines_of(const std::string& text) {
   json lines = json::array();
@@ -223,6 +195,14 @@ Task<json> verb_wait(DeviceManager& devices, const json& req, Name) {
   co_return co_await wait_for_event(devices, req);
 }
 
+Task<json> verb_snapshot_create(DeviceManager& devices, const json& req, Name) {
+  co_return co_await snapshot_create(devices, req);
+}
+
+Task<json> verb_snapshot_remove(DeviceManager& devices, const json& req, Name) {
+  co_return co_await snapshot_remove(devices, req);
+}
+
 struct Verb {
   const char* name;
   bool needs_name;  // a device 'name' is required (else optional: all devices)
@@ -231,14 +211,24 @@ struct Verb {
 
 // The control protocol, one row per verb (the README's "Control socket" section).
 constexpr Verb kVerbs[] = {
-    {"create", true, verb_create},   {"load", true, verb_load},
-    {"reload", true, verb_reload},   {"clear", true, verb_clear},
-    {"suspend", true, verb_suspend}, {"resume", true, verb_resume},
-    {"remove", true, verb_remove},   {"rename", true, verb_rename},
-    {"message", true, verb_message}, {"wait", true, verb_wait},
-    {"table", false, verb_table},    {"status", false, verb_status},
-    {"info", false, verb_info},      {"ls", false, verb_deps},
-    {"deps", false, verb_deps},      {"targets", false, verb_targets},
+    {"create", true, verb_create},
+    {"load", true, verb_load},
+    {"reload", true, verb_reload},
+    {"clear", true, verb_clear},
+    {"suspend", true, verb_suspend},
+    {"resume", true, verb_resume},
+    {"remove", true, verb_remove},
+    {"rename", true, verb_rename},
+    {"message", true, verb_message},
+    {"wait", true, verb_wait},
+    {"table", false, verb_table},
+    {"status", false, verb_status},
+    {"info", false, verb_info},
+    {"ls", false, verb_deps},
+    {"deps", false, verb_deps},
+    {"targets", false, verb_targets},
+    {"snapshot-create", true, verb_snapshot_create},
+    {"snapshot-remove", true, verb_snapshot_remove},
 };
 
 Task<json> dispatch(DeviceManager& devices, const json& req) {

@@ -36,6 +36,8 @@ struct CreateOptions {
 class DeviceManager {
  public:
   explicit DeviceManager(std::filesystem::path base_dir);
+  // Where relative file paths in tables are found.
+  const std::filesystem::path& base_dir() const { return base_dir_; }
   ~DeviceManager();
 
   // ---- Lookups (any thread).
