@@ -3,10 +3,15 @@
 # nbd-client / dmsetup / e2fsprogs, the host-built static /sbin/blkprobe).
 # Parameters come from /etc/nbdvm.env (written by run.sh):
 #   NBD_HOST NBD_PORT   where dmnbd answers (QEMU forwards it to the host's socket)
-#   RUN_E2E RUN_ORACLE RUN_LW  1 or 0
+#   RUN_E2E RUN_ORACLE RUN_LW RUN_SNAP  1 or 0
 #   LW_SEQ              the log-writes sequence (run.sh's LW_SEQ; the host runs
 #                       the same one against dmnbd's log-writes)
 #   ERR_OUT             byte offset in /dev/vda for the copy of the error device
+#   SNAP_SIZE SNAP_{D,C}_SHA_{S8,S128,BASE} SNAP_{D,C}_STATUS_{S8,S128}
+#                       the snapshot check: origin sectors; what dmnbd served
+#                       (sha256, "dmnbd status" line) after ops (D) and after
+#                       ops2 on top of that (C)
+# Snapshot sequences: /etc/snap/ops, ops2, data.bin (snapshot.py prepare).
 # Oracle plan: /etc/oracle/backing ("LETTER /dev/nbdN EXPORT" per line),
 # /etc/oracle/plan ("NAME OUT_OFFSET" per line), /etc/oracle/NAME.table.
 # Output protocol (serial console, parsed by run.sh / oracle.py):
@@ -16,6 +21,7 @@
 #   ORACLE-RESULT <name> sectors=N errors=…  the dm device was copied to /dev/vda
 #   ORACLE-REFUSED <name> <reason>           dmsetup create failed
 #   NBDVM-LW <op> <result>                   one step of the log-writes sequence
+#   NBDVM-SNAP sha|status|merge <dev> …      the kernel's snapshot after a sequence
 #   NBDVM-RESULT: PASS|FAIL
 export DM_DISABLE_UDEV=1
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
@@ -235,9 +241,135 @@ logwrites() {
   echo "NBDVM-TIME logwrites $t -> $(up)"
 }
 
+# ------------------------------------------------------------------ snapshot
+# The kernel's dm-snapshot against dmnbd's persistent COW format (run.sh,
+# snapshot.py). One origin (SNAP_SIZE sectors) with two snapshots, chunk 8
+# (s8) and chunk 128 (s128). /etc/snap/ops and /etc/snap/ops2: "DEV SECTOR
+# COUNT DATA_OFFSET" lines, DEV base (the snapshot-origin) | s8 | s128, the
+# payload at byte DATA_OFFSET of /etc/snap/data.bin; one dd oflag=direct each.
+#  1. dmnbd ran ops on the host (SNAP_D_*: its sha256 and status lines); its
+#     origin and COW files are sr-orig, sr-cow8, sr-cow128: the kernel's
+#     read-only snapshots over them must read the same bytes and show the
+#     same status.
+#  1b. the kernel goes on from dmnbd's files (copies: sc-*) with ops2, as
+#     dmnbd did on its own copies after a restart (SNAP_C_*).
+#  2. the kernel runs ops on a fresh origin copy (sk-orig) and two zeroed
+#     COWs (sk-cow8, sk-cow128); the host then compares with dmnbd
+#     (NBDVM-SNAP sha/status lines).
+#  3. the kernel's snapshot-merge over copies of dmnbd's files (sm8-orig +
+#     sm8-cow, sm128-orig + sm128-cow): once merged, the origin must read as
+#     dmnbd's snapshot did.
+snap_same() { # NAME GOT WANT: PASS when equal
+  if [ -n "$3" ] && [ "$2" = "$3" ]; then res "$1" PASS "($2)"; else res "$1" FAIL "(kernel: $2; dmnbd: $3)"; fi
+}
+snap_attach() { # NBDN EXPORT...: attach /dev/nbdN, /dev/nbdN+1, ... in order
+  nb=$1; shift
+  for x in "$@"; do chk "snap-attach-$x" attach /dev/nbd$nb "$x" -b 512 || return 1; nb=$((nb + 1)); done
+}
+snap_detach() { for x in "$@"; do detach /dev/nbd$x; done; }
+snap_short() { echo "$1" | cut -c1-16; }
+snap_out() { echo "NBDVM-SNAP $*"; echo "NBDVM-SNAP $*" >> /tmp/snap.out; }
+snap_got() { grep "^NBDVM-SNAP $1 $2 " /tmp/snap.out | tail -1 | cut -d' ' -f4-; }  # WHAT DEV
+# snap_kernel_run STEP P OPS: the kernel's P-base-real (linear /dev/nbd4),
+# snapshots P-s8 (COW /dev/nbd5) and P-s128 (/dev/nbd6), then the origin
+# P-base (its write split is computed at resume, so after the snapshots);
+# OPS one write at a time; NBDVM-SNAP lines; everything removed again.
+snap_kernel_run() {
+  st=$1 p=$2 ops=$3
+  if chk snap-$st-create-base-real dmsetup create $p-base-real --table "0 $S linear /dev/nbd4 0" &&
+     chk snap-$st-create-s8 dmsetup create $p-s8 --table "0 $S snapshot /dev/mapper/$p-base-real /dev/nbd5 P 8" &&
+     chk snap-$st-create-s128 dmsetup create $p-s128 --table "0 $S snapshot /dev/mapper/$p-base-real /dev/nbd6 P 128" &&
+     chk snap-$st-create-base dmsetup create $p-base --table "0 $S snapshot-origin /dev/mapper/$p-base-real"; then
+    bad="" nw=0
+    while read -r dev sector count off; do
+      dd if=/etc/snap/data.bin of=/dev/mapper/$p-$dev bs=$((count * 512)) count=1 skip="$off" iflag=skip_bytes \
+         seek=$((sector * 512)) oflag=seek_bytes,direct conv=notrunc status=none < /dev/null > /tmp/dd.out 2>&1 \
+        || bad="$bad $dev:$sector+$count($(tr '\n' ' ' < /tmp/dd.out))"
+      nw=$((nw + 1))
+    done < "$ops"
+    sync
+    if [ -z "$bad" ]; then res snap-$st-kernel-writes PASS "($nw dd oflag=direct writes, ${ops##*/})"; else res snap-$st-kernel-writes FAIL "(failed:$bad)"; fi
+    for d in s8 s128 base; do
+      snap_out sha $p-$d "$(sha /dev/mapper/$p-$d)"
+      snap_out status $p-$d "$(dmsetup status $p-$d)"
+    done
+  fi
+  sync
+  for d in $p-base $p-s8 $p-s128 $p-base-real; do
+    dmsetup info "$d" > /dev/null 2>&1 && chk "snap-$st-remove-$d" dmsetup remove "$d"
+  done
+}
+snapshot() {
+  t=$(up)
+  S=$SNAP_SIZE
+  # 1. the kernel reads the origin and COWs dmnbd wrote
+  if snap_attach 4 sr-orig sr-cow8 sr-cow128; then
+    snap_same snap-1-origin-read "$(snap_short "$(sha /dev/nbd4)")" "$(snap_short "$SNAP_D_SHA_BASE")"
+    for c in 8 128; do
+      cow=/dev/nbd5; [ $c = 128 ] && cow=/dev/nbd6
+      chk snap-1-create-s$c dmsetup create --readonly r-s$c --table "0 $S snapshot /dev/nbd4 $cow P $c" || continue
+      eval want=\$SNAP_D_SHA_S$c
+      snap_same snap-1-kernel-reads-dmnbd-cow-s$c "$(snap_short "$(sha /dev/mapper/r-s$c)")" "$(snap_short "$want")"
+      eval want=\$SNAP_D_STATUS_S$c
+      snap_same snap-1-status-s$c "$(dmsetup status r-s$c)" "$want"
+      chk snap-1-remove-s$c dmsetup remove r-s$c
+    done
+  fi
+  snap_detach 4 5 6
+  t1=$(up)
+  # 1b. the kernel goes on where dmnbd stopped (ops2 on copies of its files)
+  if snap_attach 4 sc-orig sc-cow8 sc-cow128; then
+    snap_kernel_run 1b kc /etc/snap/ops2
+    for d in s8 s128 base; do
+      eval want=\$SNAP_C_SHA_$(echo $d | tr a-z A-Z)
+      snap_same snap-1b-kernel-continues-dmnbd-cow-$d "$(snap_short "$(snap_got sha kc-$d)")" "$(snap_short "$want")"
+    done
+    for c in 8 128; do
+      eval want=\$SNAP_C_STATUS_S$c
+      snap_same snap-1b-status-s$c "$(snap_got status kc-s$c)" "$want"
+    done
+  fi
+  snap_detach 4 5 6
+  t2=$(up)
+  # 2. the kernel runs the sequence itself
+  snap_attach 4 sk-orig sk-cow8 sk-cow128 && snap_kernel_run 2 k /etc/snap/ops
+  snap_detach 4 5 6
+  t3=$(up)
+  # 3. the kernel merges dmnbd's COWs into copies of dmnbd's origin
+  merged=""
+  if snap_attach 4 sm8-orig sm8-cow sm128-orig sm128-cow; then
+    chk snap-3-create-merge-s8 dmsetup create m8 --table "0 $S snapshot-merge /dev/nbd4 /dev/nbd5 P 8" && merged="m8"
+    chk snap-3-create-merge-s128 dmsetup create m128 --table "0 $S snapshot-merge /dev/nbd6 /dev/nbd7 P 128" && merged="$merged m128"
+    for m in $merged; do
+      c=${m#m} i=0
+      while :; do
+        st=$(dmsetup status $m) v=$(echo "$st" | cut -d' ' -f4-)
+        a=${v%%/*} meta=${v##* }
+        [ "$a" = "$meta" ] && break
+        i=$((i + 1)); [ $i -ge 600 ] && break
+        sleep 0.1
+      done
+      echo "NBDVM-SNAP merge $m after $i polls: $st"
+      snap_same snap-3-merge-s$c-finished "$v" "$((2 * c))/$(blockdev --getsz /dev/nbd$([ $c = 8 ] && echo 5 || echo 7)) $((2 * c))"
+      eval want=\$SNAP_D_SHA_S$c
+      snap_same snap-3-merged-device-s$c "$(snap_short "$(sha /dev/mapper/$m)")" "$(snap_short "$want")"
+    done
+    for m in $merged; do chk snap-3-remove-$m dmsetup remove $m; done
+    # the origins themselves (nothing read them before: no stale page cache)
+    for m in $merged; do
+      c=${m#m}; o=/dev/nbd4; [ $c = 128 ] && o=/dev/nbd6
+      eval want=\$SNAP_D_SHA_S$c
+      snap_same snap-3-merged-origin-is-dmnbd-snapshot-s$c "$(snap_short "$(sha $o)")" "$(snap_short "$want")"
+    done
+  fi
+  snap_detach 4 5 6 7
+  echo "NBDVM-TIME snapshot $t -> $(up) (1: $t -> $t1, 1b: $t1 -> $t2, 2: $t2 -> $t3, 3: $t3 -> $(up))"
+}
+
 [ "${RUN_E2E:-1}" = 1 ] && { e2e_ext4; e2e_readonly; e2e_error; }
 [ "${RUN_ORACLE:-1}" = 1 ] && oracle
 [ "${RUN_LW:-1}" = 1 ] && logwrites
+[ "${RUN_SNAP:-1}" = 1 ] && snapshot
 echo "NBDVM-TARGETS $(dmsetup targets | tr '\n' ' ')"
 # kernel messages were kept off the console (loglevel=3); show the interesting ones
 dmesg | grep -iE 'nbd|device-mapper|EXT4|I/O error|blk_update' | tail -40 | sed 's/^/NBDVM-DMESG /'

@@ -2,7 +2,7 @@
 # run.sh - dmnbd under the REAL Linux kernel: nbd client, ext4 and device-mapper
 # in a QEMU guest booted from Debian's own kernel package (ctest: kernel.vm).
 #
-#   bash tests/kernel/run.sh [--tables FILE]... [--only e2e|oracle|logwrites] [--keep]
+#   bash tests/kernel/run.sh [--tables FILE]... [--only e2e|oracle|logwrites|snapshot] [--keep]
 #
 # One guest boot runs everything:
 #  e2e     nbd-client attach (1 and 2 connections), mkfs.ext4, mount, write,
@@ -18,6 +18,13 @@
 #          log-writes run the same write/FUA/flush/discard/mark sequence
 #          (LW_SEQ); both logs, replayed with "dmnbd replay-log" onto zeroed
 #          images, must give identical images at every mark and at the end.
+#  snapshot  dmnbd's snapshot/snapshot-origin and the kernel's dm-snapshot on
+#          the persistent COW format (snapshot.py): one origin, snapshots of
+#          chunk 8 and 128, the same write sequence on both sides. The kernel
+#          reads dmnbd's COWs (same bytes, same status), dmnbd reads the
+#          kernel's, both COWs are byte-identical, and the kernel's
+#          snapshot-merge of dmnbd's COWs gives the origin dmnbd's snapshot
+#          content.
 #
 # dmnbd ($DMNBD, default build/dmnbd) is started here on a unix socket in a temp
 # dir and stopped by PID at the end; QEMU forwards the guest's connections to it.
@@ -32,7 +39,7 @@ DMNBD=${DMNBD:-$HERE/../../build/dmnbd}
 PY=/usr/bin/python3
 TEST_NAME=kernel.vm
 LISTS=("$HERE/oracle-tables.txt")
-RUN_E2E=1 RUN_ORACLE=1 RUN_LW=1
+RUN_E2E=1 RUN_ORACLE=1 RUN_LW=1 RUN_SNAP=1
 KEEP=${KEEP_WORK:-0}
 IFS=: read -r -a _extra <<< "${DMNBD_ORACLE_TABLES:-}"
 for f in "${_extra[@]}"; do [ -n "$f" ] && LISTS+=("$f"); done
@@ -40,8 +47,9 @@ while [ $# -gt 0 ]; do
   case $1 in
     --tables) LISTS+=("$2"); shift 2;;
     --only) case $2 in
-              e2e) RUN_ORACLE=0 RUN_LW=0;; oracle) RUN_E2E=0 RUN_LW=0;; logwrites) RUN_E2E=0 RUN_ORACLE=0;;
-              *) echo "--only e2e|oracle|logwrites" >&2; exit 2;;
+              e2e) RUN_ORACLE=0 RUN_LW=0 RUN_SNAP=0;; oracle) RUN_E2E=0 RUN_LW=0 RUN_SNAP=0;;
+              logwrites) RUN_E2E=0 RUN_ORACLE=0 RUN_SNAP=0;; snapshot) RUN_E2E=0 RUN_ORACLE=0 RUN_LW=0;;
+              *) echo "--only e2e|oracle|logwrites|snapshot" >&2; exit 2;;
             esac; shift 2;;
     --keep) KEEP=1; shift;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0;;
@@ -61,11 +69,11 @@ ok() { echo "ok - $*"; PASSED=$((PASSED + 1)); }
 notok() { echo "not ok - $*"; FAILED=$((FAILED + 1)); FIRST_FAIL=${FIRST_FAIL:-$*}; }
 check() { local d=$1; shift; if "$@"; then ok "$d"; else notok "$d"; fi; }
 
-WORK="" SHM_DIR="" SERVER_PID="" FINISHED=0
-stop_server() { # SIGTERM by PID; the server must exit 0 within 15 s
-  local pid=$SERVER_PID rc i
+WORK="" SHM_DIR="" SERVER_PID="" SNAP_PID="" FINISHED=0
+stop_server() { local pid=$SERVER_PID; SERVER_PID=""; stop_pid "$pid"; }
+stop_pid() { # SIGTERM by PID; the server must exit 0 within 15 s
+  local pid=$1 rc i
   [ -n "$pid" ] || return 0
-  SERVER_PID=""
   kill -TERM "$pid" 2>/dev/null
   for i in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; wait "$pid" 2>/dev/null; return 1; fi
@@ -76,6 +84,7 @@ on_exit() {
   local rc=$?
   trap - EXIT
   [ -n "$SERVER_PID" ] && { stop_server || true; }
+  [ -n "$SNAP_PID" ] && { stop_pid "$SNAP_PID" || true; }
   [ -n "$SHM_DIR" ] && rm -rf "$SHM_DIR"
   if [ "$FINISHED" = 0 ] && [ "$rc" != 77 ]; then
     [ -n "$WORK" ] && echo "# work dir kept: $WORK" >&2
@@ -137,6 +146,91 @@ if [ "$RUN_LW" = 1 ]; then
   for f in lw-klog lw-dlog; do truncate -s 16M "$WORK/$f.img"; done
 fi
 
+# snapshot (snapshot.py; guest.sh snapshot()): SNAP/orig0.img is the origin
+# before the sequences. d-*: dmnbd runs ops here, before the boot, on
+# d-orig.img (a copy) with the COWs d-cow8.img, d-cow128.img; the guest's
+# kernel reads them (exports sr-*) and merges copies of them (m8-*, m128-*:
+# exports sm8-*, sm128-*). c-*: dmnbd, restarted, runs ops2 on copies of d-*;
+# kc-*: the kernel does the same on other copies (exports sc-*). k-*: the
+# guest's kernel runs ops on a fresh copy and zeroed COWs (exports sk-*).
+# After the boot dmnbd reads the kernel's files and all must agree.
+SNAP=$WORK/snap
+snap_start() { # CFG SOCK: a dmnbd of its own for the snapshot devices
+  local i
+  "$DMNBD" serve "$1" >> "$SNAP/server.log" 2>&1 &
+  SNAP_PID=$!
+  for i in $(seq 100); do
+    [ -S "$2" ] && return 0
+    kill -0 "$SNAP_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -5 "$SNAP/server.log" | sed 's/^/#   snapshot server| /' >&2
+  stop_pid "$SNAP_PID"; SNAP_PID=""
+  return 1
+}
+snap_stop() { local pid=$SNAP_PID; SNAP_PID=""; stop_pid "$pid"; }
+snap_devices() { # PREFIX FILE-PREFIX: origin, snapshot-origin and the two snapshots
+  cat <<EOF
+  - name: $1base-real
+    table: "0 $SNAP_SIZE linear $SNAP/$2orig.img 0"
+  - name: $1base
+    table: "0 $SNAP_SIZE snapshot-origin $1base-real"
+  - name: $1s8
+    table: "0 $SNAP_SIZE snapshot $1base-real $SNAP/$2cow8.img P 8"
+  - name: $1s128
+    table: "0 $SNAP_SIZE snapshot $1base-real $SNAP/$2cow128.img P 128"
+EOF
+}
+fsha() { sha256sum < "$1" | cut -d' ' -f1; }
+if [ "$RUN_SNAP" = 1 ]; then
+  "$PY" "$HERE/snapshot.py" prepare "$WORK" > "$WORK/snap-prepare.out" || die "snapshot.py prepare failed"
+  read -r SNAP_SIZE SNAP_COW8 SNAP_COW128 < "$SNAP/sizes"
+  cp "$SNAP/orig0.img" "$SNAP/d-orig.img"
+  cp "$SNAP/orig0.img" "$SNAP/k-orig.img"
+  for p in d k; do
+    truncate -s $((SNAP_COW8 * 512)) "$SNAP/$p-cow8.img"; truncate -s $((SNAP_COW128 * 512)) "$SNAP/$p-cow128.img"
+  done
+  printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$SNAP/d.sock" "$SNAP/d-ctl.sock" > "$SNAP/d.yaml"
+  snap_devices "" d- >> "$SNAP/d.yaml"
+  if snap_start "$SNAP/d.yaml" "$SNAP/d.sock"; then
+    timeout 120 "$PY" "$HERE/snapshot.py" write "$SNAP/d.sock" "$WORK" ops > "$SNAP/write.out" 2>&1
+    check "snapshot: dmnbd ran ops on base (snapshot-origin), s8, s128 ($(cat "$WORK/snap-prepare.out"))" test $? = 0
+    "$PY" "$HERE/snapshot.py" sha "$SNAP/d.sock" s8 s128 base > "$SNAP/d.sha"
+    SNAP_D_SHA_S8=$(awk '$1 == "s8" {print $2}' "$SNAP/d.sha")
+    SNAP_D_SHA_S128=$(awk '$1 == "s128" {print $2}' "$SNAP/d.sha")
+    SNAP_D_SHA_BASE=$(awk '$1 == "base" {print $2}' "$SNAP/d.sha")
+    SNAP_D_STATUS_S8=$("$DMNBD" --control "$SNAP/d-ctl.sock" status s8)
+    SNAP_D_STATUS_S128=$("$DMNBD" --control "$SNAP/d-ctl.sock" status s128)
+    log "snapshot: dmnbd after the sequence: s8 [$SNAP_D_STATUS_S8], s128 [$SNAP_D_STATUS_S128]; the kernel's allocation rule says: $("$PY" "$HERE/snapshot.py" model ops | tr '\n' ';')"
+    if snap_stop; then ok "snapshot: dmnbd (the writer) stopped cleanly on SIGTERM"; else notok "snapshot: dmnbd (the writer) did not exit 0 on SIGTERM"; fi
+    for f in orig cow8 cow128; do eval "SNAP_D_FSHA_$f=\$(fsha \"\$SNAP/d-$f.img\")"; done
+    cp "$SNAP/d-orig.img" "$SNAP/m8-orig.img"; cp "$SNAP/d-cow8.img" "$SNAP/m8-cow.img"
+    cp "$SNAP/d-orig.img" "$SNAP/m128-orig.img"; cp "$SNAP/d-cow128.img" "$SNAP/m128-cow.img"
+    for f in orig cow8 cow128; do cp "$SNAP/d-$f.img" "$SNAP/c-$f.img"; cp "$SNAP/d-$f.img" "$SNAP/kc-$f.img"; done
+    printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$SNAP/c.sock" "$SNAP/c-ctl.sock" > "$SNAP/c.yaml"
+    snap_devices "" c- >> "$SNAP/c.yaml"
+  else
+    notok "snapshot: dmnbd did not start with the snapshot tables (see $SNAP/server.log)"
+    RUN_SNAP=0
+  fi
+fi
+if [ "$RUN_SNAP" = 1 ]; then
+  if snap_start "$SNAP/c.yaml" "$SNAP/c.sock"; then
+    timeout 120 "$PY" "$HERE/snapshot.py" write "$SNAP/c.sock" "$WORK" ops2 > "$SNAP/write2.out" 2>&1
+    check "snapshot: dmnbd, restarted on copies of its files, ran ops2 on top" test $? = 0
+    "$PY" "$HERE/snapshot.py" sha "$SNAP/c.sock" s8 s128 base > "$SNAP/c.sha"
+    SNAP_C_SHA_S8=$(awk '$1 == "s8" {print $2}' "$SNAP/c.sha")
+    SNAP_C_SHA_S128=$(awk '$1 == "s128" {print $2}' "$SNAP/c.sha")
+    SNAP_C_SHA_BASE=$(awk '$1 == "base" {print $2}' "$SNAP/c.sha")
+    SNAP_C_STATUS_S8=$("$DMNBD" --control "$SNAP/c-ctl.sock" status s8)
+    SNAP_C_STATUS_S128=$("$DMNBD" --control "$SNAP/c-ctl.sock" status s128)
+    log "snapshot: dmnbd after ops2: s8 [$SNAP_C_STATUS_S8], s128 [$SNAP_C_STATUS_S128]; the kernel's allocation rule says: $("$PY" "$HERE/snapshot.py" model ops2 | tr '\n' ';')"
+    if snap_stop; then ok "snapshot: dmnbd (ops2) stopped cleanly on SIGTERM"; else notok "snapshot: dmnbd (ops2) did not exit 0 on SIGTERM"; fi
+  else
+    notok "snapshot: dmnbd did not restart on copies of its snapshot files (see $SNAP/server.log)"
+  fi
+fi
+
 OUT_SIZE=0
 if [ "$RUN_ORACLE" = 1 ]; then
   OUT_SIZE=$("$PY" "$HERE/oracle.py" plan "$WORK" "$OUT_START" "${LISTS[@]}") || die "oracle.py plan failed"
@@ -156,7 +250,21 @@ RUN_ORACLE=$RUN_ORACLE
 RUN_LW=$RUN_LW
 LW_SEQ="$LW_SEQ"
 ERR_OUT=$ERR_OUT
-export NBD_HOST NBD_PORT RUN_E2E RUN_ORACLE RUN_LW LW_SEQ ERR_OUT
+RUN_SNAP=$RUN_SNAP
+SNAP_SIZE=${SNAP_SIZE:-0}
+SNAP_D_SHA_S8=${SNAP_D_SHA_S8:-}
+SNAP_D_SHA_S128=${SNAP_D_SHA_S128:-}
+SNAP_D_SHA_BASE=${SNAP_D_SHA_BASE:-}
+SNAP_D_STATUS_S8="${SNAP_D_STATUS_S8:-}"
+SNAP_D_STATUS_S128="${SNAP_D_STATUS_S128:-}"
+SNAP_C_SHA_S8=${SNAP_C_SHA_S8:-}
+SNAP_C_SHA_S128=${SNAP_C_SHA_S128:-}
+SNAP_C_SHA_BASE=${SNAP_C_SHA_BASE:-}
+SNAP_C_STATUS_S8="${SNAP_C_STATUS_S8:-}"
+SNAP_C_STATUS_S128="${SNAP_C_STATUS_S128:-}"
+export NBD_HOST NBD_PORT RUN_E2E RUN_ORACLE RUN_LW LW_SEQ ERR_OUT RUN_SNAP SNAP_SIZE
+export SNAP_D_SHA_S8 SNAP_D_SHA_S128 SNAP_D_SHA_BASE SNAP_D_STATUS_S8 SNAP_D_STATUS_S128
+export SNAP_C_SHA_S8 SNAP_C_SHA_S128 SNAP_C_SHA_BASE SNAP_C_STATUS_S8 SNAP_C_STATUS_S128
 EOF
 
 # ------------------------------------------------------------ dmnbd
@@ -194,6 +302,15 @@ EOF
     description: dmnbd's log-writes, compared with the kernel's
     table: "0 16384 log-writes lw-ddata.img lw-dlog.img"
 EOF
+  if [ "$RUN_SNAP" = 1 ]; then
+    local e f
+    for e in sr-orig:d-orig sr-cow8:d-cow8 sr-cow128:d-cow128 sk-orig:k-orig sk-cow8:k-cow8 sk-cow128:k-cow128 \
+             sc-orig:kc-orig sc-cow8:kc-cow8 sc-cow128:kc-cow128 \
+             sm8-orig:m8-orig sm8-cow:m8-cow sm128-orig:m128-orig sm128-cow:m128-cow; do
+      f=$SNAP/${e#*:}.img
+      printf '  - name: %s\n    table: "0 %s linear %s 0"\n' "${e%%:*}" $(($(stat -c %s "$f") / 512)) "$f" >> "$WORK/cfg.yaml"
+    done
+  fi
   [ "$RUN_ORACLE" = 1 ] && "$PY" "$HERE/oracle.py" config "$WORK" >> "$WORK/cfg.yaml"
   return 0
 }
@@ -342,6 +459,87 @@ if [ "$RUN_LW" = 1 ]; then
   done
   check "logwrites: the full replays equal the data devices (lwdata's file, lwd's data file) and are not empty" \
     sh -c "cmp '$WORK/lw-k-end.img' '$WORK/lw-kdata.img' && cmp '$WORK/lw-d-end.img' '$WORK/lw-ddata.img' && test \"\$1\" -gt 0" _ "$(nonzero "$WORK/lw-k-end.img")"
+fi
+
+if [ "$RUN_SNAP" = 1 ]; then
+  ksnap() { grep -a "^NBDVM-SNAP $1 $2 " "$C" | tail -1 | cut -d' ' -f4-; }
+  same() { [ -n "$1" ] && [ "$1" = "$2" ]; }
+  for f in orig cow8 cow128; do
+    eval "want=\$SNAP_D_FSHA_$f"
+    check "snapshot 1: d-$f.img, which the kernel's read-only snapshots used, is unchanged" same "$(fsha "$SNAP/d-$f.img")" "$want"
+  done
+  # 2. the kernel ran the same sequence as dmnbd, from the same origin
+  for d in s8 s128 base; do
+    eval "want=\$SNAP_D_SHA_$(tr a-z A-Z <<< "$d")"
+    check "snapshot 2: the kernel's $d after the sequence reads as dmnbd's $d did (${want:0:16})" same "$(ksnap sha "k-$d")" "$want"
+  done
+  for c in 8 128; do
+    eval "want=\$SNAP_D_STATUS_S$c"
+    check "snapshot 2: the kernel's status of s$c after the sequence [$(ksnap status "k-s$c")] is dmnbd's [$want]" \
+      same "$(ksnap status "k-s$c")" "$want"
+  done
+  cmpcows() { # STEP DMNBD-PREFIX KERNEL-PREFIX WHAT
+    local c rc
+    check "snapshot $1: the kernel's origin file equals dmnbd's after $4" cmp "$SNAP/$2-orig.img" "$SNAP/$3-orig.img"
+    for c in 8 128; do
+      "$PY" "$HERE/snapshot.py" cmpcow "$SNAP/$2-cow$c.img" "$SNAP/$3-cow$c.img" "$c" > "$SNAP/cmp$1-$c.out" 2>&1
+      rc=$?
+      sed 's/^/#   '"$2-cow$c vs $3-cow$c"' (dmnbd vs kernel)| /' "$SNAP/cmp$1-$c.out" >&2
+      check "snapshot $1: the COW dmnbd wrote for s$c is byte-identical to the kernel's after $4 ($(head -1 "$SNAP/cmp$1-$c.out"))" test "$rc" = 0
+    done
+  }
+  cmpcows 2 d k "the same sequence (ops)"
+  # 1b. the kernel went on from dmnbd's files with ops2, as dmnbd did
+  cmpcows 1b c kc "ops2 on top of dmnbd's files"
+  for f in orig cow8 cow128; do eval "SNAP_K_FSHA_$f=\$(fsha \"\$SNAP/k-$f.img\")"; done
+  # dmnbd reads the kernel's files (k-*), its own again (d-*), and the COWs
+  # the kernel merged (m8-*, m128-*: a snapshot of the merged origin is empty)
+  {
+    printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$SNAP/r.sock" "$SNAP/r-ctl.sock"
+    snap_devices k- k-
+    snap_devices kc- kc-
+    snap_devices d- d-
+    for c in 8 128; do
+      printf '  - name: mg%s-real\n    table: "0 %s linear %s 0"\n' "$c" "$SNAP_SIZE" "$SNAP/m$c-orig.img"
+      printf '  - name: mg-s%s\n    table: "0 %s snapshot mg%s-real %s P %s"\n' "$c" "$SNAP_SIZE" "$c" "$SNAP/m$c-cow.img" "$c"
+    done
+  } > "$SNAP/r.yaml"
+  if snap_start "$SNAP/r.yaml" "$SNAP/r.sock"; then
+    "$PY" "$HERE/snapshot.py" sha "$SNAP/r.sock" k-s8 k-s128 k-base kc-s8 kc-s128 kc-base d-s8 d-s128 mg-s8 mg-s128 > "$SNAP/r.sha"
+    rsha() { awk -v n="$1" '$1 == n {print $2}' "$SNAP/r.sha"; }
+    rstatus() { "$DMNBD" --control "$SNAP/r-ctl.sock" status "$1" 2>&1; }
+    for p in k kc; do
+      st=2; [ $p = kc ] && st=1b
+      for d in s8 s128 base; do
+        check "snapshot $st: dmnbd reads the kernel's $p-$d as the kernel did" same "$(rsha "$p-$d")" "$(ksnap sha "$p-$d")"
+      done
+      for c in 8 128; do
+        check "snapshot $st: dmnbd's status of the kernel's $p-s$c [$(rstatus "$p-s$c")] is the kernel's [$(ksnap status "$p-s$c")]" \
+          same "$(rstatus "$p-s$c")" "$(ksnap status "$p-s$c")"
+      done
+    done
+    for c in 8 128; do
+      eval "want=\$SNAP_D_SHA_S$c wst=\$SNAP_D_STATUS_S$c"
+      check "snapshot 1: dmnbd, restarted, reads its own s$c as before [$(rstatus "d-s$c")]" \
+        sh -c 'test -n "$1" -a "$1" = "$2" -a -n "$3" -a "$3" = "$4"' _ "$(rsha "d-s$c")" "$want" "$(rstatus "d-s$c")" "$wst"
+      eval "want=\$SNAP_D_SHA_S$c"
+      check "snapshot 3: dmnbd loads the COW the kernel merged for s$c: empty [$(rstatus "mg-s$c")], reads as the merged origin" \
+        sh -c 'test -n "$1" -a "$1" = "$2" -a "$3" = "$4"' _ "$(rsha "mg-s$c")" "$want" "$(rstatus "mg-s$c")" \
+        "0 $SNAP_SIZE snapshot $((2 * c))/$(($(stat -c %s "$SNAP/m$c-cow.img") / 512)) $((2 * c))"
+    done
+    if snap_stop; then ok "snapshot: dmnbd (the reader) stopped cleanly on SIGTERM"; else notok "snapshot: dmnbd (the reader) did not exit 0 on SIGTERM"; fi
+  else
+    notok "snapshot: dmnbd did not start over the kernel's snapshot files (see $SNAP/server.log)"
+  fi
+  for f in orig cow8 cow128; do
+    eval "want=\$SNAP_K_FSHA_$f"
+    check "snapshot 2: dmnbd's reading left the kernel's k-$f.img unchanged" same "$(fsha "$SNAP/k-$f.img")" "$want"
+  done
+  # 3. the merged origins are dmnbd's snapshots
+  for c in 8 128; do
+    eval "want=\$SNAP_D_SHA_S$c"
+    check "snapshot 3: m$c-orig.img, merged by the kernel, is dmnbd's s$c (${want:0:16})" same "$(fsha "$SNAP/m$c-orig.img")" "$want"
+  done
 fi
 
 if stop_server; then ok "dmnbd stopped cleanly on SIGTERM"; else notok "dmnbd did not exit 0 on SIGTERM"; fi
