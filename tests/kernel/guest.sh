@@ -304,7 +304,6 @@ snapshot() {
   S=$SNAP_SIZE
   # 1. the kernel reads the origin and COWs dmnbd wrote
   if snap_attach 4 sr-orig sr-cow8 sr-cow128; then
-    snap_same snap-1-origin-read "$(snap_short "$(sha /dev/nbd4)")" "$(snap_short "$SNAP_D_SHA_BASE")"
     for c in 8 128; do
       cow=/dev/nbd5; [ $c = 128 ] && cow=/dev/nbd6
       chk snap-1-create-s$c dmsetup create --readonly r-s$c --table "0 $S snapshot /dev/nbd4 $cow P $c" || continue
@@ -351,11 +350,9 @@ snapshot() {
       done
       echo "NBDVM-SNAP merge $m after $i polls: $st"
       snap_same snap-3-merge-s$c-finished "$v" "$((2 * c))/$(blockdev --getsz /dev/nbd$([ $c = 8 ] && echo 5 || echo 7)) $((2 * c))"
-      eval want=\$SNAP_D_SHA_S$c
-      snap_same snap-3-merged-device-s$c "$(snap_short "$(sha /dev/mapper/$m)")" "$(snap_short "$want")"
     done
     for m in $merged; do chk snap-3-remove-$m dmsetup remove $m; done
-    # the origins themselves (nothing read them before: no stale page cache)
+    # the origins (nothing read them before: no stale page cache)
     for m in $merged; do
       c=${m#m}; o=/dev/nbd4; [ $c = 128 ] && o=/dev/nbd6
       eval want=\$SNAP_D_SHA_S$c
