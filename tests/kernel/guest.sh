@@ -268,6 +268,7 @@ snap_attach() { # NBDN EXPORT...: attach /dev/nbdN, /dev/nbdN+1, ... in order
 }
 snap_detach() { for x in "$@"; do detach /dev/nbd$x; done; }
 snap_short() { echo "$1" | cut -c1-16; }
+snap_val() { eval "echo \"\$$1\""; }   # the value of the variable named $1
 snap_out() { echo "NBDVM-SNAP $*"; echo "NBDVM-SNAP $*" >> /tmp/snap.out; }
 snap_got() { grep "^NBDVM-SNAP $1 $2 " /tmp/snap.out | tail -1 | cut -d' ' -f4-; }  # WHAT DEV
 # snap_kernel_run STEP P OPS: the kernel's P-base-real (linear /dev/nbd4),
@@ -307,9 +308,9 @@ snapshot() {
     for c in 8 128; do
       cow=/dev/nbd5; [ $c = 128 ] && cow=/dev/nbd6
       chk snap-1-create-s$c dmsetup create --readonly r-s$c --table "0 $S snapshot /dev/nbd4 $cow P $c" || continue
-      eval want=\$SNAP_D_SHA_S$c
+      want=$(snap_val SNAP_D_SHA_S$c)
       snap_same snap-1-kernel-reads-dmnbd-cow-s$c "$(snap_short "$(sha /dev/mapper/r-s$c)")" "$(snap_short "$want")"
-      eval want=\$SNAP_D_STATUS_S$c
+      want=$(snap_val SNAP_D_STATUS_S$c)
       snap_same snap-1-status-s$c "$(dmsetup status r-s$c)" "$want"
       chk snap-1-remove-s$c dmsetup remove r-s$c
     done
@@ -320,11 +321,11 @@ snapshot() {
   if snap_attach 4 sc-orig sc-cow8 sc-cow128; then
     snap_kernel_run 1b kc /etc/snap/ops2
     for d in s8 s128 base; do
-      eval want=\$SNAP_C_SHA_$(echo $d | tr a-z A-Z)
+      want=$(snap_val "SNAP_C_SHA_$(echo "$d" | tr a-z A-Z)")
       snap_same snap-1b-kernel-continues-dmnbd-cow-$d "$(snap_short "$(snap_got sha kc-$d)")" "$(snap_short "$want")"
     done
     for c in 8 128; do
-      eval want=\$SNAP_C_STATUS_S$c
+      want=$(snap_val SNAP_C_STATUS_S$c)
       snap_same snap-1b-status-s$c "$(snap_got status kc-s$c)" "$want"
     done
   fi
@@ -349,13 +350,14 @@ snapshot() {
         sleep 0.1
       done
       echo "NBDVM-SNAP merge $m after $i polls: $st"
-      snap_same snap-3-merge-s$c-finished "$v" "$((2 * c))/$(blockdev --getsz /dev/nbd$([ $c = 8 ] && echo 5 || echo 7)) $((2 * c))"
+      cow=/dev/nbd5; [ $c = 128 ] && cow=/dev/nbd7
+      snap_same snap-3-merge-s$c-finished "$v" "$((2 * c))/$(blockdev --getsz $cow) $((2 * c))"
     done
     for m in $merged; do chk snap-3-remove-$m dmsetup remove $m; done
     # the origins (nothing read them before: no stale page cache)
     for m in $merged; do
       c=${m#m}; o=/dev/nbd4; [ $c = 128 ] && o=/dev/nbd6
-      eval want=\$SNAP_D_SHA_S$c
+      want=$(snap_val SNAP_D_SHA_S$c)
       snap_same snap-3-merged-origin-is-dmnbd-snapshot-s$c "$(snap_short "$(sha $o)")" "$(snap_short "$want")"
     done
   fi

@@ -182,6 +182,7 @@ snap_devices() { # PREFIX FILE-PREFIX: origin, snapshot-origin and the two snaps
 EOF
 }
 fsha() { sha256sum < "$1" | cut -d' ' -f1; }
+declare -A SNAP_FSHA   # file -> sha256, to show it unchanged later
 if [ "$RUN_SNAP" = 1 ]; then
   "$PY" "$HERE/snapshot.py" prepare "$WORK" > "$WORK/snap-prepare.out" || die "snapshot.py prepare failed"
   read -r SNAP_SIZE SNAP_COW8 SNAP_COW128 < "$SNAP/sizes"
@@ -203,7 +204,7 @@ if [ "$RUN_SNAP" = 1 ]; then
     SNAP_D_STATUS_S128=$("$DMNBD" --control "$SNAP/d-ctl.sock" status s128)
     log "snapshot: dmnbd after the sequence: s8 [$SNAP_D_STATUS_S8], s128 [$SNAP_D_STATUS_S128]; the kernel's allocation rule says: $("$PY" "$HERE/snapshot.py" model ops | tr '\n' ';')"
     if snap_stop; then ok "snapshot: dmnbd (the writer) stopped cleanly on SIGTERM"; else notok "snapshot: dmnbd (the writer) did not exit 0 on SIGTERM"; fi
-    for f in orig cow8 cow128; do eval "SNAP_D_FSHA_$f=\$(fsha \"\$SNAP/d-$f.img\")"; done
+    for f in d-orig d-cow8 d-cow128; do SNAP_FSHA[$f]=$(fsha "$SNAP/$f.img"); done
     cp "$SNAP/d-orig.img" "$SNAP/m8-orig.img"; cp "$SNAP/d-cow8.img" "$SNAP/m8-cow.img"
     cp "$SNAP/d-orig.img" "$SNAP/m128-orig.img"; cp "$SNAP/d-cow128.img" "$SNAP/m128-cow.img"
     for f in orig cow8 cow128; do cp "$SNAP/d-$f.img" "$SNAP/c-$f.img"; cp "$SNAP/d-$f.img" "$SNAP/kc-$f.img"; done
@@ -464,17 +465,16 @@ fi
 if [ "$RUN_SNAP" = 1 ]; then
   ksnap() { grep -a "^NBDVM-SNAP $1 $2 " "$C" | tail -1 | cut -d' ' -f4-; }
   same() { [ -n "$1" ] && [ "$1" = "$2" ]; }
-  for f in orig cow8 cow128; do
-    eval "want=\$SNAP_D_FSHA_$f"
-    check "snapshot 1: d-$f.img, which the kernel's read-only snapshots used, is unchanged" same "$(fsha "$SNAP/d-$f.img")" "$want"
+  for f in d-orig d-cow8 d-cow128; do
+    check "snapshot 1: $f.img, which the kernel's read-only snapshots used, is unchanged" same "$(fsha "$SNAP/$f.img")" "${SNAP_FSHA[$f]}"
   done
   # 2. the kernel ran the same sequence as dmnbd, from the same origin
   for d in s8 s128 base; do
-    eval "want=\$SNAP_D_SHA_$(tr a-z A-Z <<< "$d")"
+    v=SNAP_D_SHA_${d^^}; want=${!v}
     check "snapshot 2: the kernel's $d after the sequence reads as dmnbd's $d did (${want:0:16})" same "$(ksnap sha "k-$d")" "$want"
   done
   for c in 8 128; do
-    eval "want=\$SNAP_D_STATUS_S$c"
+    v=SNAP_D_STATUS_S$c; want=${!v}
     check "snapshot 2: the kernel's status of s$c after the sequence [$(ksnap status "k-s$c")] is dmnbd's [$want]" \
       same "$(ksnap status "k-s$c")" "$want"
   done
@@ -491,7 +491,7 @@ if [ "$RUN_SNAP" = 1 ]; then
   cmpcows 2 d k "the same sequence (ops)"
   # 1b. the kernel went on from dmnbd's files with ops2, as dmnbd did
   cmpcows 1b c kc "ops2 on top of dmnbd's files"
-  for f in orig cow8 cow128; do eval "SNAP_K_FSHA_$f=\$(fsha \"\$SNAP/k-$f.img\")"; done
+  for f in k-orig k-cow8 k-cow128 kc-orig kc-cow8 kc-cow128; do SNAP_FSHA[$f]=$(fsha "$SNAP/$f.img"); done
   # dmnbd reads the kernel's files (k-*), its own again (d-*), and the COWs
   # the kernel merged (m8-*, m128-*: a snapshot of the merged origin is empty)
   {
@@ -519,10 +519,10 @@ if [ "$RUN_SNAP" = 1 ]; then
       done
     done
     for c in 8 128; do
-      eval "want=\$SNAP_D_SHA_S$c wst=\$SNAP_D_STATUS_S$c"
+      v=SNAP_D_SHA_S$c; want=${!v}; v=SNAP_D_STATUS_S$c; wst=${!v}
       check "snapshot 1: dmnbd, restarted, reads its own s$c as before [$(rstatus "d-s$c")]" \
         sh -c 'test -n "$1" -a "$1" = "$2" -a -n "$3" -a "$3" = "$4"' _ "$(rsha "d-s$c")" "$want" "$(rstatus "d-s$c")" "$wst"
-      eval "want=\$SNAP_D_SHA_S$c"
+      v=SNAP_D_SHA_S$c; want=${!v}
       check "snapshot 3: dmnbd loads the COW the kernel merged for s$c: empty [$(rstatus "mg-s$c")], reads as the merged origin" \
         sh -c 'test -n "$1" -a "$1" = "$2" -a "$3" = "$4"' _ "$(rsha "mg-s$c")" "$want" "$(rstatus "mg-s$c")" \
         "0 $SNAP_SIZE snapshot $((2 * c))/$(($(stat -c %s "$SNAP/m$c-cow.img") / 512)) $((2 * c))"
@@ -531,13 +531,12 @@ if [ "$RUN_SNAP" = 1 ]; then
   else
     notok "snapshot: dmnbd did not start over the kernel's snapshot files (see $SNAP/server.log)"
   fi
-  for f in orig cow8 cow128; do
-    eval "want=\$SNAP_K_FSHA_$f"
-    check "snapshot 2: dmnbd's reading left the kernel's k-$f.img unchanged" same "$(fsha "$SNAP/k-$f.img")" "$want"
+  for f in k-orig k-cow8 k-cow128 kc-orig kc-cow8 kc-cow128; do
+    check "snapshot ${f%%-*}: dmnbd's reading left the kernel's $f.img unchanged" same "$(fsha "$SNAP/$f.img")" "${SNAP_FSHA[$f]}"
   done
   # 3. the merged origins are dmnbd's snapshots
   for c in 8 128; do
-    eval "want=\$SNAP_D_SHA_S$c"
+    v=SNAP_D_SHA_S$c; want=${!v}
     check "snapshot 3: m$c-orig.img, merged by the kernel, is dmnbd's s$c (${want:0:16})" same "$(fsha "$SNAP/m$c-orig.img")" "$want"
   done
 fi
