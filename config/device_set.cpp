@@ -10,7 +10,6 @@
 
 #include <functional>
 
-#include "dm/run_blocking.hpp"
 #include "dm/table.hpp"
 
 namespace dmnbd {
@@ -108,14 +107,14 @@ std::vector<const DeviceSpec*> creation_order(const Config& cfg) {
 
 }  // namespace
 
-void build_devices(const Config& config, DeviceManager& manager) {
+Task<void> build_devices(const Config& config, DeviceManager& manager) {
   CreatedPaths created;
   for (const FileSpec& spec : config.files) create_sparse_file(config, spec, created);
   for (const DeviceSpec* spec : creation_order(config)) {
     try {
-      run_blocking(
-          manager.create(spec->name, spec->table,
-                         {.description = spec->description, .read_only = spec->read_only}));
+      // Named: no temporaries with destructors in a co_await (GCC 12).
+      const CreateOptions options{.description = spec->description, .read_only = spec->read_only};
+      co_await manager.create(spec->name, spec->table, options);
     } catch (const TableError& e) {
       const int line =
           e.line() ? spec->table_first_line + static_cast<int>(e.line()) - 1 : spec->line;

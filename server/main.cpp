@@ -17,7 +17,6 @@
 #include "control/control_server.hpp"
 #include "demo_config.hpp"
 #include "dm/device_manager.hpp"
-#include "dm/run_blocking.hpp"
 #include "nbd/server.hpp"
 #include "runtime/runtime.hpp"
 
@@ -59,6 +58,18 @@ void apply_limit_overrides(const ServeOptions& opts, ServerLimits& limits) {
   if (opts.max_connections > 0) limits.max_connections = opts.max_connections;
 }
 
+// On the main loop: the devices first (their targets' background jobs then
+// run on this loop), then the control socket and the listeners.
+Task<void> start_serving(const Config& config, DeviceManager& devices,
+                         control::ControlServer& control, nbd::Server& server) {
+  co_await build_devices(config, devices);
+  for (const auto& device : devices.list())
+    spdlog::info("device {}: {} sectors ({} bytes){}", device->name(), device->sectors(),
+                 device->size_bytes(), device->read_only() ? ", read-only" : "");
+  control.start();
+  server.start();
+}
+
 int serve(const ServeOptions& opts) {
   spdlog::set_level(spdlog::level::from_str(opts.log_level));
   Config config;
@@ -76,35 +87,33 @@ int serve(const ServeOptions& opts) {
   if (!opts.control.empty()) config.control = fs::absolute(opts.control);
   apply_limit_overrides(opts, config.limits);
 
-  DeviceManager devices(config.base_dir);
-  build_devices(config, devices);
-  for (const auto& device : devices.list())
-    spdlog::info("device {}: {} sectors ({} bytes){}", device->name(), device->sectors(),
-                 device->size_bytes(), device->read_only() ? ", read-only" : "");
-
   const ServerLimits& limits = config.limits;
   spdlog::info(
       "limits: {} MiB of payload in flight per connection, {} MiB in all, handshake {} s, "
       "{} connections",
       limits.connection_payload >> 20, limits.server_payload >> 20, limits.handshake_seconds,
       limits.max_connections);
+  DeviceManager devices(config.base_dir);
   runtime::Runtime runtime(opts.threads, std::chrono::microseconds(opts.poll_us));
   nbd::Server server({.accept = runtime.worker(0),
                       .next = [&runtime]() -> asio::io_context& { return runtime.next_worker(); }},
                      devices, config.listen, limits);
   control::ControlServer control(runtime.main_context(), devices, config.control);
-  control.start();
-  server.start();
   runtime.start();
   // The first SIGINT or SIGTERM: no new connections or control requests;
-  // every connection finishes its requests, then the loops stop.
-  runtime.run([&] {
+  // every connection finishes its requests; then the targets write their
+  // last metadata (log-writes its end mark) and stop their background jobs,
+  // on the main loop where those jobs run; then the loops stop.
+  runtime.run(start_serving(config, devices, control, server), [&] {
     control.stop();
-    server.stop([&runtime] { runtime.stop(); });
+    server.stop([&] {
+      asio::co_spawn(runtime.main_context(), devices.teardown_all(),
+                     [&runtime](std::exception_ptr error) {
+                       if (error) spdlog::error("tearing the devices down failed");
+                       runtime.stop();
+                     });
+    });
   });
-  // Every connection is gone and the loops have stopped: targets write their
-  // last metadata (log-writes its end mark) before the process exits.
-  run_blocking(devices.teardown_all());
   spdlog::info("stopped");
   return 0;
 }

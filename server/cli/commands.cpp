@@ -344,6 +344,16 @@ std::function<int()> add_control_commands(CLI::App& app) {
       "--persistent", [](int64_t) {}, "Keep exceptions on the COW (P, the default)");
   snap_create->add_flag("--transient", o->transient, "Keep exceptions in memory only (N)")
       ->excludes(persistent);
+  verb_of(
+      *snapshot, "merge",
+      "Merge snapshot NAME back into its origin (the origin stays usable meanwhile); returns "
+      "when done, the origin mapping its own table again",
+      [o] {
+        return json{{"cmd", "snapshot-merge"}, {"name", o->name}};
+      },
+      [](const json& r) { std::cout << r["table"].get<std::string>(); })
+      ->add_option("name", o->name, "The snapshot device")
+      ->required();
   verb_of(*snapshot, "remove",
           "Remove snapshot NAME; with its origin's last snapshot gone, the origin maps its own "
           "table again",

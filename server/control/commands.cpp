@@ -199,6 +199,10 @@ Task<json> verb_snapshot_create(DeviceManager& devices, const json& req, Name) {
   co_return co_await snapshot_create(devices, req);
 }
 
+Task<json> verb_snapshot_merge(DeviceManager& devices, const json& req, Name) {
+  co_return co_await snapshot_merge(devices, req);
+}
+
 Task<json> verb_snapshot_remove(DeviceManager& devices, const json& req, Name) {
   co_return co_await snapshot_remove(devices, req);
 }
@@ -228,6 +232,7 @@ constexpr Verb kVerbs[] = {
     {"deps", false, verb_deps},
     {"targets", false, verb_targets},
     {"snapshot-create", true, verb_snapshot_create},
+    {"snapshot-merge", true, verb_snapshot_merge},
     {"snapshot-remove", true, verb_snapshot_remove},
 };
 

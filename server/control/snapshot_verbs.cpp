@@ -9,6 +9,8 @@
 #include <optional>
 #include <sstream>
 
+#include <boost/asio/steady_timer.hpp>
+
 #include "dm/table.hpp"
 #include "request_fields.hpp"
 
@@ -102,6 +104,26 @@ bool create_cow_file(const fs::path& path, uint64_t bytes) {
     throw ControlError(err, "cannot size " + path.string() + ": " + std::strerror(err));
   }
   return true;
+}
+
+// The merge's progress from the merging device's status line, as
+// lvconvert --merge polls it: done when allocated == metadata sectors.
+struct MergeProgress {
+  bool done = false;
+  std::string failed;  // "Invalid" or "Merge failed"
+};
+
+MergeProgress merge_progress(const Device& device) {
+  auto table = device.live_table();
+  if (!table) return {false, "the device lost its table"};
+  std::string status = table->status_text();
+  while (!status.empty() && status.back() == '\n') status.pop_back();
+  if (status.ends_with("Invalid")) return {false, "Invalid"};
+  if (status.ends_with("Merge failed")) return {false, "Merge failed"};
+  std::istringstream in(status);
+  std::string start, length, type, usage, metadata;
+  in >> start >> length >> type >> usage >> metadata;
+  return {usage.substr(0, usage.find('/')) == metadata, ""};
 }
 
 }  // namespace
@@ -213,6 +235,87 @@ Task<json> snapshot_remove(DeviceManager& devices, const json& req) {
   spdlog::info("snapshot {} removed{}", name,
                restore ? "; " + origin_name + " maps its own table again" : "");
   co_return json{{"ok", true}};
+}
+
+}  // namespace dmnbd::control
+
+namespace dmnbd::control {
+
+Task<json> snapshot_merge(DeviceManager& devices, const json& req) {
+  const std::string name = str(req, "name");
+  auto snapshot = devices.get(name);
+  const auto line = one_line(*snapshot);
+  if (!line || line->type != "snapshot" || line->words.size() < 4)
+    throw ControlError(EINVAL, name + " is not a snapshot (its table is not one snapshot line)");
+  const std::string real = line->words[0];
+  const auto origins = lines_on(devices, "snapshot-origin", real);
+  if (origins.empty())
+    throw ControlError(EINVAL,
+                       "no device maps snapshot-origin " + real + ": nothing to merge into");
+  const std::string origin_name = origins[0]->name();
+  auto siblings = lines_on(devices, "snapshot", real);
+  std::erase_if(siblings, [&](const auto& d) { return d->name() == name; });
+  const std::string sectors = std::to_string(origins[0]->sectors());
+  std::string merge_table = "0 " + sectors + " snapshot-merge";
+  for (const auto& w : line->words) merge_table += " " + w;
+  auto real_device = devices.find(real);
+  // After the merge: the origin maps -real again, unless other snapshots
+  // still need their snapshot-origin.
+  const bool restore = siblings.empty() && real_device && real_device->live_table();
+  const std::string after_table = restore ? real_device->live_table()->table_text()
+                                          : "0 " + sectors + " snapshot-origin " + real;
+
+  // dmsetup's order: the snapshot suspended, the origin reloaded with
+  // snapshot-merge (which takes the snapshot over), the snapshot removed.
+  std::vector<Step> start;
+  start.push_back({"suspend " + name,
+                   [&]() -> Task<void> { co_await devices.suspend(name, false); },
+                   [&]() -> Task<void> { co_await devices.resume(name); }});
+  start.push_back({"suspend " + origin_name,
+                   [&]() -> Task<void> { co_await devices.suspend(origin_name, false); },
+                   [&]() -> Task<void> { co_await devices.resume(origin_name); }});
+  start.push_back({"load snapshot-merge into " + origin_name,
+                   [&]() -> Task<void> { co_await devices.load(origin_name, merge_table); },
+                   [&]() -> Task<void> { co_await devices.clear(origin_name); }});
+  start.push_back({"resume " + origin_name,
+                   [&]() -> Task<void> { co_await devices.resume(origin_name); }, nullptr});
+  co_await run_steps("snapshot merge", start);
+  spdlog::info("snapshot {}: merging into {}", name, origin_name);
+  // The snapshot reads as Invalid now; it goes, as lvconvert --merge does.
+  std::optional<std::string> not_removed;
+  try {
+    co_await devices.remove(name, false);
+  } catch (const std::exception& e) {
+    not_removed = e.what();
+  }
+  if (not_removed) spdlog::warn("snapshot merge: removing {} failed: {}", name, *not_removed);
+
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  auto merging = devices.get(origin_name);
+  for (MergeProgress p = merge_progress(*merging); !p.done; p = merge_progress(*merging)) {
+    if (!p.failed.empty())
+      throw ControlError(EIO, "the merge into " + origin_name + " stopped: " + p.failed +
+                                  " (its table stays snapshot-merge; see the server log)");
+    timer.expires_after(std::chrono::milliseconds(50));
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+
+  std::vector<Step> finish;
+  finish.push_back({"suspend " + origin_name,
+                    [&]() -> Task<void> { co_await devices.suspend(origin_name, false); },
+                    [&]() -> Task<void> { co_await devices.resume(origin_name); }});
+  finish.push_back({"load " + (restore ? real + "'s table" : std::string("snapshot-origin")) +
+                        " into " + origin_name,
+                    [&]() -> Task<void> { co_await devices.load(origin_name, after_table); },
+                    [&]() -> Task<void> { co_await devices.clear(origin_name); }});
+  finish.push_back({"resume " + origin_name,
+                    [&]() -> Task<void> { co_await devices.resume(origin_name); }, nullptr});
+  if (restore)
+    finish.push_back(
+        {"remove " + real, [&]() -> Task<void> { co_await devices.remove(real, false); }, nullptr});
+  co_await run_steps("snapshot merge", finish);
+  spdlog::info("snapshot {}: merged into {}", name, origin_name);
+  co_return json{{"ok", true}, {"table", after_table}};
 }
 
 }  // namespace dmnbd::control

@@ -68,6 +68,8 @@ void BackgroundJob::finish(State& s, Status st) {
   {
     std::lock_guard lk(s.mutex);
     s.running = false;
+    // The timer belongs to the loop's executor, which may go before the job.
+    s.timer.reset();
     wake_all(s.ended);
     on_done = s.options.on_done;
   }
@@ -136,6 +138,7 @@ Task<void> BackgroundJob::run_loop(std::shared_ptr<State> s) {
   }
   std::lock_guard lk(s->mutex);
   s->running = false;
+  s->timer.reset();
   wake_all(s->ended);
 }
 

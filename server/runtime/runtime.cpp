@@ -44,7 +44,7 @@ void Runtime::start() {
   spdlog::info("{} event loop(s), backing I/O through {}", workers_.size(), engine_kind());
 }
 
-void Runtime::run(std::function<void()> on_signal) {
+void Runtime::run(Task<void> startup, std::function<void()> on_signal) {
   asio::signal_set signals(main_, SIGINT, SIGTERM);
   signals.async_wait([on_signal = std::move(on_signal)](boost::system::error_code ec, int signo) {
     if (ec) return;
@@ -53,8 +53,15 @@ void Runtime::run(std::function<void()> on_signal) {
   });
   auto guard = asio::make_work_guard(main_);
   IoEngineScope engine(main_);  // suspend flushes backing files from here
+  std::exception_ptr failed;
+  asio::co_spawn(main_, std::move(startup), [this, &failed](std::exception_ptr e) {
+    if (!e) return;
+    failed = e;
+    main_.stop();
+  });
   main_.run();
   join_workers();
+  if (failed) std::rethrow_exception(failed);
 }
 
 void Runtime::stop() {

@@ -25,9 +25,12 @@ class Runtime {
 
   // Starts the worker threads; returns once each has its I/O engine.
   void start();
-  // Runs the main loop on the calling thread until stop(); `on_signal` runs
-  // on it at the first SIGINT or SIGTERM. Then stops and joins the workers.
-  void run(std::function<void()> on_signal);
+  // Runs the main loop on the calling thread until stop(): first `startup`
+  // (where devices are built, so their targets' background jobs run on this
+  // loop), then whatever it started; `on_signal` runs on it at the first
+  // SIGINT or SIGTERM. Then stops and joins the workers. An exception from
+  // `startup` stops everything and is rethrown.
+  void run(Task<void> startup, std::function<void()> on_signal);
   // Thread-safe: ends run().
   void stop();
 

@@ -5,9 +5,7 @@
 // copy), and the write is only acknowledged once the copy is on disk.
 // Reads pass through. Like the kernel's, the line must start at sector 0.
 #include "dmnbd/target.hpp"
-#include "dmnbd/when_all.hpp"
 #include "origins.hpp"
-#include "snapshot.hpp"
 
 namespace dmnbd::snapshot {
 namespace {
@@ -35,7 +33,7 @@ class OriginTarget final : public Target {
         co_return ok();
       case BioOp::write:
       case BioOp::write_zeroes:
-        co_await copy_out(bio.sector, bio.sectors);
+        co_await copy_out_to_snapshots(dev_->identity(), bio.sector, bio.sectors);
         break;
     }
     co_return co_await dev_->submit(bio);
@@ -55,20 +53,6 @@ class OriginTarget final : public Target {
   std::vector<DeviceArea> device_areas() const override { return {{dev_, 0, length_}}; }
 
  private:
-  // do_origin(): every snapshot of the device, side by side.
-  Task<void> copy_out(uint64_t sector, uint64_t count) {
-    const std::vector<std::shared_ptr<Snapshot>> snapshots =
-        Origins::instance().snapshots_of(dev_->identity());
-    if (snapshots.empty()) co_return;
-    std::vector<Task<Status>> copies;
-    for (const auto& s : snapshots)
-      copies.push_back([](Snapshot& snap, uint64_t sector, uint64_t count) -> Task<Status> {
-        co_await snap.copy_out(sector, count);
-        co_return ok();
-      }(*s, sector, count));
-    co_await when_all(std::span(copies));
-  }
-
   const uint64_t length_;
   std::string dev_name_;
   std::shared_ptr<BlockDevice> dev_;

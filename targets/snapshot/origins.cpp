@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "dmnbd/when_all.hpp"
 #include "snapshot.hpp"
 
 namespace dmnbd::snapshot {
@@ -52,6 +53,18 @@ std::shared_ptr<Snapshot> Origins::sharing_cow(const BlockDevice* origin,
   for (auto& s : live())
     if (s->origin()->identity() == origin && s->cow()->identity() == cow) return s;
   return nullptr;
+}
+
+Task<void> copy_out_to_snapshots(const BlockDevice* origin, uint64_t sector, uint64_t count) {
+  const std::vector<std::shared_ptr<Snapshot>> snapshots = Origins::instance().snapshots_of(origin);
+  if (snapshots.empty()) co_return;
+  std::vector<Task<Status>> copies;
+  for (const auto& s : snapshots)
+    copies.push_back([](Snapshot& snap, uint64_t sector, uint64_t count) -> Task<Status> {
+      co_await snap.copy_out(sector, count);
+      co_return ok();
+    }(*s, sector, count));
+  co_await when_all(std::span(copies));
 }
 
 }  // namespace dmnbd::snapshot

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <vector>
 
+#include "dmnbd/asio.hpp"
 #include "dmnbd/block_device.hpp"
 
 namespace dmnbd::snapshot {
@@ -33,5 +34,9 @@ class Origins {
   std::vector<std::weak_ptr<Snapshot>> snapshots_;  // few: scans are fine
   std::vector<const Snapshot*> keys_;               // beside snapshots_, for remove()
 };
+
+// do_origin(): before a write of [sector, sector + count) reaches `origin`,
+// every snapshot of it copies out what the write would change, side by side.
+Task<void> copy_out_to_snapshots(const BlockDevice* origin, uint64_t sector, uint64_t count);
 
 }  // namespace dmnbd::snapshot

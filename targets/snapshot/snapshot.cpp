@@ -55,6 +55,21 @@ Task<void> Snapshot::load() {
   Origins::instance().add(shared_from_this());
 }
 
+void Snapshot::claim(const void* line, std::function<void()> raise_event) {
+  std::lock_guard lk(mutex_);
+  owner_ = line;
+  raise_event_ = std::move(raise_event);
+}
+
+void Snapshot::raise_event() {
+  std::function<void()> raise;
+  {
+    std::lock_guard lk(mutex_);
+    raise = raise_event_;
+  }
+  if (raise) raise();
+}
+
 void Snapshot::activate(uint64_t table_sectors) {
   table_sectors_ = table_sectors;
   active_ = true;
@@ -68,14 +83,14 @@ Task<Status> Snapshot::read(Bio bio) {
     std::lock_guard lk(mutex_);
     if (!valid_) co_return errno_status(EIO);
     in_cow = complete_.lookup(chunk, remapped);
-    if (!in_cow) ++reads_[chunk];
+    if (!in_cow) ++tracked_[chunk];
   }
   if (in_cow) {
     const uint64_t sector = (remapped << chunk_shift_) + (bio.sector & (chunk_sectors_ - 1));
     co_return co_await cow_->submit(bio.at(sector));
   }
   const Status st = co_await origin_->submit(bio);
-  untrack_read(chunk);
+  untrack(chunk);
   co_return st;
 }
 
@@ -121,7 +136,8 @@ Task<Status> Snapshot::discard(Bio bio, bool zero_cow, bool passdown) {
 }
 
 Task<void> Snapshot::copy_out(uint64_t sector, uint64_t count) {
-  if (!valid_ || !active_ || count == 0) co_return;
+  // A merging snapshot is on its way out: it takes no new exceptions.
+  if (!valid_ || !active_ || merging_ || count == 0) co_return;
   const uint64_t end = std::min(sector + count, table_sectors_.load());
   if (sector >= end) co_return;  // past the end of the snapshot
   const Chunk first = chunk_of(sector);
@@ -135,7 +151,7 @@ Task<void> Snapshot::copy_out(uint64_t sector, uint64_t count) {
     }(*this, c, remapped[c - first]));
   // A failed copy has invalidated this snapshot; the origin write goes on.
   co_await when_all(std::span(copies));
-  for (Chunk c = first; c <= last; ++c) co_await wait_for_reads(c);
+  for (Chunk c = first; c <= last; ++c) co_await wait_for_tracked(c);
 }
 
 Task<Status> Snapshot::exception_for(Chunk chunk, const Bio* whole, bool for_origin, Chunk& out,
@@ -235,35 +251,35 @@ Task<void> Snapshot::invalidate(const char* why) {
   if (!valid_.exchange(false)) co_return;
   spdlog::error("snapshot: {}: Invalidating snapshot: {}", cow_->name(), why);
   co_await store_->drop_snapshot();
-  raise_event_();
+  raise_event();
 }
 
-void Snapshot::untrack_read(Chunk chunk) {
+void Snapshot::untrack(Chunk chunk) {
   std::vector<std::function<void()>> waiters;
   {
     std::lock_guard lk(mutex_);
-    auto it = reads_.find(chunk);
-    if (--it->second == 0) reads_.erase(it);
-    waiters.swap(read_waiters_);
+    auto it = tracked_.find(chunk);
+    if (--it->second == 0) tracked_.erase(it);
+    waiters.swap(tracked_waiters_);
   }
   for (auto& wake : waiters) wake();
 }
 
 // __check_for_conflicting_io(): a read that found no exception may still be
 // reading the origin; the origin write must not overtake it.
-Task<void> Snapshot::wait_for_reads(Chunk chunk) {
+Task<void> Snapshot::wait_for_tracked(Chunk chunk) {
   for (;;) {
     {
       std::lock_guard lk(mutex_);
-      if (!reads_.contains(chunk)) co_return;
+      if (!tracked_.contains(chunk)) co_return;
     }
     co_await park_until_woken([this, chunk](std::function<void()> wake) {
       std::unique_lock lk(mutex_);
-      if (!reads_.contains(chunk)) {
+      if (!tracked_.contains(chunk)) {
         lk.unlock();
         wake();
       } else {
-        read_waiters_.push_back(std::move(wake));
+        tracked_waiters_.push_back(std::move(wake));
       }
     });
   }
@@ -284,6 +300,7 @@ Task<void> Snapshot::drain() {
 
 std::string Snapshot::status() const {
   if (!valid_) return "Invalid";
+  if (merge_failed_) return "Merge failed";
   if (overflow_) return "Overflow";
   const StoreUsage u = store_->usage();
   return std::to_string(u.sectors_allocated) + "/" + std::to_string(u.total_sectors) + " " +

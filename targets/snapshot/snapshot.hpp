@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "dmnbd/background_job.hpp"
 #include "dmnbd/block_device.hpp"
 #include "dmnbd/kcopyd.hpp"
 #include "exception_store.hpp"
@@ -64,9 +65,38 @@ class Snapshot : public std::enable_shared_from_this<Snapshot> {
   void activate(uint64_t table_sectors);
   bool active() const { return active_.load(); }
 
+  // Which table line drives the snapshot: the one resumed last. A reloaded
+  // line takes the snapshot over from the one before (the kernel's
+  // handover), and the line it was taken from reads as Invalid.
+  // Its events go to the claiming line's device from then on.
+  void claim(const void* line, std::function<void()> raise_event);
+  bool owned_by(const void* line) const {
+    const void* owner = owner_.load();
+    return owner == nullptr || owner == line;
+  }
+
   bool valid() const { return valid_.load(); }
   bool overflowed() const { return overflow_.load(); }
-  // "Invalid", "Overflow" or "<allocated>/<total> <metadata>".
+
+  // ---- snapshot-merge (merge.cpp): the COW's chunks copied back into the
+  // origin, newest first, in the kernel's batches, while the merging device
+  // (which takes the origin's place) stays readable and writable.
+  bool merging() const { return merging_.load(); }
+  bool merge_failed() const { return merge_failed_.load(); }
+  // snapshot_merge_map(): a chunk still in the COW is read and written
+  // there, except that a write to a chunk being merged waits for its batch
+  // and then goes to the origin; other chunks are the origin's (writes copy
+  // out to the origin's other snapshots first). Discards do nothing.
+  Task<Status> merge_io(Bio bio);
+  Task<Status> merge_flush();  // the origin and the COW
+  // Starts the merge on `executor` (the first time), or lets it go on.
+  void start_merge(asio::any_io_executor executor);
+  // Presuspend: returns once the batch in flight is done.
+  Task<void> pause_merge();
+  // Teardown: the merge ends after the batch in flight.
+  Task<void> stop_merge();
+
+  // "Invalid", "Merge failed", "Overflow" or "<allocated>/<total> <metadata>".
   std::string status() const;
   size_t exceptions() const;
   size_t table_memory_bytes() const;
@@ -90,15 +120,20 @@ class Snapshot : public std::enable_shared_from_this<Snapshot> {
   Task<void> wait_for(const std::shared_ptr<Pending>& pe);
   // __invalidate_snapshot(): header valid = 0, all I/O fails, an event.
   Task<void> invalidate(const char* why);
+  // One merge batch (snapshot_merge_next_chunks() and merge_callback()).
+  Task<JobStep> merge_batch();
+  // The merge stops for good: queued writes fail, status "Merge failed".
+  void fail_merge(const char* why);
 
-  // Reads of origin chunks in flight through the snapshot (track_chunk()).
-  void untrack_read(Chunk chunk);
-  Task<void> wait_for_reads(Chunk chunk);
+  // I/O in flight that a copy must not overtake (track_chunk()): a
+  // snapshot's reads of the origin, which an origin write waits for, and a
+  // merging snapshot's writes to the COW, which a merge batch waits for.
+  void untrack(Chunk chunk);
+  Task<void> wait_for_tracked(Chunk chunk);
 
   const std::shared_ptr<BlockDevice> origin_;
   const std::shared_ptr<BlockDevice> cow_;
   const std::unique_ptr<ExceptionStore> store_;
-  const std::function<void()> raise_event_;
   uint32_t chunk_sectors_ = 0;
   unsigned chunk_shift_ = 0;
   Kcopyd kcopyd_;
@@ -107,14 +142,25 @@ class Snapshot : public std::enable_shared_from_this<Snapshot> {
   std::atomic<bool> overflow_ = false;
   std::atomic<bool> active_ = false;
   std::atomic<uint64_t> table_sectors_ = 0;
+  std::atomic<const void*> owner_ = nullptr;
+  std::atomic<bool> merging_ = false;
+  std::atomic<bool> merge_failed_ = false;
+  std::unique_ptr<BackgroundJob> merge_job_;  // on the executor start_merge() was given
+
+  // dm_table_event() of the owning line's device.
+  void raise_event();
 
   mutable std::mutex mutex_;  // everything below
+  std::function<void()> raise_event_;
   ExceptionTable complete_;
   std::unordered_map<Chunk, std::shared_ptr<Pending>> pending_;
-  std::unordered_map<Chunk, unsigned> reads_;        // origin reads in flight, per chunk
-  std::vector<std::function<void()>> read_waiters_;  // woken when a tracked read ends
-  unsigned copies_ = 0;                              // exception_for() calls copying
+  std::unordered_map<Chunk, unsigned> tracked_;         // tracked I/O in flight, per chunk
+  std::vector<std::function<void()>> tracked_waiters_;  // woken when tracked I/O ends
+  unsigned copies_ = 0;                                 // exception_for() calls copying
   std::vector<std::function<void()>> drain_waiters_;
+  Chunk merging_first_ = 0;  // the batch being merged: chunks [first, first + count)
+  uint64_t merging_count_ = 0;
+  std::vector<std::function<void()>> merge_waiters_;  // writes to the batch, until it is done
 };
 
 }  // namespace dmnbd::snapshot

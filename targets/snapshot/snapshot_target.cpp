@@ -1,11 +1,19 @@
 // snapshot <origin> <COW> <P|PO|N> <chunk sectors> [<#features> <feature>...]
 //   features: discard_zeroes_cow, discard_passdown_origin (needs the first)
+// snapshot-merge <origin> <COW> <P|PO> <chunk sectors> [<#features> <feature>...]
 // A view of <origin> as it was when the snapshot was made: reads come from
 // the COW where the chunk was copied there, else from the origin; writes go
 // to the COW, copying the chunk first unless they cover it. The origin's
 // writes must go through a snapshot-origin line on the same device, which
 // copies each chunk out before changing it. Like the kernel's, the line must
 // start at sector 0 and be alone in its table.
+//
+// snapshot-merge takes the origin device's place: it copies the COW's chunks
+// back into <origin> in the background, newest first, and meanwhile reads
+// and writes chunks not merged yet in the COW. Loaded over the COW of a live
+// snapshot, it takes that snapshot over (which then reads as Invalid);
+// loaded over a COW alone, it merges what the COW holds on disk, so a merge
+// cut short by a restart goes on where it stopped.
 #include <spdlog/spdlog.h>
 
 #include "dmnbd/arg_set.hpp"
@@ -17,10 +25,10 @@
 namespace dmnbd::snapshot {
 namespace {
 
-class SnapshotTarget final : public Target {
+class SnapshotTarget : public Target {
  public:
-  SnapshotTarget(const TargetContext& ctx, TargetArgs args)
-      : length_(ctx.length), raise_event_(ctx.raise_event) {
+  SnapshotTarget(const TargetContext& ctx, TargetArgs args, bool merge = false)
+      : merge_(merge), length_(ctx.length), raise_event_(ctx.raise_event) {
     if (args.size() < 4) throw TargetError("requires 4 or more arguments");
     ArgSet as(args);
     as.consume(4);
@@ -44,6 +52,12 @@ class SnapshotTarget final : public Target {
       // The kernel answers with its ctr words only; the store's say why.
       throw TargetError(std::string(e.ctr_error()) + " (" + e.what() + ")");
     }
+    if (merge_ && !store->persistent())
+      throw TargetError("Snapshot exception store does not support snapshot-merge.");
+    if (merge_)
+      for (const auto& s : Origins::instance().snapshots_of(origin_->identity()))
+        if (s->merging() && s->cow()->identity() != cow_->identity())
+          throw TargetError("A snapshot is already merging.");
     // A live snapshot with this COW is taken over, not read again: its
     // exceptions and copies in flight are the truth (the kernel's handover).
     snapshot_ = Origins::instance().sharing_cow(origin_->identity(), cow_->identity());
@@ -58,6 +72,9 @@ class SnapshotTarget final : public Target {
   }
 
   Task<Status> map(Bio bio) override {
+    // A line another took the snapshot over from gets no more I/O.
+    if (!snapshot_->owned_by(this)) co_return errno_status(EIO);
+    if (merge_) co_return co_await snapshot_->merge_io(bio);
     switch (bio.op) {
       case BioOp::read:
         co_return co_await snapshot_->read(bio);
@@ -72,17 +89,34 @@ class SnapshotTarget final : public Target {
       case BioOp::flush:
         break;
     }
+    co_return co_await flush();
+  }
+
+  // snapshot: to the COW; snapshot-merge: to the origin and the COW.
+  Task<Status> flush() override {
+    if (!snapshot_->owned_by(this)) co_return errno_status(EIO);
+    if (merge_) co_return co_await snapshot_->merge_flush();
     co_return co_await snapshot_->flush();
   }
 
-  Task<Status> flush() override { co_return co_await snapshot_->flush(); }
-
-  Task<void> resume() override {
-    snapshot_->activate(length_);
-    co_return;
+  Task<void> presuspend() override {
+    if (merge_ && snapshot_->owned_by(this)) co_await snapshot_->pause_merge();
   }
 
-  Task<void> teardown() override { co_await snapshot_->drain(); }
+  Task<void> resume() override {
+    // A line the snapshot was taken from stays out (the kernel leaves the
+    // handover's source invalid).
+    if (claimed_ && !snapshot_->owned_by(this)) co_return;
+    claimed_ = true;
+    snapshot_->claim(this, raise_event_);
+    snapshot_->activate(length_);
+    if (merge_) snapshot_->start_merge(co_await asio::this_coro::executor);
+  }
+
+  Task<void> teardown() override {
+    if (merge_ && snapshot_->owned_by(this)) co_await snapshot_->stop_merge();
+    co_await snapshot_->drain();
+  }
 
   uint64_t max_io_len() const override { return snapshot_->chunk_sectors(); }
 
@@ -98,7 +132,9 @@ class SnapshotTarget final : public Target {
     return out;
   }
 
-  std::string status() const override { return snapshot_->status(); }
+  std::string status() const override {
+    return snapshot_->owned_by(this) ? snapshot_->status() : "Invalid";
+  }
 
   std::vector<DeviceArea> device_areas() const override {
     return {{origin_, 0, length_}, {cow_, 0, cow_->sectors()}};
@@ -132,6 +168,7 @@ class SnapshotTarget final : public Target {
       throw TargetError("discard_passdown_origin feature depends on discard_zeroes_cow");
   }
 
+  const bool merge_;
   const uint64_t length_;
   const std::function<void()> raise_event_;
   std::string origin_name_, cow_name_;
@@ -140,10 +177,18 @@ class SnapshotTarget final : public Target {
   bool discard_passdown_origin_ = false;
   std::shared_ptr<Snapshot> snapshot_;
   bool must_load_ = false;
+  bool claimed_ = false;  // resumed once: the snapshot was this line's
+};
+
+class SnapshotMergeTarget final : public SnapshotTarget {
+ public:
+  SnapshotMergeTarget(const TargetContext& ctx, TargetArgs args)
+      : SnapshotTarget(ctx, args, true) {}
 };
 
 }  // namespace
 
 DMNBD_REGISTER_TARGET("snapshot", SnapshotTarget, 1, 16, 0);
+DMNBD_REGISTER_TARGET("snapshot-merge", SnapshotMergeTarget, 1, 5, 0);
 
 }  // namespace dmnbd::snapshot

@@ -60,6 +60,17 @@ check "snapshot remove" quiet dm snapshot remove snap
 check "the origin maps its own table again" is "$(dm table | tr '\n' ';')" "vol: 0 131072 linear disk.img 0;"
 check "with its new bytes" is "$(nbdio read:4096:512 | cut -d' ' -f2)" 2222222222222222
 
+# ---- 1b. merge back (lvconvert --merge)
+dm snapshot create msnap vol --cow mcow.img --size 16M > /dev/null || fail "snapshot create msnap failed"
+nbdio write:0:65536:0x44 write:8388608:4096:0x45 > /dev/null
+EXPORT=msnap nbdio write:65536:4096:0x46 write:16777216:8192:0x47 > /dev/null
+want=$(sha_of msnap 67108864)
+check "snapshot merge prints the origin's table after" is "$(dm snapshot merge msnap)" "0 131072 linear disk.img 0"
+check "the origin now reads as the snapshot did" is "$(sha_of vol 67108864)" "$want"
+check "the origin maps its own table, the snapshot is gone" is "$(dm table | tr '\n' ';')" "vol: 0 131072 linear disk.img 0;"
+check "merging a device that is not a snapshot: refused" quiet bash -c \
+  "! timeout 60 '$DMNBD' --control '$WORK/ctl.sock' snapshot merge vol"
+
 # ---- 2. kill -9 under load
 dmnbd_stop || fail "$STOP_REASON"
 cat > "$WORK/cfg2.yaml" <<YAML
@@ -146,12 +157,54 @@ check "the snapshot is valid after kill -9" bash -c "! timeout 60 '$DMNBD' --con
 check "every acknowledged write is there, the snapshot is the origin at snapshot time" \
   timeout 120 "$PY" "$WORK/verify.py" "$WORK/nbd.sock" "$WORK/writes.log" "$WORK/frozen.img"
 
+# ---- 2b. a merge cut short by kill -9 goes on after the restart
+dmnbd_stop || fail "$STOP_REASON"
+# Writes to the origin are held 30 ms (delay), so the merge takes seconds.
+REAL="0 131072 delay disk.img 0 0 disk.img 0 30"
+cat > "$WORK/cfg3.yaml" <<YAML
+listen: [ "unix://$WORK/nbd.sock" ]
+control: $WORK/ctl.sock
+files:
+  - { path: cow3.img, size: 16MiB }
+devices:
+  - { name: vol-real, table: "$REAL" }
+  - { name: vol, table: "0 131072 snapshot-origin vol-real" }
+  - { name: snap, table: "0 131072 snapshot vol-real cow3.img P 8" }
+YAML
+sed -e 's|  - { name: vol, table: .*|  - { name: vol, table: "0 131072 snapshot-merge vol-real cow3.img P 8" }|' \
+    -e '/name: snap,/d' "$WORK/cfg3.yaml" > "$WORK/cfg4.yaml"
+dmnbd_start "$WORK/cfg3.yaml"
+writes=""
+for i in $(seq 0 39); do writes="$writes write:$((i * 131072)):4096:0x5$((i % 10))"; done
+nbdio $writes > /dev/null
+EXPORT=snap nbdio write:8192:4096:0x61 > /dev/null
+want=$(sha_of snap 67108864)
+dmnbd_stop || fail "$STOP_REASON"
+dmnbd_start "$WORK/cfg4.yaml"
+sleep 1
+mid=$(dm status vol)
+echo "# before kill -9: $mid"
+check "the merge is under way" test "$mid" != "0 131072 snapshot-merge 16/32768 16" -a \
+  "$mid" != "0 131072 snapshot-merge 344/32768 16"
+kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
+dmnbd_start "$WORK/cfg4.yaml"
+for _ in $(seq 200); do dm status vol | grep -q ' 16/32768 16$' && break; sleep 0.1; done
+check "the merge finished after the restart" is "$(dm status vol)" "0 131072 snapshot-merge 16/32768 16"
+check "the origin reads as the snapshot did" is "$(sha_of vol 67108864)" "$want"
+
 # ---- 3. a mounted ext4 under fio load
 if [ ! -e /dev/fuse ] || [ ! -e /dev/loop-control ]; then
   echo "# skipping the ext4 part: needs /dev/fuse and loop devices"
   pass
 fi
-dm snapshot remove snap >/dev/null || fail "removing the crash test's snapshot failed"
+dmnbd_stop || fail "$STOP_REASON"
+cat > "$WORK/cfg5.yaml" <<YAML
+listen: [ "unix://$WORK/nbd.sock" ]
+control: $WORK/ctl.sock
+devices:
+  - { name: vol, table: "0 131072 linear disk.img 0" }
+YAML
+dmnbd_start "$WORK/cfg5.yaml"
 mkdir -p "$WORK/fuse" "$WORK/fuse2" "$WORK/mnt" "$WORK/mnt2"
 on_cleanup fuse_teardown
 on_cleanup snap_teardown

@@ -14,7 +14,7 @@ namespace fs = std::filesystem;
 std::string error_of(const std::string& yaml, const fs::path& base = "/nonexistent") {
   try {
     DeviceManager manager(base);
-    build_devices(parse_config(yaml, "c.yaml", base), manager);
+    run_blocking(build_devices(parse_config(yaml, "c.yaml", base), manager));
   } catch (const ConfigError& e) {
     return e.what();
   }
@@ -107,7 +107,7 @@ TEST(Config, TableErrorsPointAtTheConfigLine) {
 TEST(DeviceSet, CreatesMissingFilesSparseAndBuildsStacks) {
   test::TempDir dir;
   DeviceManager manager(dir.path());
-  build_devices(parse_config(R"(
+  run_blocking(build_devices(parse_config(R"(
 files:
   - { path: sub/disk.img, size: 1MiB }
 devices:
@@ -117,8 +117,8 @@ devices:
     table: |
       0 2048 linear sub/disk.img 0
 )",
-                             "c.yaml", dir.path()),
-                manager);
+                                          "c.yaml", dir.path()),
+                             manager));
   auto devices = manager.list();
   ASSERT_EQ(devices.size(), 2u);
   EXPECT_EQ(devices[0]->name(), "base");  // created first: top stacks on it
@@ -134,10 +134,11 @@ TEST(DeviceSet, NeverResizesAnExistingFile) {
   test::TempDir dir;
   test::make_patterned_file(dir / "disk.img", 4096, 7);
   DeviceManager manager(dir.path());
-  build_devices(parse_config("files:\n  - { path: disk.img, size: 1MiB }\ndevices:\n  - {name: "
-                             "a, table: '0 8 linear disk.img 0'}\n",
-                             "c.yaml", dir.path()),
-                manager);
+  run_blocking(
+      build_devices(parse_config("files:\n  - { path: disk.img, size: 1MiB }\ndevices:\n  - {name: "
+                                 "a, table: '0 8 linear disk.img 0'}\n",
+                                 "c.yaml", dir.path()),
+                    manager));
   EXPECT_EQ(fs::file_size(dir / "disk.img"), 4096u);
   EXPECT_EQ(static_cast<uint8_t>(test::read_file_bytes(dir / "disk.img")[0]), 7);
 }

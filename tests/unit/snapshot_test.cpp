@@ -3,6 +3,7 @@
 // overflow and invalidation, handover on reload, and crashes of the COW.
 #include <gtest/gtest.h>
 
+#include <boost/asio/steady_timer.hpp>
 #include <cstring>
 
 #include "devices/crash_device.hpp"
@@ -53,7 +54,8 @@ class SnapshotTest : public ::testing::Test {
         d->reset();
       }
   }
-  std::string status() { return snap_dev_->live_table()->status_text(); }
+  std::string status() { return status_of(*snap_dev_); }
+  static std::string status_of(Device& dev) { return dev.live_table()->status_text(); }
   void write(Device& dev, uint64_t sector, uint64_t sectors, uint8_t value) {
     auto buf = filled(sectors, value);
     ASSERT_FALSE(run_sync(dev.write(sector << kSectorShift, buf, 0)));
@@ -234,6 +236,86 @@ TEST_F(SnapshotTest, TransientStoreKeepsExceptionsInMemory) {
   EXPECT_EQ(first_byte(*snap_dev_, 10), 10);
   EXPECT_EQ(status(), "0 1024 snapshot 8/4096 0\n");
   EXPECT_EQ(snap_dev_->live_table()->table_text(), "0 1024 snapshot base cow N 8\n");
+}
+
+// Runs a merge to its end inside one event loop (the merge is a background
+// job of the loop its device was resumed on): loads `table` into `dev`,
+// resumes it and polls its status until the merge is done or failed.
+std::string merge_to_the_end(Device& dev, const std::string& table, DeviceResolver& resolver) {
+  return run_sync(
+      [](Device& dev, std::string table, DeviceResolver& resolver) -> Task<std::string> {
+        std::shared_ptr<Table> built = Table::build(table, resolver, false, dev.event_callback());
+        co_await built->open();
+        co_await dev.load(built);
+        if (Status st = co_await dev.resume()) co_return "resume failed: " + st.message();
+        asio::steady_timer timer(co_await asio::this_coro::executor);
+        std::string status;
+        for (int i = 0; i < 2000; ++i) {
+          status = dev.live_table()->status_text();
+          // Merged: allocated == metadata == 2 chunks (16/T 16 at chunk 8).
+          if (status.find(" 16/") != std::string::npos && status.ends_with(" 16\n")) break;
+          if (status.find("failed") != std::string::npos) break;
+          timer.expires_after(std::chrono::milliseconds(5));
+          co_await timer.async_wait(asio::use_awaitable);
+        }
+        // The merge's last batch may still be finishing its bookkeeping.
+        co_await dev.suspend(false);
+        co_await dev.resume();
+        co_return status;
+      }(dev, table, resolver));
+}
+
+std::vector<std::byte> whole(Device& dev) {
+  std::vector<std::byte> buf(dev.size_bytes());
+  EXPECT_FALSE(run_sync(dev.read(0, buf, nullptr)));
+  return buf;
+}
+
+TEST_F(SnapshotTest, MergeHandsTheLiveSnapshotOverAndCopiesItBack) {
+  make_pair();
+  // Runs of consecutive chunks (merged in one batch) and single ones, in
+  // more than one area (256 exceptions per area at chunk 8).
+  for (uint64_t c : {3, 4, 5, 6, 40, 41, 90}) write(*origin_dev_, c * 8, 8, 0xe0);
+  for (uint64_t c = 0; c < 120; c += 1) write(*snap_dev_, c * 8 + 1, 1, uint8_t(0x10 + c));
+  const std::vector<std::byte> view = whole(*snap_dev_);
+  ASSERT_NE(view, whole(*origin_dev_));
+  const uint64_t events = origin_dev_->event_nr();
+  // dmsetup's order: the snapshot suspended, then the origin reloaded.
+  ASSERT_FALSE(run_sync(snap_dev_->suspend(false)));
+  const std::string status =
+      merge_to_the_end(*origin_dev_, "0 1024 snapshot-merge base cow P 8", resolver_);
+  EXPECT_EQ(status, "0 1024 snapshot-merge 16/4096 16\n");
+  EXPECT_EQ(whole(*origin_dev_), view);
+  EXPECT_EQ(std::vector<std::byte>(origin_->bytes().begin(), origin_->bytes().end()), view);
+  EXPECT_GT(origin_dev_->event_nr(), events);  // dmnbd raises one when the merge is done
+  ASSERT_FALSE(run_sync(snap_dev_->resume()));
+  EXPECT_EQ(status_of(*snap_dev_), "0 1024 snapshot Invalid\n");  // handed over
+  std::vector<std::byte> buf(512);
+  EXPECT_EQ(run_sync(snap_dev_->read(0, buf, nullptr)), errno_status(EIO));
+  // The COW's areas end all zero, its header as it was.
+  auto& cow = static_cast<MemoryDevice&>(*cow_disk_);
+  for (uint64_t area_sector : {8, 8 + 257 * 8})
+    for (std::byte b : cow.bytes(area_sector, 8)) ASSERT_EQ(b, std::byte{0});
+  EXPECT_EQ(std::memcmp(cow.bytes().data(), "SnAp", 4), 0);
+}
+
+TEST_F(SnapshotTest, MergeOfACowAloneGoesOnFromTheDisk) {
+  make_pair();
+  for (uint64_t c : {7, 8, 9, 100}) write(*origin_dev_, c * 8 + 2, 1, 0xd0);
+  write(*snap_dev_, 110 * 8, 8, 0x5a);
+  const std::vector<std::byte> view = whole(*snap_dev_);
+  drop();
+  // As after a restart: a snapshot-merge line over the COW, no live snapshot.
+  auto merging = test::make_device("0 1024 error", resolver_, false, "merging");
+  EXPECT_EQ(merge_to_the_end(*merging, "0 1024 snapshot-merge base cow P 8", resolver_),
+            "0 1024 snapshot-merge 16/4096 16\n");
+  EXPECT_EQ(whole(*merging), view);
+  run_sync(merging->drop_tables());
+}
+
+TEST_F(SnapshotTest, MergeRefusesATransientStore) {
+  EXPECT_EQ(build_error("0 1024 snapshot-merge base cow N 8", resolver_),
+            "snapshot-merge: Snapshot exception store does not support snapshot-merge.");
 }
 
 // A crash of the whole machine at any point: the origin and the COW live on

@@ -9,6 +9,8 @@ namespace dmnbd {
 
 // Throws ConfigError ("<file>:<line>: device <name>: <reason>") and removes
 // any file or directory it created before failing.
-void build_devices(const Config& config, DeviceManager& manager);
+// Runs where the devices will live (the main loop): targets start their
+// background jobs there when they are resumed.
+Task<void> build_devices(const Config& config, DeviceManager& manager);
 
 }  // namespace dmnbd
