@@ -24,7 +24,8 @@
 #          reads dmnbd's COWs (same bytes, same status), dmnbd reads the
 #          kernel's, both COWs are byte-identical, and the kernel's
 #          snapshot-merge of dmnbd's COWs gives the origin dmnbd's snapshot
-#          content.
+#          content; after the boot dmnbd's snapshot-merge of the kernel's COWs
+#          gives the origin the kernel's snapshot content.
 #
 # dmnbd ($DMNBD, default build/dmnbd) is started here on a unix socket in a temp
 # dir and stopped by PID at the end; QEMU forwards the guest's connections to it.
@@ -539,6 +540,78 @@ if [ "$RUN_SNAP" = 1 ]; then
     v=SNAP_D_SHA_S$c; want=${!v}
     check "snapshot 3: m$c-orig.img, merged by the kernel, is dmnbd's s$c (${want:0:16})" same "$(fsha "$SNAP/m$c-orig.img")" "$want"
   done
+  # 4. dmnbd merges the kernel's COWs (snapshot-merge over copies of k-*,
+  # files km8-*, km128-*). Nothing but status polls touches the devices until
+  # the merge is done, so the run is deterministic.
+  T4=$(date +%s.%N)
+  {
+    printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$SNAP/km.sock" "$SNAP/km-ctl.sock"
+    for c in 8 128; do
+      cp "$SNAP/k-orig.img" "$SNAP/km$c-orig.img"; cp "$SNAP/k-cow$c.img" "$SNAP/km$c-cow.img"
+      printf '  - name: km%s-real\n    table: "0 %s linear %s 0"\n' "$c" "$SNAP_SIZE" "$SNAP/km$c-orig.img"
+      printf '  - name: km%s\n    table: "0 %s snapshot-merge km%s-real %s P %s"\n' "$c" "$SNAP_SIZE" "$c" "$SNAP/km$c-cow.img" "$c"
+    done
+  } > "$SNAP/km.yaml"
+  if snap_start "$SNAP/km.yaml" "$SNAP/km.sock"; then
+    for c in 8 128; do
+      want="$((2 * c))/$(($(stat -c %s "$SNAP/km$c-cow.img") / 512)) $((2 * c))"
+      first="" st="" i=0
+      while [ $i -lt 600 ]; do   # 60 s
+        st=$(timeout 10 "$DMNBD" --control "$SNAP/km-ctl.sock" status "km$c" 2>&1) v=$(cut -d' ' -f4- <<< "$st")
+        first=${first:-$st}
+        a=${v%%/*} meta=${v##* }
+        [ -n "$a" ] && [ "$a" = "$meta" ] && break
+        i=$((i + 1)); sleep 0.1
+      done
+      log "snapshot 4: dmnbd's merge of the kernel's k-cow$c: first status [$first], [$st] after $i polls"
+      check "snapshot 4: dmnbd's snapshot-merge of the kernel's COW for s$c finished [$st] (want [0 $SNAP_SIZE snapshot-merge $want])" \
+        same "$st" "0 $SNAP_SIZE snapshot-merge $want"
+    done
+    "$PY" "$HERE/snapshot.py" sha "$SNAP/km.sock" km8 km8-real km128 km128-real > "$SNAP/km.sha"
+    kmsha() { awk -v n="$1" '$1 == n {print $2}' "$SNAP/km.sha"; }
+    for c in 8 128; do
+      want=$(ksnap sha "k-s$c")
+      check "snapshot 4: the origin dmnbd merged from the kernel's s$c reads, through dmnbd (km$c and km$c-real), as the kernel's s$c did (${want:0:16})" \
+        sh -c 'test -n "$1" -a "$1" = "$2" -a "$1" = "$3"' _ "$want" "$(kmsha "km$c")" "$(kmsha "km$c-real")"
+    done
+    if snap_stop; then ok "snapshot 4: dmnbd (the merger) stopped cleanly on SIGTERM"; else notok "snapshot 4: dmnbd (the merger) did not exit 0 on SIGTERM"; fi
+    for c in 8 128; do
+      want=$(ksnap sha "k-s$c")
+      check "snapshot 4: km$c-orig.img, merged by dmnbd, is the kernel's s$c (${want:0:16}; the unmerged k-orig.img is not)" \
+        sh -c 'test -n "$1" -a "$1" = "$2" -a "$1" != "$3"' _ "$want" "$(fsha "$SNAP/km$c-orig.img")" "$(fsha "$SNAP/k-orig.img")"
+      # the kernel merged the same input in step 3 when k-cow$c = d-cow$c (step 2)
+      if cmp -s "$SNAP/k-cow$c.img" "$SNAP/d-cow$c.img"; then
+        "$PY" "$HERE/snapshot.py" cmpcow "$SNAP/km$c-cow.img" "$SNAP/m$c-cow.img" "$c" > "$SNAP/cmp4-$c.out" 2>&1
+        rc=$?
+        sed 's/^/#   '"km$c-cow vs m$c-cow"' (dmnbd vs kernel)| /' "$SNAP/cmp4-$c.out" >&2
+        check "snapshot 4: the COW dmnbd merged for s$c is byte-identical to the one the kernel merged from the same bytes in step 3 ($(head -1 "$SNAP/cmp4-$c.out"))" test "$rc" = 0
+      fi
+    done
+    # dmnbd restarted on the merged COWs with plain snapshot tables: empty
+    {
+      printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$SNAP/ke.sock" "$SNAP/ke-ctl.sock"
+      for c in 8 128; do
+        printf '  - name: ke%s-real\n    table: "0 %s linear %s 0"\n' "$c" "$SNAP_SIZE" "$SNAP/km$c-orig.img"
+        printf '  - name: ke-s%s\n    table: "0 %s snapshot ke%s-real %s P %s"\n' "$c" "$SNAP_SIZE" "$c" "$SNAP/km$c-cow.img" "$c"
+      done
+    } > "$SNAP/ke.yaml"
+    if snap_start "$SNAP/ke.yaml" "$SNAP/ke.sock"; then
+      "$PY" "$HERE/snapshot.py" sha "$SNAP/ke.sock" ke-s8 ke-s128 > "$SNAP/ke.sha"
+      for c in 8 128; do
+        want=$(ksnap sha "k-s$c")
+        st=$("$DMNBD" --control "$SNAP/ke-ctl.sock" status "ke-s$c" 2>&1)
+        check "snapshot 4: dmnbd loads the COW it merged for s$c as an empty snapshot [$st], which reads as the merged origin" \
+          sh -c 'test -n "$1" -a "$1" = "$2" -a "$3" = "$4"' _ "$(awk -v n="ke-s$c" '$1 == n {print $2}' "$SNAP/ke.sha")" "$want" "$st" \
+          "0 $SNAP_SIZE snapshot $((2 * c))/$(($(stat -c %s "$SNAP/km$c-cow.img") / 512)) $((2 * c))"
+      done
+      if snap_stop; then ok "snapshot 4: dmnbd (over the merged COWs) stopped cleanly on SIGTERM"; else notok "snapshot 4: dmnbd (over the merged COWs) did not exit 0 on SIGTERM"; fi
+    else
+      notok "snapshot 4: dmnbd did not start over the COWs it merged (see $SNAP/server.log)"
+    fi
+  else
+    notok "snapshot 4: dmnbd did not start snapshot-merge over the kernel's COWs (see $SNAP/server.log)"
+  fi
+  log "snapshot 4 (dmnbd merges the kernel's COWs) took $(awk -v a="$T4" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
 fi
 
 if stop_server; then ok "dmnbd stopped cleanly on SIGTERM"; else notok "dmnbd did not exit 0 on SIGTERM"; fi
