@@ -85,9 +85,8 @@ class PersistentStore final : public ExceptionStore {
   mutable std::mutex mutex_;             // everything below, and the Waiters
   Chunk next_free_ = kHeaderChunks + 1;  // the header and area 0 come first
   uint64_t current_area_ = 0;
-  uint64_t pending_ = 0;               // prepared and not yet through their commit step
-  std::map<Chunk, uint64_t> tickets_;  // prepared, by new chunk: their CommitOrder ticket
-  std::vector<Waiter*> batch_;         // committed into area_, waiting for its write
+  uint64_t pending_ = 0;        // prepared and not yet through their commit step
+  std::vector<Waiter*> batch_;  // committed into area_, waiting for its write
 };
 
 Task<Status> PersistentStore::read_header(bool& fresh) {
@@ -196,20 +195,14 @@ Status PersistentStore::prepare_exception(Chunk old_chunk, Chunk& new_chunk) {
   new_chunk = next_free_;
   next_free_ = skip_metadata(per_area_, next_free_ + 1);
   ++pending_;
-  tickets_.emplace(new_chunk, order_.take_ticket());
+  order_.take_ticket(new_chunk);
   return ok();
 }
 
 Task<Status> PersistentStore::commit_exception(ChunkPair e, bool copied) {
-  uint64_t ticket = 0;
-  {
-    std::lock_guard lk(mutex_);
-    auto it = tickets_.find(e.new_chunk);
-    if (it == tickets_.end()) co_return errno_status(EINVAL);  // never prepared
-    ticket = it->second;
-    tickets_.erase(it);
-  }
-  co_await order_.wait_turn(ticket);
+  // Named, not in the condition: GCC 12 mis-builds some co_await there.
+  const bool prepared = co_await order_.wait_turn(e.new_chunk);
+  if (!prepared) co_return errno_status(EINVAL);  // never prepared
   Waiter me;
   co_await commit_in_turn(e, copied, me);
   order_.end_turn();

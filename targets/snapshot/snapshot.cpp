@@ -219,7 +219,8 @@ Task<Status> Snapshot::make_exception(const Pending& pe, const Bio* whole) {
   const uint64_t to = pe.new_chunk << chunk_shift_;
   bool copied = false;
   if (whole) {
-    copied = !co_await cow_->submit(whole->at(to));
+    const Status written = co_await cow_->submit(whole->at(to));
+    copied = !written;
   } else {
     // The last chunk of the origin may be short.
     const uint64_t from = pe.old_chunk << chunk_shift_;

@@ -29,22 +29,16 @@ class TransientStore final : public ExceptionStore {
     if (cow_->sectors() < next_free_ + chunk_) return errno_status(ENOSPC);
     new_chunk = next_free_ / chunk_;
     next_free_ += chunk_;
-    tickets_.emplace(new_chunk, order_.take_ticket());
+    order_.take_ticket(new_chunk);
     return ok();
   }
 
   // Nothing to write; but the answers keep allocation order, as dm-snap.c
   // completes exceptions in that order whatever the store.
   Task<Status> commit_exception(ChunkPair e, bool copied) override {
-    uint64_t ticket = 0;
-    {
-      std::lock_guard lk(mutex_);
-      auto it = tickets_.find(e.new_chunk);
-      if (it == tickets_.end()) co_return errno_status(EINVAL);  // never prepared
-      ticket = it->second;
-      tickets_.erase(it);
-    }
-    co_await order_.wait_turn(ticket);
+    // Named, not in the condition: GCC 12 mis-builds some co_await there.
+    const bool prepared = co_await order_.wait_turn(e.new_chunk);
+    if (!prepared) co_return errno_status(EINVAL);  // never prepared
     order_.end_turn();
     co_return copied ? ok() : errno_status(EIO);
   }
@@ -68,9 +62,8 @@ class TransientStore final : public ExceptionStore {
   const std::shared_ptr<BlockDevice> cow_;
   const uint32_t chunk_;  // sectors, never 0
   CommitOrder order_;
-  mutable std::mutex mutex_;           // everything below
-  uint64_t next_free_ = 0;             // sectors
-  std::map<Chunk, uint64_t> tickets_;  // prepared, by new chunk: their CommitOrder ticket
+  mutable std::mutex mutex_;  // everything below
+  uint64_t next_free_ = 0;    // sectors
 };
 
 }  // namespace

@@ -6,6 +6,7 @@
 #   bash tests/bench/run.sh                  # full run (about 10 minutes)
 #   RUNTIME=2 ROUNDS=1 bash tests/bench/run.sh --jobs randread-4k-qd32 --servers dmnbd,nbdkit-file
 #   bash tests/bench/run.sh --help
+#   bash tests/bench/run.sh snapshot         # the snapshot benchmark (snapshot.py)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -21,5 +22,7 @@ if ! mountpoint -q "$dir"; then
 fi
 cleanup() { [ "$mounted" = 1 ] && umount "$dir"; }
 trap cleanup EXIT
+script=bench.py
+if [ "${1:-}" = snapshot ]; then script=snapshot.py; shift; fi
 # The system python: fast to start, and the one with Debian's packages.
-/usr/bin/python3 "$here/bench.py" --dir "$dir" --dmnbd "$root/build/dmnbd" "$@"
+/usr/bin/python3 "$here/$script" --dir "$dir" --dmnbd "$root/build/dmnbd" "$@"

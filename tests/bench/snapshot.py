@@ -1,0 +1,231 @@
+#!/usr/bin/python3
+"""Snapshot benchmark: dmnbd's snapshot-origin and snapshot against linear,
+and qemu-nbd over a qcow2 overlay (the nearest peer for a snapshot's own write
+path), side by side in one run, reported as ratios. Started by run.sh
+(`bash tests/bench/run.sh snapshot`), which installs the tools and mounts the
+tmpfs.
+
+  first-touch: 4 KiB random writes, each to a chunk no snapshot has copied yet
+               (a fixed amount, fresh COWs for every server)
+  rewrite:     4 KiB random writes to chunks already copied (time based)
+  randread:    4 KiB random reads of a snapshot half of which is in the COW
+  merge:       a snapshot-merge of 128 MiB of exceptions, against nbdcopy of
+               the same bytes between two dmnbd exports
+  memory:      dmnbd's RSS with 1M exceptions loaded, per exception
+"""
+import argparse
+import os
+import struct
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402  (its server and fio helpers)
+
+SIZE_MB = 512
+SECTORS = SIZE_MB * 2048
+CHUNK = 8  # sectors: LVM's default 4 KiB
+
+
+def dmnbd(args, name, devices, export):
+    """A dmnbd server with `devices` [(name, table)], fio on `export`."""
+    port = bench.free_port()
+    cfg = os.path.join(args.dir, f"{name}.yaml")
+    with open(cfg, "w") as f:
+        f.write(f'listen: [ "tcp://127.0.0.1:{port}" ]\ncontrol: {args.dir}/{name}.sock\n'
+                "devices:\n")
+        for dev, table in devices:
+            f.write(f'  - name: {dev}\n    table: "{table}"\n')
+    return bench.Server(name, [args.dmnbd, "serve", cfg, "--log-level", "warn"],
+                        f"nbd://127.0.0.1:{port}/{export}"), port
+
+
+def fresh(path, size_mb):
+    if os.path.exists(path):
+        os.remove(path)
+    with open(path, "wb") as f:
+        f.truncate(size_mb << 20)
+
+
+def servers_for(args, snapshots_of_origin=(1, 4), with_snapshot=True):
+    """linear, origin with N snapshots, a snapshot device, qemu-nbd qcow2."""
+    disk = os.path.join(args.dir, "disk.img")
+    out = [dmnbd(args, "linear", [("d", f"0 {SECTORS} linear {disk} 0")], "d")]
+    for n in snapshots_of_origin:
+        devs = [("real", f"0 {SECTORS} linear {disk} 0"),
+                ("origin", f"0 {SECTORS} snapshot-origin real")]
+        for i in range(n):
+            cow = os.path.join(args.dir, f"cow-{n}-{i}.img")
+            fresh(cow, SIZE_MB + 16)
+            devs.append((f"s{i}", f"0 {SECTORS} snapshot real {cow} P {CHUNK}"))
+        out.append(dmnbd(args, f"origin-{n}snap", devs, "origin"))
+    if with_snapshot:
+        cow = os.path.join(args.dir, "cow-snap.img")
+        fresh(cow, SIZE_MB + 16)
+        out.append(dmnbd(args, "snapshot", [("real", f"0 {SECTORS} linear {disk} 0"),
+                                            ("s", f"0 {SECTORS} snapshot real {cow} P {CHUNK}")],
+                         "s"))
+        overlay = os.path.join(args.dir, "overlay.qcow2")
+        if os.path.exists(overlay):
+            os.remove(overlay)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", "-b",
+                        disk, "-F", "raw", overlay], check=True)
+        port = bench.free_port()
+        out.append((bench.Server("qemu-nbd-qcow2", ["qemu-nbd", "-t", "-f", "qcow2", "-e", "8",
+                                                    "--aio=io_uring", "-b", "127.0.0.1", "-p",
+                                                    str(port), overlay],
+                                 f"nbd://127.0.0.1:{port}/"), port))
+    return out
+
+
+def fio(args, uri, rw, extra):
+    out = os.path.join(args.dir, "fio.json")
+    cmd = ["fio", "--name=j", f"--rw={rw}", "--bs=4k", "--iodepth=16", "--ioengine=nbd",
+           f"--uri={uri}", "--output-format=json", f"--output={out}", "--group_reporting",
+           "--lat_percentiles=1"] + extra
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return bench.parse_fio(out)
+
+
+def run_set(args, servers, jobs, prefill_mb=0):
+    """Starts the servers, writes `prefill_mb` sequentially through each (so
+    those chunks are copied already), runs every job [(name, rw, fio args)]
+    against every server, and stops them."""
+    log = open(os.path.join(args.dir, "servers.log"), "a")
+    results = {}
+    try:
+        for s, port in servers:
+            s.start(log, port)
+            if prefill_mb:
+                subprocess.run(["fio", "--name=prefill", "--rw=write", "--bs=1m", "--ioengine=nbd",
+                                f"--uri={s.uri}", f"--size={prefill_mb}m", "--output=/dev/null"],
+                               check=True)
+        for job, rw, extra in jobs:
+            for s, _ in servers:
+                cpu0 = bench.tree_cpu_seconds(s.pid)
+                r = fio(args, s.uri, rw, extra)
+                r["srv_us"] = (bench.tree_cpu_seconds(s.pid) - cpu0) * 1e6 / max(r["ios"], 1)
+                results[(job, s.name)] = r
+                print(f"{job:12} {s.name:16} {r['iops']:9.0f} IOPS", file=sys.stderr)
+    finally:
+        for s, _ in servers:
+            s.stop()
+    return results
+
+
+def merge_bench(args):
+    """MiB/s of a snapshot-merge of 128 MiB of exceptions vs nbdcopy of 128 MiB."""
+    disk = os.path.join(args.dir, "disk.img")
+    cow = os.path.join(args.dir, "cow-merge.img")
+    fresh(cow, SIZE_MB + 16)
+    merge_mb = 128
+    s, port = dmnbd(args, "merge", [("real", f"0 {SECTORS} linear {disk} 0"),
+                                    ("s", f"0 {SECTORS} snapshot real {cow} P 128")], "s")
+    log = open(os.path.join(args.dir, "servers.log"), "a")
+    s.start(log, port)
+    ctl = [args.dmnbd, "--control", f"{args.dir}/merge.sock"]
+    try:
+        subprocess.run(["nbdcopy", "--", "[", "nbdkit", "pattern", f"size={merge_mb}M", "]",
+                        s.uri], check=True)  # 128 MiB of exceptions, whole chunks
+        subprocess.run(ctl + ["create", "copy-to", "--table",
+                              f"0 {merge_mb * 2048} linear {disk} {SECTORS // 2}"], check=True)
+        t0 = time.time()
+        subprocess.run(["nbdcopy", s.uri, s.uri.rsplit("/", 1)[0] + "/copy-to",
+                        "--length", str(merge_mb << 20)], check=True)
+        copy_s = time.time() - t0
+        subprocess.run(ctl + ["suspend", "s"], check=True)
+        subprocess.run(ctl + ["remove", "s"], check=True)
+        subprocess.run(ctl + ["create", "m", "--table",
+                              f"0 {SECTORS} snapshot-merge real {cow} P 128"], check=True)
+        t0 = time.time()
+        while True:
+            st = subprocess.run(ctl + ["status", "m"], capture_output=True, text=True).stdout.split()
+            used, meta = st[3].split("/")[0], st[4]
+            if used == meta:
+                break
+            time.sleep(0.01)
+        merge_s = time.time() - t0
+    finally:
+        s.stop()
+    return merge_mb / merge_s, merge_mb / copy_s
+
+
+def memory_bench(args, exceptions=1 << 20):
+    """RSS of dmnbd with `exceptions` loaded from a COW written here (header
+    and areas only, data chunks sparse), minus the same server without it."""
+    origin = os.path.join(args.dir, "big-origin.img")
+    cow = os.path.join(args.dir, "big-cow.img")
+    per_area = CHUNK * 512 // 16
+    areas = (exceptions + per_area - 1) // per_area
+    cow_chunks = 2 + areas * (per_area + 1)
+    fresh(origin, exceptions * CHUNK * 512 >> 20)
+    fresh(cow, (cow_chunks * CHUNK * 512 >> 20) + 1)
+    chunk_bytes = CHUNK * 512
+    with open(cow, "r+b") as f:
+        f.write(struct.pack("<IIII", 0x70416E53, 1, 1, CHUNK))
+        for a in range(areas):
+            area = bytearray(chunk_bytes)
+            for i in range(min(per_area, exceptions - a * per_area)):
+                struct.pack_into("<QQ", area, 16 * i, a * per_area + i, 2 + a * (per_area + 1) + i)
+            f.seek((1 + a * (per_area + 1)) * chunk_bytes)
+            f.write(area)
+    sectors = exceptions * CHUNK
+    log = open(os.path.join(args.dir, "servers.log"), "a")
+    rss = {}
+    for name, devs in (("base", [("real", f"0 {sectors} linear {origin} 0")]),
+                       ("snap", [("real", f"0 {sectors} linear {origin} 0"),
+                                 ("s", f"0 {sectors} snapshot real {cow} P {CHUNK}")])):
+        s, port = dmnbd(args, f"mem-{name}", devs, "real")
+        s.start(log, port)
+        time.sleep(0.5)
+        rss[name] = bench.rss_kib(s.pid)["RssAnon"]
+        st = subprocess.run([args.dmnbd, "--control", f"{args.dir}/mem-{name}.sock", "status"],
+                            capture_output=True, text=True).stdout.strip()
+        s.stop()
+    os.remove(origin)
+    os.remove(cow)
+    return (rss["snap"] - rss["base"]) * 1024 / exceptions, rss, st
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--dmnbd", required=True)
+    ap.add_argument("--runtime", type=float, default=float(os.environ.get("RUNTIME", 4)))
+    args = ap.parse_args()
+    disk = os.path.join(args.dir, "disk.img")
+    if not os.path.exists(disk) or os.path.getsize(disk) != SIZE_MB << 20:
+        subprocess.run(["fio", "--name=fill", f"--filename={disk}", "--rw=write", "--bs=1m",
+                        f"--size={SIZE_MB}m", "--output=/dev/null"], check=True)
+    rt = [f"--runtime={args.runtime}", "--time_based", "--ramp_time=1"]
+    # first touch: 64 MiB of 4 KiB writes, each block once (fio's random map).
+    results = run_set(args, servers_for(args),
+                      [("first-touch", "randwrite", ["--size=512m", "--io_size=64m"])])
+    # rewrite and reads: 64 MiB copied first (sequentially), then timed runs there.
+    results.update(run_set(args, servers_for(args),
+                           [("rewrite", "randwrite", ["--size=64m"] + rt),
+                            ("randread", "randread", ["--size=128m"] + rt)], prefill_mb=64))
+    names = ["linear", "origin-1snap", "origin-4snap", "snapshot", "qemu-nbd-qcow2"]
+    print(f"\n{'job':12} {'server':16} {'IOPS':>9} {'mean_us':>8} {'p99_us':>8} {'srv_us/IO':>9} {'vs linear':>9}")
+    for job in ("first-touch", "rewrite", "randread"):
+        base = results[(job, "linear")]["iops"]
+        for n in names:
+            r = results.get((job, n))
+            if r:
+                print(f"{job:12} {n:16} {r['iops']:9.0f} {r['mean_us']:8.1f} {r['p99_us']:8.1f} "
+                      f"{r['srv_us']:9.1f} {r['iops'] / base:8.2f}x")
+    snap_vs_qcow = {job: results[(job, "snapshot")]["iops"] / results[(job, "qemu-nbd-qcow2")]["iops"]
+                    for job in ("first-touch", "rewrite", "randread")}
+    print("\nsnapshot device / qemu-nbd qcow2 overlay: " +
+          ", ".join(f"{j} {v:.2f}x" for j, v in snap_vs_qcow.items()))
+    merge, copy = merge_bench(args)
+    print(f"merge of 128 MiB: {merge:.0f} MiB/s; nbdcopy of the same bytes: {copy:.0f} MiB/s "
+          f"({merge / copy:.2f}x)")
+    per, rss, st = memory_bench(args)
+    print(f"memory: {per:.1f} bytes per exception (RssAnon {rss['base']} KiB without the "
+          f"snapshot, {rss['snap']} KiB with 1M exceptions; {st})")
+
+
+if __name__ == "__main__":
+    main()
