@@ -13,13 +13,13 @@ Origins& Origins::instance() {
 }
 
 void Origins::add(const std::shared_ptr<Snapshot>& snapshot) {
-  std::lock_guard lk(mutex_);
+  std::unique_lock lk(mutex_);
   snapshots_.push_back(snapshot);
   keys_.push_back(snapshot.get());
 }
 
 void Origins::remove(const Snapshot* snapshot) {
-  std::lock_guard lk(mutex_);
+  std::unique_lock lk(mutex_);
   for (size_t i = 0; i < keys_.size(); ++i)
     if (keys_[i] == snapshot) {
       keys_.erase(keys_.begin() + static_cast<ptrdiff_t>(i));
@@ -33,7 +33,7 @@ void Origins::remove(const Snapshot* snapshot) {
 // unregisters it and so takes the lock.
 std::vector<std::shared_ptr<Snapshot>> Origins::live() const {
   std::vector<std::shared_ptr<Snapshot>> out;
-  std::lock_guard lk(mutex_);
+  std::shared_lock lk(mutex_);
   for (const auto& weak : snapshots_)
     if (auto s = weak.lock()) out.push_back(std::move(s));
   return out;
@@ -55,8 +55,17 @@ std::shared_ptr<Snapshot> Origins::sharing_cow(const BlockDevice* origin,
   return nullptr;
 }
 
+bool Origins::all_copied_out(const BlockDevice* origin, uint64_t sector, uint64_t count) const {
+  std::shared_lock lk(mutex_);
+  for (const Snapshot* s : keys_)
+    if (s->origin()->identity() == origin && !s->copied_out(sector, count)) return false;
+  return true;
+}
+
 Task<void> copy_out_to_snapshots(const BlockDevice* origin, uint64_t sector, uint64_t count) {
-  const std::vector<std::shared_ptr<Snapshot>> snapshots = Origins::instance().snapshots_of(origin);
+  if (Origins::instance().all_copied_out(origin, sector, count)) co_return;
+  std::vector<std::shared_ptr<Snapshot>> snapshots = Origins::instance().snapshots_of(origin);
+  std::erase_if(snapshots, [&](const auto& s) { return s->copied_out(sector, count); });
   if (snapshots.empty()) co_return;
   std::vector<Task<Status>> copies;
   for (const auto& s : snapshots)

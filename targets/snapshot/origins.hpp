@@ -5,6 +5,7 @@
 #pragma once
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <vector>
 
 #include "dmnbd/asio.hpp"
@@ -26,13 +27,19 @@ class Origins {
   // The snapshot of `origin` whose COW is `cow`: a reloaded snapshot table
   // takes it over (the kernel's __find_snapshots_sharing_cow).
   std::shared_ptr<Snapshot> sharing_cow(const BlockDevice* origin, const BlockDevice* cow) const;
+  // True when no snapshot of `origin` needs a copy-out for the write (every
+  // chunk copied already): a rewrite's fast path, without an allocation.
+  bool all_copied_out(const BlockDevice* origin, uint64_t sector, uint64_t count) const;
 
  private:
   std::vector<std::shared_ptr<Snapshot>> live() const;
 
-  mutable std::mutex mutex_;
+  // Shared by every origin write (all_copied_out), exclusive to change.
+  mutable std::shared_mutex mutex_;
   std::vector<std::weak_ptr<Snapshot>> snapshots_;  // few: scans are fine
-  std::vector<const Snapshot*> keys_;               // beside snapshots_, for remove()
+  // Beside snapshots_: a snapshot stays registered until its destructor's
+  // remove() gets the lock, so these may be used while it is held.
+  std::vector<const Snapshot*> keys_;
 };
 
 // do_origin(): before a write of [sector, sector + count) reaches `origin`,

@@ -135,6 +135,17 @@ Task<Status> Snapshot::discard(Bio bio, bool zero_cow, bool passdown) {
   co_return to_origin;
 }
 
+bool Snapshot::copied_out(uint64_t sector, uint64_t count) const {
+  if (!valid_ || !active_ || merging_ || count == 0) return true;
+  const uint64_t end = std::min(sector + count, table_sectors_.load());
+  if (sector >= end) return true;
+  std::lock_guard lk(mutex_);
+  Chunk unused = 0;
+  for (Chunk c = chunk_of(sector); c <= chunk_of(end - 1); ++c)
+    if (!complete_.lookup(c, unused) || tracked_.contains(c)) return false;
+  return true;
+}
+
 Task<void> Snapshot::copy_out(uint64_t sector, uint64_t count) {
   // A merging snapshot is on its way out: it takes no new exceptions.
   if (!valid_ || !active_ || merging_ || count == 0) co_return;

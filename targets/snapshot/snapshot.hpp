@@ -59,6 +59,9 @@ class Snapshot : public std::enable_shared_from_this<Snapshot> {
   // origin. Never fails the origin write: a snapshot that cannot copy is
   // invalidated instead.
   Task<void> copy_out(uint64_t sector, uint64_t count);
+  // True when copy_out() would have nothing to do: every chunk is copied
+  // already and no snapshot read is on them (the fast path of a rewrite).
+  bool copied_out(uint64_t sector, uint64_t count) const;
 
   // Copy-outs start once the snapshot table is resumed, for the sectors the
   // table covers (the kernel's s->active and the table size).

@@ -88,10 +88,11 @@ def fio(args, uri, rw, extra):
     return bench.parse_fio(out)
 
 
-def run_set(args, servers, jobs, prefill_mb=0):
+def run_set(args, servers, jobs, prefill_mb=0, rounds=1):
     """Starts the servers, writes `prefill_mb` sequentially through each (so
     those chunks are copied already), runs every job [(name, rw, fio args)]
-    against every server, and stops them."""
+    against every server `rounds` times, and stops them. Results: the mean
+    of the rounds."""
     log = open(os.path.join(args.dir, "servers.log"), "a")
     results = {}
     try:
@@ -102,16 +103,20 @@ def run_set(args, servers, jobs, prefill_mb=0):
                                 f"--uri={s.uri}", f"--size={prefill_mb}m", "--output=/dev/null"],
                                check=True)
         for job, rw, extra in jobs:
-            for s, _ in servers:
-                cpu0 = bench.tree_cpu_seconds(s.pid)
-                r = fio(args, s.uri, rw, extra)
-                r["srv_us"] = (bench.tree_cpu_seconds(s.pid) - cpu0) * 1e6 / max(r["ios"], 1)
-                results[(job, s.name)] = r
-                print(f"{job:12} {s.name:16} {r['iops']:9.0f} IOPS", file=sys.stderr)
+            for rnd in range(rounds):
+                # Server order reversed every other round: the machine's drift
+                # spreads over all of them.
+                for s, _ in (servers if rnd % 2 == 0 else list(reversed(servers))):
+                    cpu0 = bench.tree_cpu_seconds(s.pid)
+                    r = fio(args, s.uri, rw, extra)
+                    r["srv_us"] = (bench.tree_cpu_seconds(s.pid) - cpu0) * 1e6 / max(r["ios"], 1)
+                    results.setdefault((job, s.name), []).append(r)
+                    print(f"{job:12} {s.name:16} {r['iops']:9.0f} IOPS", file=sys.stderr)
     finally:
         for s, _ in servers:
             s.stop()
-    return results
+    return {k: {m: sum(r[m] for r in runs) / len(runs) for m in runs[0]}
+            for k, runs in results.items()}
 
 
 def merge_bench(args):
@@ -130,10 +135,14 @@ def merge_bench(args):
                         s.uri], check=True)  # 128 MiB of exceptions, whole chunks
         subprocess.run(ctl + ["create", "copy-to", "--table",
                               f"0 {merge_mb * 2048} linear {disk} {SECTORS // 2}"], check=True)
+        # The same 128 MiB, read through the snapshot, onto the disk's other half.
+        subprocess.run(ctl + ["create", "copy-from", "--table", f"0 {merge_mb * 2048} linear s 0"],
+                       check=True)
+        base = s.uri.rsplit("/", 1)[0]
         t0 = time.time()
-        subprocess.run(["nbdcopy", s.uri, s.uri.rsplit("/", 1)[0] + "/copy-to",
-                        "--length", str(merge_mb << 20)], check=True)
+        subprocess.run(["nbdcopy", base + "/copy-from", base + "/copy-to"], check=True)
         copy_s = time.time() - t0
+        subprocess.run(ctl + ["remove", "copy-from"], check=True)
         subprocess.run(ctl + ["suspend", "s"], check=True)
         subprocess.run(ctl + ["remove", "s"], check=True)
         subprocess.run(ctl + ["create", "m", "--table",
@@ -193,6 +202,7 @@ def main():
     ap.add_argument("--dir", required=True)
     ap.add_argument("--dmnbd", required=True)
     ap.add_argument("--runtime", type=float, default=float(os.environ.get("RUNTIME", 4)))
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", 2)))
     args = ap.parse_args()
     disk = os.path.join(args.dir, "disk.img")
     if not os.path.exists(disk) or os.path.getsize(disk) != SIZE_MB << 20:
@@ -200,12 +210,19 @@ def main():
                         f"--size={SIZE_MB}m", "--output=/dev/null"], check=True)
     rt = [f"--runtime={args.runtime}", "--time_based", "--ramp_time=1"]
     # first touch: 64 MiB of 4 KiB writes, each block once (fio's random map).
-    results = run_set(args, servers_for(args),
+    # Each first-touch round needs COWs of its own: fresh servers per round.
+    results = {}
+    for rnd in range(args.rounds):
+        one = run_set(args, servers_for(args),
                       [("first-touch", "randwrite", ["--size=512m", "--io_size=64m"])])
+        for k, r in one.items():
+            prev = results.get(k)
+            results[k] = r if not prev else {m: (prev[m] * rnd + r[m]) / (rnd + 1) for m in r}
     # rewrite and reads: 64 MiB copied first (sequentially), then timed runs there.
     results.update(run_set(args, servers_for(args),
                            [("rewrite", "randwrite", ["--size=64m"] + rt),
-                            ("randread", "randread", ["--size=128m"] + rt)], prefill_mb=64))
+                            ("randread", "randread", ["--size=128m"] + rt)], prefill_mb=64,
+                           rounds=args.rounds))
     names = ["linear", "origin-1snap", "origin-4snap", "snapshot", "qemu-nbd-qcow2"]
     print(f"\n{'job':12} {'server':16} {'IOPS':>9} {'mean_us':>8} {'p99_us':>8} {'srv_us/IO':>9} {'vs linear':>9}")
     for job in ("first-touch", "rewrite", "randread"):
