@@ -184,6 +184,18 @@ EOF
 }
 fsha() { sha256sum < "$1" | cut -d' ' -f1; }
 declare -A SNAP_FSHA   # file -> sha256, to show it unchanged later
+# snap_record P: what dmnbd instance P (socket $SNAP/P.sock) serves: sets
+# SNAP_<P>_SHA_{S8,S128,BASE} and SNAP_<P>_STATUS_{S8,S128}.
+snap_record() {
+  local p=$1 n up=${1^^}
+  "$PY" "$HERE/snapshot.py" sha "$SNAP/$p.sock" s8 s128 base > "$SNAP/$p.sha"
+  for n in s8 s128 base; do
+    printf -v "SNAP_${up}_SHA_${n^^}" '%s' "$(awk -v n="$n" '$1 == n {print $2}' "$SNAP/$p.sha")"
+  done
+  for n in s8 s128; do
+    printf -v "SNAP_${up}_STATUS_${n^^}" '%s' "$("$DMNBD" --control "$SNAP/$p-ctl.sock" status "$n")"
+  done
+}
 if [ "$RUN_SNAP" = 1 ]; then
   "$PY" "$HERE/snapshot.py" prepare "$WORK" > "$WORK/snap-prepare.out" || die "snapshot.py prepare failed"
   read -r SNAP_SIZE SNAP_COW8 SNAP_COW128 < "$SNAP/sizes"
@@ -197,12 +209,7 @@ if [ "$RUN_SNAP" = 1 ]; then
   if snap_start "$SNAP/d.yaml" "$SNAP/d.sock"; then
     timeout 120 "$PY" "$HERE/snapshot.py" write "$SNAP/d.sock" "$WORK" ops > "$SNAP/write.out" 2>&1
     check "snapshot: dmnbd ran ops on base (snapshot-origin), s8, s128 ($(cat "$WORK/snap-prepare.out"))" test $? = 0
-    "$PY" "$HERE/snapshot.py" sha "$SNAP/d.sock" s8 s128 base > "$SNAP/d.sha"
-    SNAP_D_SHA_S8=$(awk '$1 == "s8" {print $2}' "$SNAP/d.sha")
-    SNAP_D_SHA_S128=$(awk '$1 == "s128" {print $2}' "$SNAP/d.sha")
-    SNAP_D_SHA_BASE=$(awk '$1 == "base" {print $2}' "$SNAP/d.sha")
-    SNAP_D_STATUS_S8=$("$DMNBD" --control "$SNAP/d-ctl.sock" status s8)
-    SNAP_D_STATUS_S128=$("$DMNBD" --control "$SNAP/d-ctl.sock" status s128)
+    snap_record d
     log "snapshot: dmnbd after the sequence: s8 [$SNAP_D_STATUS_S8], s128 [$SNAP_D_STATUS_S128]; the kernel's allocation rule says: $("$PY" "$HERE/snapshot.py" model ops | tr '\n' ';')"
     if snap_stop; then ok "snapshot: dmnbd (the writer) stopped cleanly on SIGTERM"; else notok "snapshot: dmnbd (the writer) did not exit 0 on SIGTERM"; fi
     for f in d-orig d-cow8 d-cow128; do SNAP_FSHA[$f]=$(fsha "$SNAP/$f.img"); done
@@ -220,12 +227,7 @@ if [ "$RUN_SNAP" = 1 ]; then
   if snap_start "$SNAP/c.yaml" "$SNAP/c.sock"; then
     timeout 120 "$PY" "$HERE/snapshot.py" write "$SNAP/c.sock" "$WORK" ops2 > "$SNAP/write2.out" 2>&1
     check "snapshot: dmnbd, restarted on copies of its files, ran ops2 on top" test $? = 0
-    "$PY" "$HERE/snapshot.py" sha "$SNAP/c.sock" s8 s128 base > "$SNAP/c.sha"
-    SNAP_C_SHA_S8=$(awk '$1 == "s8" {print $2}' "$SNAP/c.sha")
-    SNAP_C_SHA_S128=$(awk '$1 == "s128" {print $2}' "$SNAP/c.sha")
-    SNAP_C_SHA_BASE=$(awk '$1 == "base" {print $2}' "$SNAP/c.sha")
-    SNAP_C_STATUS_S8=$("$DMNBD" --control "$SNAP/c-ctl.sock" status s8)
-    SNAP_C_STATUS_S128=$("$DMNBD" --control "$SNAP/c-ctl.sock" status s128)
+    snap_record c
     log "snapshot: dmnbd after ops2: s8 [$SNAP_C_STATUS_S8], s128 [$SNAP_C_STATUS_S128]; the kernel's allocation rule says: $("$PY" "$HERE/snapshot.py" model ops2 | tr '\n' ';')"
     if snap_stop; then ok "snapshot: dmnbd (ops2) stopped cleanly on SIGTERM"; else notok "snapshot: dmnbd (ops2) did not exit 0 on SIGTERM"; fi
   else
