@@ -16,11 +16,25 @@ source "$(dirname "$0")/../protocol/lib.sh"
 source "$(dirname "$0")/lib.sh"
 make_work
 targets_start vol "0 131072 linear disk.img 0" 64MiB
-sha_of() { EXPORT=$1 nbdio "read:0:$2" | cut -d' ' -f3; }
+# sha_of EXPORT BYTES: sha1 of the export's first BYTES, read 1 MiB at a time
+# (one NBD request may carry 32 MiB at most); an error prints the error.
+sha_of() {
+  timeout 120 "$PY" - "$WORK/nbd.sock" "$1" "$2" <<'PYEOF'
+import hashlib, sys
+import nbd
+h = nbd.NBD(); h.set_export_name(sys.argv[2]); h.connect_unix(sys.argv[1])
+d = hashlib.sha1()
+try:
+    for off in range(0, int(sys.argv[3]), 1 << 20):
+        d.update(h.pread(1 << 20, off))
+    print(d.hexdigest())
+except nbd.Error as e:
+    print(f"error reading {sys.argv[2]}: {e}")  # never equal to another export's
+PYEOF
+}
 
 # ---- 1. the convenience verbs
 nbdio write:0:1048576:0x11 > /dev/null
-before=$(sha_of vol 67108864)
 check "snapshot create prints the snapshot table" is \
   "$(dm snapshot create snap vol --cow cow.img --size 16M)" "0 131072 snapshot vol-real cow.img P 8"
 check "the COW file was made, 16 MiB" is "$(stat -c %s "$WORK/cow.img")" 16777216
@@ -65,11 +79,21 @@ dm snapshot create msnap vol --cow mcow.img --size 16M > /dev/null || fail "snap
 nbdio write:0:65536:0x44 write:8388608:4096:0x45 > /dev/null
 EXPORT=msnap nbdio write:65536:4096:0x46 write:16777216:8192:0x47 > /dev/null
 want=$(sha_of msnap 67108864)
+check "the snapshot reads other bytes than the origin before the merge" test "$want" != "$(sha_of vol 67108864)"
 check "snapshot merge prints the origin's table after" is "$(dm snapshot merge msnap)" "0 131072 linear disk.img 0"
 check "the origin now reads as the snapshot did" is "$(sha_of vol 67108864)" "$want"
 check "the origin maps its own table, the snapshot is gone" is "$(dm table | tr '\n' ';')" "vol: 0 131072 linear disk.img 0;"
 check "merging a device that is not a snapshot: refused" quiet bash -c \
   "! timeout 60 '$DMNBD' --control '$WORK/ctl.sock' snapshot merge vol"
+dm snapshot create tsnap vol --cow tcow.img --size 4M --transient > /dev/null || fail "transient snapshot failed"
+tables=$(dm table | tr '\n' ';')
+check "merging a transient snapshot: refused" quiet bash -c \
+  "! timeout 60 '$DMNBD' --control '$WORK/ctl.sock' snapshot merge tsnap 2>'$WORK/err'"
+check "  in the kernel's words" grep -q "Snapshot exception store does not support snapshot-merge." "$WORK/err"
+check "  and undone: the same tables, both devices resumed" is \
+  "$(dm table | tr '\n' ';')$(dm info tsnap | grep State: | tr -s ' ')$(dm info vol | grep State: | tr -s ' ')" \
+  "${tables}State: ACTIVEState: ACTIVE"
+check "remove the transient snapshot" quiet dm snapshot remove tsnap
 
 # ---- 2. kill -9 under load
 dmnbd_stop || fail "$STOP_REASON"
@@ -179,6 +203,12 @@ for i in $(seq 0 39); do writes="$writes write:$((i * 131072)):4096:0x5$((i % 10
 nbdio $writes > /dev/null
 EXPORT=snap nbdio write:8192:4096:0x61 > /dev/null
 want=$(sha_of snap 67108864)
+check "  (and differs from the origin)" test "$want" != "$(sha_of vol 67108864)"
+timeout 60 "$PY" -c "
+import nbd, sys
+h = nbd.NBD(); h.set_export_name('snap'); h.connect_unix('$WORK/nbd.sock')
+open('$WORK/snapview.img', 'wb').write(b''.join(h.pread(1 << 20, o) for o in range(0, 64 << 20, 1 << 20)))
+" || fail "reading the snapshot's view failed"
 dmnbd_stop || fail "$STOP_REASON"
 dmnbd_start "$WORK/cfg4.yaml"
 sleep 1
@@ -188,9 +218,22 @@ check "the merge is under way" test "$mid" != "0 131072 snapshot-merge 16/32768 
   "$mid" != "0 131072 snapshot-merge 344/32768 16"
 kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
 dmnbd_start "$WORK/cfg4.yaml"
+# Writes while the merge runs: to chunks still in the COW (merged later, or
+# held while their batch is merged) and to chunks never copied.
+during="write:0:4096:0x71 write:2621440:4096:0x72 write:8192:512:0x73 write:40960000:4096:0x74"
+check "writes during the merge" is "$(nbdio $during | sort -u)" ok
 for _ in $(seq 200); do dm status vol | grep -q ' 16/32768 16$' && break; sleep 0.1; done
 check "the merge finished after the restart" is "$(dm status vol)" "0 131072 snapshot-merge 16/32768 16"
-check "the origin reads as the snapshot did" is "$(sha_of vol 67108864)" "$want"
+check "the origin reads as the snapshot did, with the writes made during the merge" \
+  is "$(sha_of vol 67108864)" "$("$PY" - "$WORK/snapview.img" $during <<'PYEOF'
+import hashlib, sys
+img = bytearray(open(sys.argv[1], "rb").read())
+for w in sys.argv[2:]:
+    _, off, n, b = w.split(":")
+    img[int(off):int(off) + int(n)] = bytes([int(b, 0)]) * int(n)
+print(hashlib.sha1(img).hexdigest())
+PYEOF
+)"
 
 # ---- 3. a mounted ext4 under fio load
 if [ ! -e /dev/fuse ] || [ ! -e /dev/loop-control ]; then
