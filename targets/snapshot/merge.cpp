@@ -5,6 +5,7 @@
 
 #include "dmnbd/dm_io.hpp"
 #include "dmnbd/park.hpp"
+#include "origin_writes.hpp"
 #include "origins.hpp"
 #include "snapshot.hpp"
 
@@ -69,6 +70,7 @@ Task<JobStep> Snapshot::merge_batch() {
   const uint64_t sectors = std::min(io_sectors, origin_->sectors() - sector);
 
   // The origin's other snapshots keep what the batch overwrites.
+  const OriginWrites::Guard in_flight(origin_writes_);
   co_await copy_out_to_snapshots(origin_->identity(), sector, io_sectors);
   {
     std::lock_guard lk(mutex_);
@@ -131,16 +133,18 @@ Task<Status> Snapshot::merge_io(Bio bio) {
       }
     });
     if (merge_failed_) co_return errno_status(EIO);
-    // The batch copied the other snapshots out already.
-    co_return co_await origin_->submit(bio);
   }
-  if (in_cow) {
+  if (in_cow && !queued) {
     const uint64_t sector = (remapped << chunk_shift_) + (bio.sector & (chunk_sectors_ - 1));
     const Status st = co_await cow_->submit(bio.at(sector));
     if (write) untrack(chunk);
     co_return st;
   }
-  if (write) co_await copy_out_to_snapshots(origin_->identity(), bio.sector, bio.sectors);
+  if (!write) co_return co_await origin_->submit(bio);
+  // An origin write: the other snapshots copy out first (a write held for its
+  // batch finds that done already, unless a snapshot resumed meanwhile).
+  const OriginWrites::Guard in_flight(origin_writes_);
+  co_await copy_out_to_snapshots(origin_->identity(), bio.sector, bio.sectors);
   co_return co_await origin_->submit(bio);
 }
 

@@ -5,6 +5,7 @@
 // copy), and the write is only acknowledged once the copy is on disk.
 // Reads pass through. Like the kernel's, the line must start at sector 0.
 #include "dmnbd/target.hpp"
+#include "origin_writes.hpp"
 #include "origins.hpp"
 
 namespace dmnbd::snapshot {
@@ -20,6 +21,7 @@ class OriginTarget final : public Target {
     } catch (const TargetError& e) {
       throw TargetError(std::string("Cannot get target device (") + e.what() + ")");
     }
+    writes_ = OriginWrites::of(dev_->identity());
   }
 
   Task<Status> map(Bio bio) override {
@@ -32,9 +34,12 @@ class OriginTarget final : public Target {
         // changes nothing, so no snapshot loses the chunk.
         co_return ok();
       case BioOp::write:
-      case BioOp::write_zeroes:
+      case BioOp::write_zeroes: {
+        // Counted until it reaches the origin: a snapshot resuming meanwhile waits for it.
+        const OriginWrites::Guard in_flight(writes_);
         co_await copy_out_to_snapshots(dev_->identity(), bio.sector, bio.sectors);
-        break;
+        co_return co_await dev_->submit(bio);
+      }
     }
     co_return co_await dev_->submit(bio);
   }
@@ -56,6 +61,7 @@ class OriginTarget final : public Target {
   const uint64_t length_;
   std::string dev_name_;
   std::shared_ptr<BlockDevice> dev_;
+  std::shared_ptr<OriginWrites> writes_;
 };
 
 }  // namespace

@@ -24,6 +24,7 @@ Snapshot::Snapshot(std::shared_ptr<BlockDevice> origin, std::shared_ptr<BlockDev
     : origin_(std::move(origin)),
       cow_(std::move(cow)),
       store_(std::move(store)),
+      origin_writes_(OriginWrites::of(origin_->identity())),
       raise_event_(std::move(raise_event)) {}
 
 Snapshot::~Snapshot() {

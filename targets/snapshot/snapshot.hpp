@@ -22,6 +22,7 @@
 #include "dmnbd/kcopyd.hpp"
 #include "exception_store.hpp"
 #include "exception_table.hpp"
+#include "origin_writes.hpp"
 
 namespace dmnbd::snapshot {
 
@@ -66,6 +67,9 @@ class Snapshot : public std::enable_shared_from_this<Snapshot> {
   // Copy-outs start once the snapshot table is resumed, for the sectors the
   // table covers (the kernel's s->active and the table size).
   void activate(uint64_t table_sectors);
+  // Returns once the origin writes that began before activate() have landed:
+  // they made no copy for this snapshot (origin_writes.hpp).
+  Task<void> wait_for_earlier_origin_writes() { co_await origin_writes_->drain(); }
   bool active() const { return active_.load(); }
 
   // Which table line drives the snapshot: the one resumed last. A reloaded
@@ -137,6 +141,7 @@ class Snapshot : public std::enable_shared_from_this<Snapshot> {
   const std::shared_ptr<BlockDevice> origin_;
   const std::shared_ptr<BlockDevice> cow_;
   const std::unique_ptr<ExceptionStore> store_;
+  const std::shared_ptr<OriginWrites> origin_writes_;  // this origin's, shared with its writers
   uint32_t chunk_sectors_ = 0;
   unsigned chunk_shift_ = 0;
   Kcopyd kcopyd_;

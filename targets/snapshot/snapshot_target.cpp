@@ -110,7 +110,13 @@ class SnapshotTarget : public Target {
     claimed_ = true;
     snapshot_->claim(this, raise_event_);
     snapshot_->activate(length_);
-    if (merge_) snapshot_->start_merge(co_await asio::this_coro::executor);
+    if (merge_) {
+      snapshot_->start_merge(co_await asio::this_coro::executor);
+      co_return;
+    }
+    // Origin writes that began before the snapshot was active made no copy
+    // for it: they land before it serves I/O.
+    co_await snapshot_->wait_for_earlier_origin_writes();
   }
 
   Task<void> teardown() override {

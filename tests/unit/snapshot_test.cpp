@@ -8,6 +8,7 @@
 
 #include "devices/crash_device.hpp"
 #include "devices/memory_device.hpp"
+#include "devices/recording_device.hpp"
 #include "dm/table.hpp"
 #include "dmnbd/when_all.hpp"
 #include "test_support.hpp"
@@ -196,6 +197,50 @@ TEST_F(SnapshotTest, ManySnapshotsOfOneOrigin) {
   EXPECT_EQ(first_byte(*snap2, 64), 64);
   EXPECT_EQ(snap2->live_table()->status_text(), "0 1024 snapshot 64/4096 32\n");
   run_sync(snap2->drop_tables());
+}
+
+// An origin write already under way when a snapshot resumes made no copy for
+// it: the resume waits until it has landed (the kernel fast-suspends the
+// origin for this), so the snapshot never changes after it is made.
+TEST_F(SnapshotTest, AResumingSnapshotWaitsForOriginWritesUnderWay) {
+  auto slow = std::make_shared<test::RecordingDevice>(origin_, "base");
+  resolver_.add("base", slow);
+  origin_dev_ = test::make_device("0 1024 snapshot-origin base", resolver_, false, "origin");
+  slow->set_hops([](const Bio& b) { return b.op == BioOp::write ? 500u : 0u; });
+  const std::string seen =
+      run_sync([](Device& origin, DeviceResolver& resolver) -> Task<std::string> {
+        bool landed = false;
+        auto data = filled(1, 0x99);
+        asio::co_spawn(
+            co_await asio::this_coro::executor,
+            [](Device& dev, std::span<std::byte> buf, bool& landed) -> Task<void> {
+              co_await dev.write(300 * 512, buf, 0);
+              landed = true;
+            }(origin, data, landed),
+            asio::detached);
+        co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+        auto snap = std::make_shared<Device>("snap", "", false, 1);
+        std::shared_ptr<Table> table =
+            Table::build("0 1024 snapshot base cow P 8", resolver, false, snap->event_callback());
+        co_await table->open();
+        co_await snap->load(table);
+        co_await snap->resume();
+        const bool landed_at_resume = landed;
+        std::vector<std::byte> first(512), second(512);
+        co_await snap->read(300 * 512, first, nullptr);
+        asio::steady_timer timer(co_await asio::this_coro::executor);
+        while (!landed) {
+          timer.expires_after(std::chrono::milliseconds(1));
+          co_await timer.async_wait(asio::use_awaitable);
+        }
+        co_await snap->read(300 * 512, second, nullptr);
+        co_await snap->drop_tables();
+        co_return std::string(landed_at_resume ? "landed" : "in flight") + " " +
+            std::to_string(std::to_integer<int>(first[0])) + " " +
+            std::to_string(std::to_integer<int>(second[0]));
+      }(*origin_dev_, resolver_));
+  // The write counts as before the snapshot: it is in it, and stays.
+  EXPECT_EQ(seen, "landed 153 153");
 }
 
 TEST_F(SnapshotTest, FullCowWithPOOverflowsAndStaysReadable) {
