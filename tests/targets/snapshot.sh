@@ -174,6 +174,8 @@ timeout 60 "$PY" "$WORK/load.py" "$WORK/nbd.sock" "$WORK/writes.log" 2>"$WORK/lo
 LOAD_PID=$!
 sleep 3
 kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
+# Its sockets stay behind: gone, so the restart is only ready once it listens.
+rm -f "$WORK/nbd.sock" "$WORK/ctl.sock"
 wait "$LOAD_PID" 2>/dev/null
 check "the load got writes through" test "$(grep -c '^A' "$WORK/writes.log")" -gt 100
 dmnbd_start "$WORK/cfg2.yaml"
@@ -217,6 +219,8 @@ echo "# before kill -9: $mid"
 check "the merge is under way" test "$mid" != "0 131072 snapshot-merge 16/32768 16" -a \
   "$mid" != "0 131072 snapshot-merge 344/32768 16"
 kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
+# Its sockets stay behind: gone, so the restart is only ready once it listens.
+rm -f "$WORK/nbd.sock" "$WORK/ctl.sock"
 dmnbd_start "$WORK/cfg4.yaml"
 # Writes while the merge runs: to chunks still in the COW (merged later, or
 # held while their batch is merged) and to chunks never copied.
