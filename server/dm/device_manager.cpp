@@ -49,6 +49,11 @@ class DeviceManager::Resolver final : public DeviceResolver {
     auto& slot = manager_.files_[{path.string(), read_only}];
     if (auto file = slot.lock()) return file;
     auto file = FileDevice::open(path, read_only);
+    for (const auto& [key, other] : manager_.files_)
+      if (auto live = other.lock(); live && live->file_id() == file->file_id()) {
+        file->same_file_as(live);
+        break;
+      }
     slot = file;
     return file;
   }

@@ -70,6 +70,8 @@ std::shared_ptr<FileDevice> FileDevice::open(const std::filesystem::path& path, 
     throw TargetError(path.string() + ": not a regular file or block device");
   }
   auto device = std::shared_ptr<FileDevice>(new FileDevice(path.string(), fd, size, is_block));
+  // A block device is known by the device it is, a file by its inode.
+  device->file_id_ = is_block ? FileId{0, st.st_rdev} : FileId{st.st_dev, st.st_ino};
   struct statfs fs {};
   device->memory_backed_ =
       fstatfs(fd, &fs) == 0 && (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC);

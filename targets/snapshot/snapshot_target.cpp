@@ -16,6 +16,8 @@
 // cut short by a restart goes on where it stopped.
 #include <spdlog/spdlog.h>
 
+#include <optional>
+
 #include "dmnbd/arg_set.hpp"
 #include "dmnbd/target.hpp"
 #include "exception_store.hpp"
@@ -41,7 +43,8 @@ class SnapshotTarget : public Target {
     // names is still caught below, once both are open.
     if (cow_name_ == origin_name_)
       throw TargetError("COW device cannot be the same as origin device");
-    cow_ = open_device(ctx, cow_name_, "Cannot get COW device");
+    // Read-write even under a read-only table: origin writes copy out to it.
+    cow_ = open_device(ctx, cow_name_, "Cannot get COW device", false);
     if (cow_->identity() == origin_->identity())
       throw TargetError("COW device cannot be the same as origin device");
 
@@ -147,11 +150,13 @@ class SnapshotTarget : public Target {
   }
 
  private:
-  // The kernel's ctr error, with the resolver's reason after it.
+  // The kernel's ctr error, with the resolver's reason after it. In the
+  // table's mode unless `read_only` says otherwise.
   static std::shared_ptr<BlockDevice> open_device(const TargetContext& ctx, const std::string& name,
-                                                  const char* error) {
+                                                  const char* error,
+                                                  std::optional<bool> read_only = std::nullopt) {
     try {
-      return ctx.get_device(name);
+      return read_only ? ctx.resolver.open(name, *read_only) : ctx.get_device(name);
     } catch (const TargetError& e) {
       throw TargetError(std::string(error) + " (" + e.what() + ")");
     }

@@ -168,3 +168,31 @@ TEST_F(DeviceManagerTest, ReloadOfALowerDeviceKeepsTheStackWorking) {
 
 }  // namespace
 }  // namespace dmnbd
+
+namespace dmnbd {
+namespace {
+
+// The same file named by two paths, or opened in both modes, is one device,
+// as one dev_t is to the kernel: a read-only snapshot of a file origin,
+// through a symlink, still gets its copy-outs from the snapshot-origin line.
+TEST_F(DeviceManagerTest, OneFileByTwoNamesAndModesIsOneDevice) {
+  std::filesystem::create_symlink(dir_ / "a.img", dir_ / "link.img");
+  std::vector<char> zeroes(1 << 20);
+  std::ofstream(dir_ / "cow.img", std::ios::binary).write(zeroes.data(), zeroes.size());
+  // A read-only table opens its COW read-only too: the header comes first.
+  create("init", "0 2048 snapshot link.img cow.img P 8");
+  run_sync(manager_.remove("init", false));
+  auto snap = run_sync(
+      manager_.create("snap", "0 2048 snapshot link.img cow.img P 8", {.read_only = true}));
+  auto origin = create("origin", "0 2048 snapshot-origin a.img");
+  std::vector<std::byte> buf(512, std::byte{0xee});
+  ASSERT_FALSE(run_sync(origin->write(100 * 512, buf, 0)));
+  ASSERT_FALSE(run_sync(snap->read(100 * 512, buf, nullptr)));
+  EXPECT_EQ(std::to_integer<int>(buf[0]), test::pattern_byte(100 * 512));
+  EXPECT_EQ(snap->live_table()->status_text(), "0 2048 snapshot 24/2048 16\n");
+  run_sync(manager_.remove("origin", false));
+  run_sync(manager_.remove("snap", false));
+}
+
+}  // namespace
+}  // namespace dmnbd

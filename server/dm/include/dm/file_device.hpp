@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "dmnbd/block_device.hpp"
 
@@ -23,6 +24,16 @@ class FileDevice final : public BlockDevice {
   Task<Status> submit(Bio bio) override;
   Task<Status> direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) override;
   Task<Status> block_status(uint64_t sector, uint64_t count, ExtentList& out) override;
+
+  // What the file is, whatever the path and mode it was opened by.
+  using FileId = std::pair<uint64_t, uint64_t>;  // st_dev, st_ino (block devices: 0, st_rdev)
+  FileId file_id() const { return file_id_; }
+  // `first` is the same file, opened before by another path or in the other
+  // mode: this one answers identity() with it, so tables that name the file
+  // differently still meet, as they would on the kernel's one dev_t (a
+  // snapshot and its snapshot-origin above all).
+  void same_file_as(std::shared_ptr<const FileDevice> first) { first_ = std::move(first); }
+  const BlockDevice* identity() const override { return first_ ? first_->identity() : this; }
 
  private:
   FileDevice(std::string name, int fd, uint64_t size_bytes, bool is_block_device);
@@ -51,6 +62,8 @@ class FileDevice final : public BlockDevice {
   std::atomic<bool> nowait_writes_ = true;
   uint64_t size_bytes_;
   bool is_block_device_;
+  FileId file_id_{};
+  std::shared_ptr<const FileDevice> first_;
 };
 
 }  // namespace dmnbd
