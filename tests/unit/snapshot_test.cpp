@@ -358,6 +358,20 @@ TEST_F(SnapshotTest, MergeOfACowAloneGoesOnFromTheDisk) {
   run_sync(merging->drop_tables());
 }
 
+// A COW that cannot be read stops the merge: status "Merge failed" (the
+// kernel's merge_callback on a read error), the origin keeps what was merged.
+TEST_F(SnapshotTest, AReadErrorStopsTheMergeWithMergeFailed) {
+  auto cow = std::make_shared<test::RecordingDevice>(cow_disk_, "cow");
+  resolver_.add("cow", cow);
+  make_pair();
+  for (uint64_t c : {3, 9, 27}) write(*origin_dev_, c * 8, 1, 0xe0);
+  ASSERT_FALSE(run_sync(snap_dev_->suspend(false)));
+  cow->set_fault([](const Bio& b) { return b.op == BioOp::read ? errno_status(EIO) : ok(); });
+  EXPECT_EQ(merge_to_the_end(*origin_dev_, "0 1024 snapshot-merge base cow P 8", resolver_),
+            "0 1024 snapshot-merge Merge failed\n");
+  cow->set_fault(nullptr);
+}
+
 TEST_F(SnapshotTest, MergeRefusesATransientStore) {
   EXPECT_EQ(build_error("0 1024 snapshot-merge base cow N 8", resolver_),
             "snapshot-merge: Snapshot exception store does not support snapshot-merge.");
