@@ -26,6 +26,42 @@ struct Step {
   std::function<Task<void>()> undo;  // none: nothing to take back
 };
 
+// The steps the verbs are made of. Each lambda keeps what it needs by value:
+// it lives in its Step, which outlives the coroutine it makes.
+Step suspend_step(DeviceManager& devices, const std::string& name) {
+  return {"suspend " + name,
+          [&devices, name]() -> Task<void> { co_await devices.suspend(name, false); },
+          [&devices, name]() -> Task<void> { co_await devices.resume(name); }};
+}
+
+Step resume_step(DeviceManager& devices, const std::string& name) {
+  return {"resume " + name, [&devices, name]() -> Task<void> { co_await devices.resume(name); },
+          nullptr};
+}
+
+// Into the inactive slot; undone by clearing it. `what` names the table.
+Step load_step(DeviceManager& devices, const std::string& name, const std::string& table,
+               const std::string& what) {
+  return {"load " + what + " into " + name,
+          [&devices, name, table]() -> Task<void> { co_await devices.load(name, table); },
+          [&devices, name]() -> Task<void> { co_await devices.clear(name); }};
+}
+
+// Taking it back removes the device again.
+Step create_step(DeviceManager& devices, const std::string& name, const std::string& table,
+                 const CreateOptions& options) {
+  return {"create " + name,
+          [&devices, name, table, options]() -> Task<void> {
+            co_await devices.create(name, table, options);
+          },
+          [&devices, name]() -> Task<void> { co_await devices.remove(name, false); }};
+}
+
+Step remove_step(DeviceManager& devices, const std::string& name) {
+  return {"remove " + name,
+          [&devices, name]() -> Task<void> { co_await devices.remove(name, false); }, nullptr};
+}
+
 // Runs the steps in order; on a failure, undoes the finished ones newest
 // first and throws the failure, naming its step.
 Task<void> run_steps(const std::string& verb, std::vector<Step>& steps) {
@@ -82,6 +118,30 @@ std::vector<std::shared_ptr<Device>> lines_on(DeviceManager& devices, const std:
         line && line->type == type && !line->words.empty() && line->words[0] == dev)
       out.push_back(d);
   return out;
+}
+
+// Snapshot NAME and the devices around it, as remove and merge find them.
+struct SnapshotStack {
+  std::vector<std::string> words;  // NAME's snapshot line: origin cow store chunk [features]
+  std::string real;                // the device it snapshots (ORIGIN-real)
+  std::shared_ptr<Device> origin;  // the device mapping snapshot-origin over `real`, if any
+  // The table `real` maps when NAME is its last snapshot (an ORIGIN can go
+  // back to it), else empty.
+  std::string real_table_if_last;
+};
+
+SnapshotStack find_stack(DeviceManager& devices, const std::string& name) {
+  const auto line = one_line(*devices.get(name));
+  if (!line || line->type != "snapshot" || line->words.size() < 4)
+    throw ControlError(EINVAL, name + " is not a snapshot (its table is not one snapshot line)");
+  SnapshotStack stack{line->words, line->words[0], nullptr, ""};
+  const auto origins = lines_on(devices, "snapshot-origin", stack.real);
+  if (!origins.empty()) stack.origin = origins[0];
+  auto siblings = lines_on(devices, "snapshot", stack.real);
+  std::erase_if(siblings, [&](const auto& d) { return d->name() == name; });
+  if (auto real = devices.find(stack.real); siblings.empty() && real && real->live_table())
+    stack.real_table_if_last = real->live_table()->table_text();
+  return stack;
 }
 
 // Makes a new COW file of `bytes`: all zeroes, so the snapshot's first load
@@ -159,9 +219,7 @@ Task<json> snapshot_create(DeviceManager& devices, const json& req) {
   const std::string origin_table = "0 " + sectors + " snapshot-origin " + real;
   fs::path cow_path(cow);
   if (cow_path.is_relative()) cow_path = devices.base_dir() / cow_path;
-  // Named, not temporaries inside co_await (GCC 12 destroys those twice).
   const CreateOptions real_options{.read_only = origin->read_only()};
-  const CreateOptions snapshot_options{};
 
   std::vector<Step> steps;
   steps.push_back({"create the COW file " + cow,
@@ -174,24 +232,12 @@ Task<json> snapshot_create(DeviceManager& devices, const json& req) {
                      fs::remove(cow_path, ec);
                      co_return;
                    }});
-  steps.push_back({"suspend " + origin_name,
-                   [&]() -> Task<void> { co_await devices.suspend(origin_name, false); },
-                   [&]() -> Task<void> { co_await devices.resume(origin_name); }});
+  steps.push_back(suspend_step(devices, origin_name));
+  if (!has_snapshots) steps.push_back(create_step(devices, real, real_table, real_options));
+  steps.push_back(create_step(devices, name, snapshot_table, {}));
   if (!has_snapshots)
-    steps.push_back(
-        {"create " + real,
-         [&]() -> Task<void> { co_await devices.create(real, real_table, real_options); },
-         [&]() -> Task<void> { co_await devices.remove(real, false); }});
-  steps.push_back(
-      {"create " + name,
-       [&]() -> Task<void> { co_await devices.create(name, snapshot_table, snapshot_options); },
-       [&]() -> Task<void> { co_await devices.remove(name, false); }});
-  if (!has_snapshots)
-    steps.push_back({"load snapshot-origin into " + origin_name,
-                     [&]() -> Task<void> { co_await devices.load(origin_name, origin_table); },
-                     [&]() -> Task<void> { co_await devices.clear(origin_name); }});
-  steps.push_back({"resume " + origin_name,
-                   [&]() -> Task<void> { co_await devices.resume(origin_name); }, nullptr});
+    steps.push_back(load_step(devices, origin_name, origin_table, "snapshot-origin"));
+  steps.push_back(resume_step(devices, origin_name));
   co_await run_steps("snapshot create", steps);
   spdlog::info("snapshot {} of {} created (COW {}, {} {})", name, origin_name, cow, store, chunk);
   co_return json{{"ok", true}, {"real", real}, {"table", snapshot_table}};
@@ -199,86 +245,49 @@ Task<json> snapshot_create(DeviceManager& devices, const json& req) {
 
 Task<json> snapshot_remove(DeviceManager& devices, const json& req) {
   const std::string name = str(req, "name");
-  auto snapshot = devices.get(name);
-  const auto line = one_line(*snapshot);
-  if (!line || line->type != "snapshot" || line->words.empty())
-    throw ControlError(EINVAL, name + " is not a snapshot (its table is not one snapshot line)");
-  const std::string real = line->words[0];
-  const auto origins = lines_on(devices, "snapshot-origin", real);
-  const std::string origin_name = origins.empty() ? std::string() : origins[0]->name();
-  auto siblings = lines_on(devices, "snapshot", real);
-  std::erase_if(siblings, [&](const auto& d) { return d->name() == name; });
+  const SnapshotStack stack = find_stack(devices, name);
+  const std::string& real = stack.real;
+  const std::string origin_name = stack.origin ? stack.origin->name() : "";
   // The last snapshot gone, the origin goes back to its -real's table.
-  auto real_device = devices.find(real);
-  const bool restore =
-      !origin_name.empty() && siblings.empty() && real_device && real_device->live_table();
-  const std::string real_table = restore ? real_device->live_table()->table_text() : "";
+  const bool restore = stack.origin && !stack.real_table_if_last.empty();
+  const std::string& real_table = stack.real_table_if_last;
 
   std::vector<Step> steps;
-  if (!origin_name.empty())
-    steps.push_back({"suspend " + origin_name,
-                     [&]() -> Task<void> { co_await devices.suspend(origin_name, false); },
-                     [&]() -> Task<void> { co_await devices.resume(origin_name); }});
-  if (restore)
-    steps.push_back({"load " + real + "'s table into " + origin_name,
-                     [&]() -> Task<void> { co_await devices.load(origin_name, real_table); },
-                     [&]() -> Task<void> { co_await devices.clear(origin_name); }});
-  steps.push_back(
-      {"remove " + name, [&]() -> Task<void> { co_await devices.remove(name, false); }, nullptr});
-  if (!origin_name.empty())
-    steps.push_back({"resume " + origin_name,
-                     [&]() -> Task<void> { co_await devices.resume(origin_name); }, nullptr});
-  if (restore)
-    steps.push_back(
-        {"remove " + real, [&]() -> Task<void> { co_await devices.remove(real, false); }, nullptr});
+  if (!origin_name.empty()) steps.push_back(suspend_step(devices, origin_name));
+  if (restore) steps.push_back(load_step(devices, origin_name, real_table, real + "'s table"));
+  steps.push_back(remove_step(devices, name));
+  if (!origin_name.empty()) steps.push_back(resume_step(devices, origin_name));
+  if (restore) steps.push_back(remove_step(devices, real));
   co_await run_steps("snapshot remove", steps);
   spdlog::info("snapshot {} removed{}", name,
                restore ? "; " + origin_name + " maps its own table again" : "");
   co_return json{{"ok", true}};
 }
 
-}  // namespace dmnbd::control
-
-namespace dmnbd::control {
-
 Task<json> snapshot_merge(DeviceManager& devices, const json& req) {
   const std::string name = str(req, "name");
-  auto snapshot = devices.get(name);
-  const auto line = one_line(*snapshot);
-  if (!line || line->type != "snapshot" || line->words.size() < 4)
-    throw ControlError(EINVAL, name + " is not a snapshot (its table is not one snapshot line)");
-  const std::string real = line->words[0];
-  const auto origins = lines_on(devices, "snapshot-origin", real);
-  if (origins.empty())
+  const SnapshotStack stack = find_stack(devices, name);
+  const std::string& real = stack.real;
+  if (!stack.origin)
     throw ControlError(EINVAL,
                        "no device maps snapshot-origin " + real + ": nothing to merge into");
-  const std::string origin_name = origins[0]->name();
-  auto siblings = lines_on(devices, "snapshot", real);
-  std::erase_if(siblings, [&](const auto& d) { return d->name() == name; });
-  const std::string sectors = std::to_string(origins[0]->sectors());
+  const std::string origin_name = stack.origin->name();
+  const std::string sectors = std::to_string(stack.origin->sectors());
   std::string merge_table = "0 " + sectors + " snapshot-merge";
-  for (const auto& w : line->words) merge_table += " " + w;
-  auto real_device = devices.find(real);
+  for (const auto& w : stack.words) merge_table += " " + w;
   // After the merge: the origin maps -real again, unless other snapshots
   // still need their snapshot-origin.
-  const bool restore = siblings.empty() && real_device && real_device->live_table();
-  const std::string after_table = restore ? real_device->live_table()->table_text()
-                                          : "0 " + sectors + " snapshot-origin " + real;
+  const bool restore = !stack.real_table_if_last.empty();
+  const std::string after_table =
+      restore ? stack.real_table_if_last : "0 " + sectors + " snapshot-origin " + real;
 
   // dmsetup's order: the snapshot suspended, the origin reloaded with
   // snapshot-merge (which takes the snapshot over), the snapshot removed.
   std::vector<Step> start;
-  start.push_back({"suspend " + name,
-                   [&]() -> Task<void> { co_await devices.suspend(name, false); },
-                   [&]() -> Task<void> { co_await devices.resume(name); }});
-  start.push_back({"suspend " + origin_name,
-                   [&]() -> Task<void> { co_await devices.suspend(origin_name, false); },
-                   [&]() -> Task<void> { co_await devices.resume(origin_name); }});
-  start.push_back({"load snapshot-merge into " + origin_name,
-                   [&]() -> Task<void> { co_await devices.load(origin_name, merge_table); },
-                   [&]() -> Task<void> { co_await devices.clear(origin_name); }});
-  start.push_back({"resume " + origin_name,
-                   [&]() -> Task<void> { co_await devices.resume(origin_name); }, nullptr});
+  start.push_back(suspend_step(devices, name));
+  start.push_back(suspend_step(devices, origin_name));
+  start.push_back(load_step(devices, origin_name, merge_table, "snapshot-merge"));
+  start.push_back(resume_step(devices, origin_name));
   co_await run_steps("snapshot merge", start);
   spdlog::info("snapshot {}: merging into {}", name, origin_name);
   // The snapshot reads as Invalid now; it goes, as lvconvert --merge does.
@@ -301,18 +310,11 @@ Task<json> snapshot_merge(DeviceManager& devices, const json& req) {
   }
 
   std::vector<Step> finish;
-  finish.push_back({"suspend " + origin_name,
-                    [&]() -> Task<void> { co_await devices.suspend(origin_name, false); },
-                    [&]() -> Task<void> { co_await devices.resume(origin_name); }});
-  finish.push_back({"load " + (restore ? real + "'s table" : std::string("snapshot-origin")) +
-                        " into " + origin_name,
-                    [&]() -> Task<void> { co_await devices.load(origin_name, after_table); },
-                    [&]() -> Task<void> { co_await devices.clear(origin_name); }});
-  finish.push_back({"resume " + origin_name,
-                    [&]() -> Task<void> { co_await devices.resume(origin_name); }, nullptr});
-  if (restore)
-    finish.push_back(
-        {"remove " + real, [&]() -> Task<void> { co_await devices.remove(real, false); }, nullptr});
+  finish.push_back(suspend_step(devices, origin_name));
+  finish.push_back(load_step(devices, origin_name, after_table,
+                             restore ? real + "'s table" : "snapshot-origin"));
+  finish.push_back(resume_step(devices, origin_name));
+  if (restore) finish.push_back(remove_step(devices, real));
   co_await run_steps("snapshot merge", finish);
   spdlog::info("snapshot {}: merged into {}", name, origin_name);
   co_return json{{"ok", true}, {"table", after_table}};

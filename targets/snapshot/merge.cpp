@@ -135,8 +135,7 @@ Task<Status> Snapshot::merge_io(Bio bio) {
     if (merge_failed_) co_return errno_status(EIO);
   }
   if (in_cow && !queued) {
-    const uint64_t sector = (remapped << chunk_shift_) + (bio.sector & (chunk_sectors_ - 1));
-    const Status st = co_await cow_->submit(bio.at(sector));
+    const Status st = co_await cow_->submit(bio.at(cow_sector(remapped, bio.sector)));
     if (write) untrack(chunk);
     co_return st;
   }

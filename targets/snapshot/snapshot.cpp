@@ -87,8 +87,7 @@ Task<Status> Snapshot::read(Bio bio) {
     if (!in_cow) ++tracked_[chunk];
   }
   if (in_cow) {
-    const uint64_t sector = (remapped << chunk_shift_) + (bio.sector & (chunk_sectors_ - 1));
-    co_return co_await cow_->submit(bio.at(sector));
+    co_return co_await cow_->submit(bio.at(cow_sector(remapped, bio.sector)));
   }
   const Status st = co_await origin_->submit(bio);
   untrack(chunk);
@@ -99,14 +98,13 @@ Task<Status> Snapshot::write(Bio bio) {
   if (!valid_ || overflow_) co_return errno_status(EIO);
   const Chunk chunk = chunk_of(bio.sector);
   // A write of the whole chunk needs no copy: it is the chunk's new content.
-  const bool whole = (bio.sector & (chunk_sectors_ - 1)) == 0 && bio.sectors == chunk_sectors_;
+  const bool whole = covers_chunk(bio);
   Chunk remapped = 0;
   bool written = false;
   if (Status st = co_await exception_for(chunk, whole ? &bio : nullptr, false, remapped, written))
     co_return errno_status(EIO);
   if (written) co_return ok();
-  const uint64_t sector = (remapped << chunk_shift_) + (bio.sector & (chunk_sectors_ - 1));
-  co_return co_await cow_->submit(bio.at(sector));
+  co_return co_await cow_->submit(bio.at(cow_sector(remapped, bio.sector)));
 }
 
 Task<Status> Snapshot::flush() {
@@ -128,8 +126,7 @@ Task<Status> Snapshot::discard(Bio bio, bool zero_cow, bool passdown) {
     in_cow = complete_.lookup(chunk, remapped);
   }
   // Only a discard of the whole chunk zeroes its copy; the exception stays.
-  const bool whole = (bio.sector & (chunk_sectors_ - 1)) == 0 && bio.sectors == chunk_sectors_;
-  if (!in_cow || !whole) co_return to_origin;
+  if (!in_cow || !covers_chunk(bio)) co_return to_origin;
   const Region cow_chunk{cow_.get(), remapped << chunk_shift_, chunk_sectors_};
   CopyResult zeroed = co_await kcopyd_.zero(std::span(&cow_chunk, 1));
   if (zeroed) co_return zeroed.status;
@@ -154,13 +151,13 @@ Task<void> Snapshot::copy_out(uint64_t sector, uint64_t count) {
   if (sector >= end) co_return;  // past the end of the snapshot
   const Chunk first = chunk_of(sector);
   const Chunk last = chunk_of(end - 1);
-  std::vector<Chunk> remapped(last - first + 1);
   std::vector<Task<Status>> copies;
   for (Chunk c = first; c <= last; ++c)
-    copies.push_back([](Snapshot& s, Chunk c, Chunk& out) -> Task<Status> {
-      bool unused = false;
-      co_return co_await s.exception_for(c, nullptr, true, out, unused);
-    }(*this, c, remapped[c - first]));
+    copies.push_back([](Snapshot& s, Chunk c) -> Task<Status> {
+      Chunk unused_chunk = 0;
+      bool unused_whole = false;
+      co_return co_await s.exception_for(c, nullptr, true, unused_chunk, unused_whole);
+    }(*this, c));
   // A failed copy has invalidated this snapshot; the origin write goes on.
   co_await when_all(std::span(copies));
   for (Chunk c = first; c <= last; ++c) co_await wait_for_tracked(c);
@@ -323,11 +320,6 @@ std::string Snapshot::status() const {
 size_t Snapshot::exceptions() const {
   std::lock_guard lk(mutex_);
   return complete_.size();
-}
-
-size_t Snapshot::table_memory_bytes() const {
-  std::lock_guard lk(mutex_);
-  return complete_.memory_bytes();
 }
 
 }  // namespace dmnbd::snapshot

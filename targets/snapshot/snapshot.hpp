@@ -44,6 +44,14 @@ class Snapshot : public std::enable_shared_from_this<Snapshot> {
   const ExceptionStore& store() const { return *store_; }
   uint32_t chunk_sectors() const { return chunk_sectors_; }
   Chunk chunk_of(uint64_t sector) const { return sector >> chunk_shift_; }
+  // Where `sector` of a chunk now in COW chunk `remapped` is (remap_exception()).
+  uint64_t cow_sector(Chunk remapped, uint64_t sector) const {
+    return (remapped << chunk_shift_) + (sector & (chunk_sectors_ - 1));
+  }
+  // The bio is the whole of its chunk (io_overlaps_chunk()).
+  bool covers_chunk(const Bio& bio) const {
+    return (bio.sector & (chunk_sectors_ - 1)) == 0 && bio.sectors == chunk_sectors_;
+  }
 
   // The snapshot device's I/O, each inside one chunk (max_io_len).
   Task<Status> read(Bio bio);
@@ -70,7 +78,6 @@ class Snapshot : public std::enable_shared_from_this<Snapshot> {
   // Returns once the origin writes that began before activate() have landed:
   // they made no copy for this snapshot (origin_writes.hpp).
   Task<void> wait_for_earlier_origin_writes() { co_await origin_writes_->drain(); }
-  bool active() const { return active_.load(); }
 
   // Which table line drives the snapshot: the one resumed last. A reloaded
   // line takes the snapshot over from the one before (the kernel's
@@ -82,14 +89,10 @@ class Snapshot : public std::enable_shared_from_this<Snapshot> {
     return owner == nullptr || owner == line;
   }
 
-  bool valid() const { return valid_.load(); }
-  bool overflowed() const { return overflow_.load(); }
-
   // ---- snapshot-merge (merge.cpp): the COW's chunks copied back into the
   // origin, newest first, in the kernel's batches, while the merging device
   // (which takes the origin's place) stays readable and writable.
   bool merging() const { return merging_.load(); }
-  bool merge_failed() const { return merge_failed_.load(); }
   // snapshot_merge_map(): a chunk still in the COW is read and written
   // there, except that a write to a chunk being merged waits for its batch
   // and then goes to the origin; other chunks are the origin's (writes copy
@@ -106,7 +109,6 @@ class Snapshot : public std::enable_shared_from_this<Snapshot> {
   // "Invalid", "Merge failed", "Overflow" or "<allocated>/<total> <metadata>".
   std::string status() const;
   size_t exceptions() const;
-  size_t table_memory_bytes() const;
 
   // Waits for every copy in flight (teardown).
   Task<void> drain();
