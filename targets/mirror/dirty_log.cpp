@@ -10,9 +10,9 @@ namespace dmnbd::mirror {
 namespace {
 
 // Every log constructor error reaches the table as the mirror's ti->error,
-// with the log's own warning after it (the kernel prints that one apart).
+// with the log's own warning in brackets (the kernel prints that one apart).
 [[noreturn]] void log_error(const std::string& why) {
-  throw TargetError("Error creating mirror dirty log: " + why);
+  throw TargetError("Error creating mirror dirty log (" + why + ")");
 }
 
 }  // namespace

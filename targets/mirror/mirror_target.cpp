@@ -150,6 +150,10 @@ class MirrorTarget final : public Target {
     release_held_writes(false);
     co_await log_->resume();
     auto executor = co_await asio::this_coro::executor;
+    {
+      std::lock_guard lk(background_mutex_);
+      executor_ = executor;
+    }
     if (!recovery_) {
       BackgroundJob::Options options;
       options.total = log_->region_count();
@@ -301,10 +305,7 @@ class MirrorTarget final : public Target {
     const RegionId r = rh_->region_of(bio.sector);
     const RegionHash::WriteStart start = co_await rh_->begin_write(r);
     Status st = co_await write_in_region(bio, r, start);
-    if (rh_->end_write(r)) {
-      auto executor = co_await asio::this_coro::executor;
-      schedule_clear(executor);
-    }
+    if (rh_->end_write(r)) schedule_clear();
     co_return st;
   }
 
@@ -372,8 +373,10 @@ class MirrorTarget final : public Target {
   }
 
   // ---- Clean regions reach the log in the background (dm_rh_update_states()
-  // at the next kmirrord pass), one pass at a time.
-  void schedule_clear(const asio::any_io_executor& executor) {
+  // at the next kmirrord pass), one pass at a time, on the loop the mirror
+  // was resumed on, as its recovery.
+  void schedule_clear() {
+    asio::any_io_executor executor;
     {
       std::lock_guard lk(background_mutex_);
       if (clearing_) {
@@ -382,6 +385,7 @@ class MirrorTarget final : public Target {
       }
       clearing_ = true;
       ++background_;
+      executor = executor_;
     }
     asio::co_spawn(executor, clear_regions(), asio::detached);
   }
@@ -484,7 +488,8 @@ class MirrorTarget final : public Target {
   bool suspending_ = false;
   std::vector<std::function<void()>> holds_;
 
-  std::mutex background_mutex_;  // the clear pass
+  std::mutex background_mutex_;     // the clear pass
+  asio::any_io_executor executor_;  // resume()'s, where background work runs
   bool clearing_ = false;
   bool clear_again_ = false;
   unsigned background_ = 0;
