@@ -1,0 +1,145 @@
+#!/bin/bash
+# mirror.sh - a two-leg mirror with a disk log, driven by fio over NBD:
+# 1. leg 1 fails (its device is reloaded with the error target) in the middle
+#    of fio's writes: fio sees no error and verifies every block; the status
+#    shows the leg D and the regions it missed out of sync; the leg comes
+#    back, a resume resyncs it, and the legs are identical.
+# 2. the same with handle_errors keep_log and the default leg failing: the
+#    mirror fails over to leg 1 (an event), fio sees no error; back, resynced
+#    from leg 1, identical.
+# 3. kill -9 of the server under fio's writes: after the restart exactly the
+#    regions the log has dirty are resynced (a clean region made to differ on
+#    purpose stays different), and then the legs are identical.
+source "$(dirname "$0")/../protocol/lib.sh"
+source "$(dirname "$0")/lib.sh"
+make_work
+SECTORS=65536  # 32 MiB, 64 regions of 1024 sectors
+REGIONS=64
+cd "$WORK" || fail "no work dir"
+truncate -s 32M leg0.img leg1.img
+truncate -s 1M log.img
+cat > "$WORK/cfg.yaml" <<YAML
+listen: [ "unix://$WORK/nbd.sock" ]
+control: $WORK/ctl.sock
+devices:
+  - name: l0
+    table: "0 $SECTORS linear $WORK/leg0.img 0"
+  - name: l1
+    table: "0 $SECTORS linear $WORK/leg1.img 0"
+  - name: mi
+    table: "0 $SECTORS mirror disk 2 $WORK/log.img 1024 2 l0 0 l1 0"
+YAML
+_targets_write_io_py
+dmnbd_start "$WORK/cfg.yaml"
+EXPORT=mi
+
+# sync_ratio: the "<in-sync>/<regions>" field of the mirror's status.
+sync_ratio() { dm status mi | awk '{print $7}'; }
+wait_in_sync() { # wait until every region is in sync (<= 60 s)
+  for _ in $(seq 600); do [ "$(sync_ratio)" = "$REGIONS/$REGIONS" ] && return 0; sleep 0.1; done
+  return 1
+}
+# fio_verify NAME: 4k random writes at depth 16 over the whole export, then
+# every block read back and checked; in the background, PID in FIO_PID.
+fio_verify() {
+  timeout 120 fio --name="$1" --ioengine=nbd --uri="nbd+unix:///mi?socket=$WORK/nbd.sock" \
+    --rw=randwrite --bs=4k --size=32m --iodepth=16 --verify=crc32c --do_verify=1 \
+    --verify_fatal=1 --rate=20m > "$WORK/$1.log" 2>&1 &
+  FIO_PID=$!
+}
+fio_clean() { # LOG: fio exited 0 and reported no error
+  grep -q "err= 0" "$WORK/$1.log" && ! grep -qi "verify:.*bad\|error" "$WORK/$1.log"
+}
+
+check "a new disk log: the whole mirror is resynced" wait_in_sync
+check "status" is "$(dm status mi)" "0 $SECTORS mirror 2 l0 l1 $REGIONS/$REGIONS 1 AA 3 disk $WORK/log.img A"
+check "table" is "$(dm table mi)" "0 $SECTORS mirror disk 2 $WORK/log.img 1024 2 l0 0 l1 0"
+
+# ---- 1. leg 1 fails under fio
+fio_verify leg1
+sleep 0.5
+dm reload l1 --table "0 $SECTORS error" || fail "reload l1 failed"
+wait "$FIO_PID"; rc=$?
+check "1: fio ran to the end with leg 1 failing (exit $rc)" test "$rc" = 0
+check "1: and saw no error, every block verified" fio_clean leg1
+st=$(dm status mi)
+check "1: leg 1 shows D [$st]" is "$(echo "$st" | awk '{print $9}')" AD
+check "1: regions it missed are out of sync [$(sync_ratio)]" test "$(sync_ratio)" != "$REGIONS/$REGIONS"
+dm reload l1 --table "0 $SECTORS linear $WORK/leg1.img 0" || fail "reload l1 back failed"
+dm suspend mi && dm resume mi || fail "suspend/resume mi failed"
+check "1: after the leg came back and a resume, the mirror resyncs" wait_in_sync
+check "1: and the legs are identical" cmp leg0.img leg1.img
+check "1: status clean again" is "$(dm status mi | awk '{print $9}')" AA
+
+# ---- 2. the default leg fails, handle_errors keep_log
+dm reload mi --table "0 $SECTORS mirror disk 2 $WORK/log.img 1024 2 l0 0 l1 0 2 handle_errors keep_log" ||
+  fail "reload mi with handle_errors failed"
+wait_in_sync
+events=$(dm info mi | awk '/Event number/ {print $3}')
+fio_verify leg0
+sleep 0.5
+dm reload l0 --table "0 $SECTORS error" || fail "reload l0 failed"
+wait "$FIO_PID"; rc=$?
+check "2: fio ran to the end with the default leg failing (exit $rc)" test "$rc" = 0
+check "2: and saw no error, every block verified" fio_clean leg0
+check "2: leg 0 shows D [$(dm status mi)]" is "$(dm status mi | awk '{print $9}')" DA
+check "2: an event was raised" test "$(dm info mi | awk '/Event number/ {print $3}')" -gt "$events"
+dm reload l0 --table "0 $SECTORS linear $WORK/leg0.img 0" || fail "reload l0 back failed"
+# A new table starts from leg 0 again; resync from leg 1, the one that has
+# every write, by listing it first (what lvconvert --repair would do).
+dm reload mi --table "0 $SECTORS mirror disk 2 $WORK/log.img 1024 2 l1 0 l0 0 2 handle_errors keep_log" ||
+  fail "reload mi, leg 1 first, failed"
+check "2: resynced from leg 1" wait_in_sync
+check "2: and the legs are identical" cmp leg0.img leg1.img
+
+# ---- 3. kill -9 under load
+dm reload mi --table "0 $SECTORS mirror disk 2 $WORK/log.img 1024 2 l0 0 l1 0" || fail "reload mi failed"
+wait_in_sync
+timeout 60 fio --name=kill --ioengine=nbd --uri="nbd+unix:///mi?socket=$WORK/nbd.sock" \
+  --rw=randwrite --bs=4k --size=32m --iodepth=32 --time_based --runtime=30 > "$WORK/kill.log" 2>&1 &
+FIO_PID=$!
+sleep 1.5
+kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
+wait "$FIO_PID"
+rm -f "$WORK/nbd.sock" "$WORK/ctl.sock"
+# The log as the kill left it: the dirty regions, and one clean region made
+# to differ on leg 1 (a resync of it would undo that).
+read -r DIRTY CLEAN < <("$PY" - "$WORK/log.img" <<'PYEOF'
+import sys
+log = open(sys.argv[1], "rb").read()
+assert log[:4] == b"rRiM", "no log header"
+bits = [(log[1024 + r // 8] >> (r % 8)) & 1 for r in range(64)]
+dirty = [r for r in range(64) if not bits[r]]
+clean = [r for r in range(64) if bits[r]]
+print(",".join(map(str, dirty)) or "-", clean[0] if clean else -1)
+PYEOF
+)
+log "3: dirty regions after kill -9: $DIRTY; clean region $CLEAN gets a scribble on leg 1"
+check "3: the kill left some regions dirty" test "$DIRTY" != "-"
+if [ "$CLEAN" -ge 0 ]; then
+  printf 'scribble' | dd of=leg1.img bs=1 seek=$((CLEAN * 1024 * 512 + 100)) conv=notrunc status=none
+fi
+"$PY" - "$WORK" "$DIRTY" <<'PYEOF'
+import sys
+# Dirty regions get garbage on leg 1 too: the resync must overwrite it.
+work, dirty = sys.argv[1], sys.argv[2]
+with open(f"{work}/leg1.img", "r+b") as f:
+    for r in map(int, dirty.split(",")):
+        f.seek(r * 1024 * 512)
+        f.write(b"\xee" * 4096)
+PYEOF
+dmnbd_start "$WORK/cfg.yaml"
+check "3: after the restart the mirror resyncs" wait_in_sync
+check "3: the dirty regions are identical on both legs" "$PY" - "$WORK" "$DIRTY" "$CLEAN" <<'PYEOF'
+import sys
+work, dirty, clean = sys.argv[1], sys.argv[2], int(sys.argv[3])
+a, b = open(f"{work}/leg0.img", "rb").read(), open(f"{work}/leg1.img", "rb").read()
+R = 1024 * 512
+bad = [r for r in map(int, dirty.split(",")) if a[r * R:(r + 1) * R] != b[r * R:(r + 1) * R]]
+if bad: sys.exit(f"dirty regions still differ: {bad}")
+if clean >= 0 and a[clean * R:(clean + 1) * R] == b[clean * R:(clean + 1) * R]:
+    sys.exit(f"clean region {clean} was resynced too")
+others = [r for r in range(64) if r != clean and a[r * R:(r + 1) * R] != b[r * R:(r + 1) * R]]
+if others: sys.exit(f"regions that differ: {others}")
+PYEOF
+pass
