@@ -31,6 +31,10 @@ struct TargetContext {
   // dm_table_event(): bumps the device's event counter and wakes `wait`ers.
   // Callable from any thread, for as long as the target lives.
   std::function<void()> raise_event = [] {};
+  // dm_noflush_suspending(): true from a `suspend --noflush` until the next
+  // resume; a target's presuspend may then requeue I/O it holds
+  // (requeue_status()) instead of failing it. Any thread.
+  std::function<bool()> noflush_suspending = [] { return false; };
 
   // dm_get_device(): resolves `name`. The areas a target uses are checked
   // against their devices' sizes once it is built (Target::device_areas).

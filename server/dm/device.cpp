@@ -84,10 +84,18 @@ std::function<void()> Device::event_callback() {
   };
 }
 
+std::function<bool()> Device::noflush_callback() {
+  return [weak = weak_from_this()] {
+    auto device = weak.lock();
+    return device && device->noflush_suspending_.load();
+  };
+}
+
 // dm's order: presuspend hooks, hold back new I/O, drain what is in flight,
 // flush the backing devices, postsuspend hooks.
 Task<Status> Device::suspend(bool noflush) {
   if (gate_.suspended()) co_return ok();
+  noflush_suspending_ = noflush;
   std::shared_ptr<Table> table = live_table();
   if (table)
     for (const auto& e : table->entries()) co_await e.target->presuspend();
@@ -120,6 +128,7 @@ Task<Status> Device::resume() {
     std::lock_guard lk(mutex_);
     if (inactive_ == next) inactive_.reset();
   }
+  noflush_suspending_ = false;
   if (going_live)
     for (const auto& e : going_live->entries()) co_await e.target->resume();
   gate_.resume();
@@ -127,6 +136,11 @@ Task<Status> Device::resume() {
   // the swap, and new I/O finds the new one.
   if (replaced) co_await replaced->teardown();
   co_return ok();
+}
+
+Task<void> Device::quiesce_for_shutdown() {
+  co_await suspend(false);
+  gate_.resume();
 }
 
 std::vector<std::shared_ptr<BlockDevice>> Device::dependencies(bool include_inactive) const {
@@ -246,14 +260,28 @@ Task<Status> Device::direct_access_in(const Table& table, uint64_t sector, uint6
 
 // Every I/O entry point passes the suspend gate first, then holds on to the
 // live table it started with, so a table swap never pulls targets from under it.
+// Writes and flushes a target requeued (a noflush suspend) go round again,
+// after the resume, through the table live then.
 Task<Status> Device::submit(Bio bio) {
-  auto pass = co_await gate_.enter();
+  for (bool requeued = false;; requeued = true) {
+    auto pass = co_await enter_gate(requeued);
+    Status st = co_await submit_in(bio);
+    if (!is_requeue(st)) co_return st;
+  }
+}
+
+Task<Status> Device::submit_in(Bio bio) {
   std::shared_ptr<Table> table = live_table();
   if (!table) co_return errno_status(EIO);
   if (bio.op == BioOp::flush) co_return co_await flush_table(*table);
   if (bio.op != BioOp::read && read_only_) co_return errno_status(EPERM);
   if (bio.end() > table->sectors() || bio.end() < bio.sector) co_return errno_status(EIO);
   co_return co_await route(*table, bio, nullptr);
+}
+
+Task<SuspendGate::Pass> Device::enter_gate(bool requeued) {
+  if (requeued) co_return co_await gate_.enter_after_resume();
+  co_return co_await gate_.enter();
 }
 
 // A stacked device answers in place through its own table. It never waits: a
@@ -346,7 +374,14 @@ Task<Status> Device::map_write(uint64_t offset, uint64_t length, MappedView& vie
 }
 
 Task<Status> Device::write(uint64_t offset, std::span<std::byte> buf, uint32_t flags) {
-  auto pass = co_await gate_.enter();
+  for (bool requeued = false;; requeued = true) {
+    auto pass = co_await enter_gate(requeued);
+    Status st = co_await write_in(offset, buf, flags);
+    if (!is_requeue(st)) co_return st;
+  }
+}
+
+Task<Status> Device::write_in(uint64_t offset, std::span<std::byte> buf, uint32_t flags) {
   std::shared_ptr<Table> table = live_table();
   if (Status st = check_range(table.get(), offset, buf.size(), true)) co_return st;
   if (!aligned(offset) || !aligned(buf.size()))
@@ -403,7 +438,14 @@ Task<Status> Device::discard(uint64_t offset, uint64_t length, uint32_t flags) {
 }
 
 Task<Status> Device::write_zeroes(uint64_t offset, uint64_t length, uint32_t flags) {
-  auto pass = co_await gate_.enter();
+  for (bool requeued = false;; requeued = true) {
+    auto pass = co_await enter_gate(requeued);
+    Status st = co_await write_zeroes_in(offset, length, flags);
+    if (!is_requeue(st)) co_return st;
+  }
+}
+
+Task<Status> Device::write_zeroes_in(uint64_t offset, uint64_t length, uint32_t flags) {
   std::shared_ptr<Table> table = live_table();
   if (Status st = check_range(table.get(), offset, length, true)) co_return st;
   const uint64_t first = round_up(offset), last = round_down(offset + length);
@@ -431,7 +473,14 @@ Task<Status> Device::write_zeroes(uint64_t offset, uint64_t length, uint32_t fla
 }
 
 Task<Status> Device::flush() {
-  auto pass = co_await gate_.enter();
+  for (bool requeued = false;; requeued = true) {
+    auto pass = co_await enter_gate(requeued);
+    Status st = co_await flush_in();
+    if (!is_requeue(st)) co_return st;
+  }
+}
+
+Task<Status> Device::flush_in() {
   std::shared_ptr<Table> table = live_table();
   if (!table) co_return ok();
   co_return co_await flush_table(*table);

@@ -29,6 +29,15 @@ Task<SuspendGate::Pass> SuspendGate::enter() {
   co_return Pass(this);
 }
 
+Task<SuspendGate::Pass> SuspendGate::enter_after_resume() {
+  co_await park_until_woken([this](std::function<void()> wake) {
+    std::lock_guard lk(mutex_);
+    ++waited_;
+    blocked_.push_back(std::move(wake));  // resume() counts it in flight
+  });
+  co_return Pass(this);
+}
+
 void SuspendGate::leave() {
   if (state_.fetch_sub(1, std::memory_order_release) - 1 != kSuspended) return;
   // The last I/O left a shut gate: wake whoever suspends it.

@@ -99,7 +99,8 @@ void check_device_areas(const Target& target, const NamingResolver& names) {
 }  // namespace
 
 std::shared_ptr<Table> Table::build(std::string_view text, DeviceResolver& resolver, bool read_only,
-                                    std::function<void()> raise_event) {
+                                    std::function<void()> raise_event,
+                                    std::function<bool()> noflush_suspending) {
   auto table = std::make_shared<Table>();
   NamingResolver naming(resolver);
   const std::vector<TableLine> lines = parse_table_text(text);
@@ -113,7 +114,8 @@ std::shared_ptr<Table> Table::build(std::string_view text, DeviceResolver& resol
                       .length = line.length,
                       .read_only = read_only,
                       .resolver = naming,
-                      .raise_event = raise_event};
+                      .raise_event = raise_event,
+                      .noflush_suspending = noflush_suspending};
     try {
       std::unique_ptr<Target> target = type->create(ctx, line.args);
       check_device_areas(*target, naming);

@@ -179,11 +179,14 @@ void Server::stop(std::function<void()> idle) {
   for (auto& l : listeners_) l->close();
   spdlog::info("stopping: {} connection(s) finishing their requests", live.size());
   for (auto& s : live) s->stop();
-  // Requests held by a suspended device must still be answered.
+  // Requests held by a suspended device must still be answered, and so must
+  // those a target holds back (quiesce_for_shutdown()).
   for (auto& device : exports_.list())
     if (device->suspended()) {
       spdlog::info("device {}: suspended; letting its held requests through", device->name());
       device->release_held_io();
+    } else if (!live.empty()) {
+      asio::co_spawn(loops_.accept, device->quiesce_for_shutdown(), asio::detached);
     }
   if (live.empty()) idle();
 }

@@ -14,8 +14,9 @@
 //    its region goes out of sync (resynced at the next resume);
 //  - with handle_errors the leg's first error of each kind raises an event,
 //    a failed default leg is replaced by an error-free one, and a write that
-//    failed on a leg is held until the mirror is suspended (then EIO), for
-//    userspace to reconfigure the mirror, as dmeventd does;
+//    failed on a leg is held until the mirror is suspended, for userspace to
+//    reconfigure it, as dmeventd does: then it fails with EIO, or after a
+//    `suspend --noflush` it is sent again to the table resumed next;
 //  - with keep_log too such writes succeed and their regions stay out of sync.
 // All legs failed: EIO.
 #include <spdlog/spdlog.h>
@@ -66,7 +67,9 @@ struct Leg {
 class MirrorTarget final : public Target {
  public:
   MirrorTarget(const TargetContext& ctx, TargetArgs args)
-      : length_(ctx.length), raise_event_(ctx.raise_event) {
+      : length_(ctx.length),
+        raise_event_(ctx.raise_event),
+        noflush_suspending_(ctx.noflush_suspending) {
     parse_log(ctx, args);
     rh_ = std::make_unique<RegionHash>(*log_);
     TargetArgs rest = args.subspan(log_args_used_);
@@ -348,28 +351,35 @@ class MirrorTarget final : public Target {
     co_return failed ? errno_status(EOPNOTSUPP) : ok();
   }
 
-  // hold_bio(): a write waits for the mirror to be reconfigured; the suspend
-  // that comes first fails it.
+  // hold_bio(): a write waits for the mirror to be reconfigured. The suspend
+  // that comes first fails it, or with --noflush gives it back to the device,
+  // which sends it again to the table resumed next (the reconfigured one).
   Task<Status> hold() {
-    co_await park_until_woken([this](std::function<void()> wake) {
+    Status result;
+    co_await park_until_woken([this, out = &result](std::function<void()> wake) {
       std::unique_lock lk(holds_mutex_);
       if (!suspending_) {
-        holds_.push_back(std::move(wake));
+        holds_.push_back({std::move(wake), out});
         return;
       }
+      *out = released_as();
       lk.unlock();
       wake();
     });
-    co_return errno_status(EIO);
+    co_return result;
+  }
+  Status released_as() const {
+    return noflush_suspending_() ? requeue_status() : errno_status(EIO);
   }
   void release_held_writes(bool suspending) {
-    std::vector<std::function<void()>> held;
+    std::vector<Held> held;
     {
       std::lock_guard lk(holds_mutex_);
       suspending_ = suspending;
       held.swap(holds_);
+      for (Held& h : held) *h.result = released_as();
     }
-    for (auto& wake : held) wake();
+    for (Held& h : held) h.wake();
   }
 
   // ---- Clean regions reach the log in the background (dm_rh_update_states()
@@ -469,6 +479,7 @@ class MirrorTarget final : public Target {
 
   const uint64_t length_;
   const std::function<void()> raise_event_;
+  const std::function<bool()> noflush_suspending_;
   std::unique_ptr<DirtyLog> log_;
   size_t log_args_used_ = 0;
   std::unique_ptr<RegionHash> rh_;
@@ -484,9 +495,13 @@ class MirrorTarget final : public Target {
   Kcopyd kcopyd_;
   std::unique_ptr<BackgroundJob> recovery_;
 
+  struct Held {
+    std::function<void()> wake;
+    Status* result;
+  };
   std::mutex holds_mutex_;  // suspending_ and holds_
   bool suspending_ = false;
-  std::vector<std::function<void()>> holds_;
+  std::vector<Held> holds_;
 
   std::mutex background_mutex_;     // the clear pass
   asio::any_io_executor executor_;  // resume()'s, where background work runs

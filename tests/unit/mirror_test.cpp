@@ -67,12 +67,16 @@ class MirrorTest : public ::testing::Test {
   // mirror's recovery and clean passes run on the loop it was resumed on.
   Task<std::shared_ptr<Device>> make(const std::string& table) {
     auto dev = std::make_shared<Device>("mi", "", false, 0);
-    std::shared_ptr<Table> built = Table::build(table, resolver_, false, dev->event_callback());
-    co_await built->open();
-    co_await dev->load(built);
+    co_await load(*dev, table);
     Status st = co_await dev->resume();
     EXPECT_FALSE(st);
     co_return dev;
+  }
+  Task<void> load(Device& dev, const std::string& table) {
+    std::shared_ptr<Table> built =
+        Table::build(table, resolver_, false, dev.event_callback(), dev.noflush_callback());
+    co_await built->open();
+    co_await dev.load(built);
   }
   static std::string status(Device& dev) { return dev.live_table()->status_text(); }
   // Waits until no bio is in flight on the log and the clean pass is done.
@@ -329,6 +333,35 @@ TEST_F(MirrorTest, HandleErrorsHoldsAFailedWriteUntilSuspendAndRaisesAnEvent) {
   };
   run_sync(body());
   EXPECT_FALSE(clean_bit(log_image(), 0));
+}
+
+// What dmeventd does about a failed leg: suspend --noflush (the held write
+// goes back to the device), a table without the leg, resume: the write goes
+// again, to the new table, and the client sees no error.
+TEST_F(MirrorTest, ANoflushSuspendRequeuesAHeldWriteIntoTheNextTable) {
+  write_log(log_image(), 4, {});
+  auto body = [&]() -> Task<void> {
+    auto dev = co_await make("0 4096 mirror disk 2 log 1024 2 leg0 0 leg1 0 1 handle_errors");
+    EXPECT_TRUE(co_await wait_in_sync(*dev, "4/4"));
+    leg1_->set_fault([](const Bio& b) { return b.op == BioOp::write ? errno_status(EIO) : ok(); });
+    std::optional<Status> result;
+    auto data = filled(8, 0xee);
+    asio::co_spawn(co_await asio::this_coro::executor, dev->write(kRegion * 512, data, 0),
+                   [&](std::exception_ptr, Status st) { result = st; });
+    co_await sleep_ms(50);
+    EXPECT_FALSE(result.has_value());  // held
+    co_await dev->suspend(true);
+    EXPECT_FALSE(result.has_value());  // given back to the device, waiting for the resume
+    co_await load(*dev, "0 4096 linear leg0 0");
+    leg0_->clear();
+    EXPECT_FALSE(co_await dev->resume());
+    for (int i = 0; i < 100 && !result; ++i) co_await sleep_ms(5);
+    EXPECT_TRUE(result.has_value() && !*result);
+    EXPECT_EQ(leg0_->bios(BioOp::write).size(), 1u);  // sent again, through the linear table
+    co_await dev->drop_tables();
+  };
+  run_sync(body());
+  EXPECT_EQ(uint8_t(leg0_->memory()->bytes(kRegion, 1)[0]), 0xee);
 }
 
 TEST_F(MirrorTest, KeepLogCompletesAFailedWriteAndKeepsTheRegionOutOfSync) {

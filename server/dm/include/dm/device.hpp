@@ -64,6 +64,12 @@ class Device final : public BlockDevice, public std::enable_shared_from_this<Dev
   // At server shutdown: lets I/O held by a suspend through, so every request
   // received gets its answer. Leaves the tables as they are.
   void release_held_io() { gate_.resume(); }
+  // At server shutdown, for a device that is not suspended: a suspend and
+  // the gate opened again at once, as a removal suspends before the table
+  // goes. Targets give back I/O they hold (a mirror's writes held for a
+  // reconfiguration fail) and write their metadata; the requests still
+  // coming through the gate then get their answers.
+  Task<void> quiesce_for_shutdown();
   // I/O requests that had to wait for a resume since the device was made.
   uint64_t suspended_waits() const { return gate_.waited(); }
 
@@ -72,6 +78,8 @@ class Device final : public BlockDevice, public std::enable_shared_from_this<Dev
   void raise_event() { ++event_nr_; }
   // What targets of this device's tables call; safe after the device is gone.
   std::function<void()> event_callback();
+  // TargetContext::noflush_suspending for this device's tables.
+  std::function<bool()> noflush_callback();
   // Connections and other devices' tables that use this device.
   int open_count() const { return open_count_.load(); }
   void opened() { ++open_count_; }
@@ -118,6 +126,13 @@ class Device final : public BlockDevice, public std::enable_shared_from_this<Dev
                                ExtentList& out);
   Task<Status> write_unaligned(const Table& table, uint64_t offset, std::span<std::byte> buf,
                                uint32_t flags);
+  // The gate, entered at once or, for I/O a target requeued, after the next
+  // resume; the entry points go round again while a target requeues.
+  Task<SuspendGate::Pass> enter_gate(bool requeued);
+  Task<Status> submit_in(Bio bio);
+  Task<Status> write_in(uint64_t offset, std::span<std::byte> buf, uint32_t flags);
+  Task<Status> write_zeroes_in(uint64_t offset, uint64_t length, uint32_t flags);
+  Task<Status> flush_in();
   Status check_range(const Table* table, uint64_t offset, uint64_t length, bool writes) const;
 
   mutable std::mutex mutex_;  // name_ and inactive_
@@ -131,6 +146,7 @@ class Device final : public BlockDevice, public std::enable_shared_from_this<Dev
   AsyncMutex control_mutex_;
   std::atomic<int> open_count_ = 0;
   std::atomic<uint64_t> event_nr_ = 0;
+  std::atomic<bool> noflush_suspending_ = false;
   // Serialises read-modify-write cycles, so unaligned writes that share a
   // sector but not bytes both land.
   AsyncMutex rmw_mutex_;

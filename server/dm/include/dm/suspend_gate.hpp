@@ -39,6 +39,9 @@ class SuspendGate {
   // enter() without a suspension point when the gate is open (the hot path);
   // false means the caller must co_await enter().
   bool try_enter();
+  // enter(), but only after the next resume(), even if the gate is open now:
+  // for I/O a target gave back during a noflush suspend (requeue_status()).
+  Task<Pass> enter_after_resume();
 
   // Stops new I/O and waits for the I/O in flight to finish. Idempotent.
   Task<void> suspend();

@@ -57,7 +57,8 @@ class Table {
   // The table is ready for I/O once open() has returned.
   static std::shared_ptr<Table> build(
       std::string_view text, DeviceResolver& resolver, bool read_only,
-      std::function<void()> raise_event = [] {});
+      std::function<void()> raise_event = [] {},
+      std::function<bool()> noflush_suspending = [] { return false; });
   // Every target's open(), in line order. On a failure the table is torn
   // down (the kernel's dtr of what was constructed) and TableError names
   // the line.
