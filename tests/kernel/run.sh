@@ -220,8 +220,8 @@ if [ "$RUN_SNAP" = 1 ]; then
   printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$SNAP/d.sock" "$SNAP/d-ctl.sock" > "$SNAP/d.yaml"
   snap_devices "" d- >> "$SNAP/d.yaml"
   if snap_start "$SNAP/d.yaml" "$SNAP/d.sock"; then
-    timeout 120 "$PY" "$HERE/snapshot.py" write "$SNAP/d.sock" "$WORK" ops > "$SNAP/write.out" 2>&1
-    check "snapshot: dmnbd ran ops on base (snapshot-origin), s8, s128 ($(cat "$WORK/snap-prepare.out"))" test $? = 0
+    timeout 120 "$PY" "$HERE/snapshot.py" write "$SNAP/d.sock" "$WORK" ops > "$SNAP/write.out" 2>&1; rc=$?
+    check "snapshot: dmnbd ran ops on base (snapshot-origin), s8, s128 ($(cat "$WORK/snap-prepare.out"))" test $rc = 0
     snap_record d
     log "snapshot: dmnbd after the sequence: s8 [$SNAP_D_STATUS_S8], s128 [$SNAP_D_STATUS_S128]; the kernel's allocation rule says: $("$PY" "$HERE/snapshot.py" model ops | tr '\n' ';')"
     if snap_stop; then ok "snapshot: dmnbd (the writer) stopped cleanly on SIGTERM"; else notok "snapshot: dmnbd (the writer) did not exit 0 on SIGTERM"; fi
