@@ -405,8 +405,10 @@ mir_attach() { # NBDN EXPORT...: /dev/nbdN, N+1, ... in order (mir_nbds: the att
 }
 # mir_wait STEP NAME: the first status, then polls until in-sync == regions
 # (60 s at most), the status then. The kernel counts the last region in sync
-# a moment before it clears the legs' error flags (do_recovery(): the sync
-# count, then reset_ms_flags()), so when a leg shows an error once in sync the
+# (dm_rh_update_states()), flushes the legs and writes and flushes the log
+# (set_region_sync() marks the log touched), and only then clears the legs'
+# error flags (do_recovery(): reset_ms_flags()); for those round trips it
+# shows N/N with a leg's S. So when a leg shows an error once in sync the
 # status is read again until two reads 0.2 s apart agree.
 mir_wait() {
   ws=$1 wn=$2 i=0
