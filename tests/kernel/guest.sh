@@ -3,7 +3,7 @@
 # nbd-client / dmsetup / e2fsprogs, the host-built static /sbin/blkprobe).
 # Parameters come from /etc/nbdvm.env (written by run.sh):
 #   NBD_HOST NBD_PORT   where dmnbd answers (QEMU forwards it to the host's socket)
-#   RUN_E2E RUN_ORACLE RUN_LW RUN_SNAP  1 or 0
+#   RUN_E2E RUN_ORACLE RUN_LW RUN_SNAP RUN_MIRROR  1 or 0
 #   LW_SEQ              the log-writes sequence (run.sh's LW_SEQ; the host runs
 #                       the same one against dmnbd's log-writes)
 #   ERR_OUT             byte offset in /dev/vda for the copy of the error device
@@ -11,7 +11,12 @@
 #                       the snapshot check: origin sectors; what dmnbd served
 #                       (sha256, "dmnbd status" line) after ops (D) and after
 #                       ops2 on top of that (C)
+#   MIR_L MIR_REGION    the mirror check: mirror sectors, region size (sectors);
+#   MIR_D               1 when dmnbd wrote its mirror files (exports md-*)
+#   MIR_M               1 to resync the model's files too (exports mm-*; run.sh
+#                       sets 0 when dmnbd's files are byte-identical to them)
 # Snapshot sequences: /etc/snap/ops, ops2, data.bin (snapshot.py prepare).
+# Mirror: /etc/mirror/a.bin (pattern A), leg1s.table, tables (mirror.py prepare).
 # Oracle plan: /etc/oracle/backing ("LETTER /dev/nbdN EXPORT" per line),
 # /etc/oracle/plan ("NAME OUT_OFFSET" per line), /etc/oracle/NAME.table.
 # Output protocol (serial console, parsed by run.sh / oracle.py):
@@ -22,6 +27,7 @@
 #   ORACLE-REFUSED <name> <reason>           dmsetup create failed
 #   NBDVM-LW <op> <result>                   one step of the log-writes sequence
 #   NBDVM-SNAP sha|status|merge <dev> …      the kernel's snapshot after a sequence
+#   NBDVM-MIRROR dev|status|table|polls …    the kernel's mirror (mirror.py check)
 #   NBDVM-RESULT: PASS|FAIL
 export DM_DISABLE_UDEV=1
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
@@ -365,10 +371,127 @@ snapshot() {
   echo "NBDVM-TIME snapshot $t -> $(up) (1: $t -> $t1, 1b: $t1 -> $t2, 2: $t2 -> $t3, 3: $t3 -> $(up))"
 }
 
+# ------------------------------------------------------------------ mirror
+# The kernel's dm-mirror against dmnbd's (run.sh, mirror.py). Exports, each
+# a file on the host, attached once on their own /dev/nbdN (the other stages
+# have detached theirs by now): P-leg0 P-leg1 P-log for P = mm (nbd0-2; the
+# model's files: leg 1 differs from leg 0 in the regions the log marks dirty),
+# md (nbd3-5; dmnbd's, when MIR_D=1), mk (nbd6-8; leg 0 pattern P, leg 1
+# pattern B, a log of random bytes); mt-leg0..2, mt-log (nbd9-12; step 3).
+#  1. mirror over mm (MIR_M=1) / md (MIR_D=1) with handle_errors: the kernel resyncs the dirty
+#     regions from leg 0 (poll dmsetup status until N/N), then dmsetup remove;
+#     the host checks legs and log.
+#  2. leg 1 = mk-leg1s, mk-leg1 with error targets over some regions
+#     (leg1s.table); mirror without handle_errors, disk log mk-log; wait for
+#     the first resync, write pattern A (a.bin) with dd oflag=direct, remove.
+#  3. every table of /etc/mirror/tables (placeholders $LEG0 $LEG1 $LEG2 $LOG)
+#     on its own: first status, status once in sync, table, remove.
+# The lines: NBDVM-MIRROR dev STEP ROLE MAJ:MIN | status STEP first|settling|
+# sync|written [LINE] | table STEP [LINE] | polls STEP N.
+mir_out() { echo "NBDVM-MIRROR $*"; }
+mir_dev() { # STEP ROLE DEV
+  case $3 in
+    /dev/mapper/*) mm=$(dmsetup info -c --noheadings -o major,minor "${3#/dev/mapper/}" < /dev/null);;
+    *) mm=$(cat "/sys/block/${3#/dev/}/dev");;
+  esac
+  mir_out dev "$1" "$2" "$mm"
+}
+mir_attach() { # NBDN EXPORT...: /dev/nbdN, N+1, ... in order (mir_nbds: the attached ones)
+  nb=$1; shift
+  for x in "$@"; do
+    chk "mirror-attach-$x" attach /dev/nbd$nb "$x" -b 512 < /dev/null || return 1
+    mir_nbds="$mir_nbds $nb"; nb=$((nb + 1))
+  done
+}
+# mir_wait STEP NAME: the first status, then polls until in-sync == regions
+# (60 s at most), the status then. The kernel counts the last region in sync
+# (dm_rh_update_states()), flushes the legs and writes and flushes the log
+# (set_region_sync() marks the log touched), and only then clears the legs'
+# error flags (do_recovery(): reset_ms_flags()); for those round trips it
+# shows N/N with a leg's S. So when a leg shows an error once in sync the
+# status is read again until two reads 0.2 s apart agree.
+mir_wait() {
+  ws=$1 wn=$2 i=0
+  st=$(dmsetup status "$wn" < /dev/null)
+  mir_out status "$ws" first "[$st]"
+  while :; do
+    set -- $(echo "$st" | awk '{print $(5 + $4), $(7 + $4)}')
+    r=${1:-} c=${2:-}
+    [ -n "$r" ] && [ "${r%/*}" = "${r#*/}" ] && break
+    i=$((i + 1)); [ $i -ge 600 ] && break
+    sleep 0.1
+    st=$(dmsetup status "$wn" < /dev/null)
+  done
+  case $c in
+    *[!A]*)
+      for _ in 1 2 3 4 5; do
+        sleep 0.2; st2=$(dmsetup status "$wn" < /dev/null)
+        [ "$st2" = "$st" ] && break
+        mir_out status "$ws" settling "[$st]"; st=$st2
+      done
+      r=$(echo "$st" | awk '{print $(5 + $4)}');;
+  esac
+  mir_out polls "$ws" $i
+  mir_out status "$ws" sync "[$st]"
+  if [ -n "$r" ] && [ "${r%/*}" = "${r#*/}" ]; then res "mirror-$ws-in-sync" PASS "($r after $i polls)"
+  else res "mirror-$ws-in-sync" FAIL "(still $r after $i polls)"; fi
+}
+mir_resync() { # STEP EXPORT-PREFIX NBDN: the kernel loads userspace's files and resyncs
+  s=$1 p=$2 l0=/dev/nbd$3 l1=/dev/nbd$(($3 + 1)) lg=/dev/nbd$(($3 + 2))
+  mir_attach $3 $p-leg0 $p-leg1 $p-log || return
+  mir_dev $s LEG0 $l0; mir_dev $s LEG1 $l1; mir_dev $s LOG $lg
+  if chk mirror-$s-create dmsetup create mi --table "0 $MIR_L mirror disk 2 $lg $MIR_REGION 2 $l0 0 $l1 0 1 handle_errors"; then
+    mir_wait $s mi
+    mir_out table $s "[$(dmsetup table mi)]"
+    chk mirror-$s-remove dmsetup remove mi
+  fi
+}
+mirror() {
+  t=$(up) mir_nbds=""
+  [ "${MIR_M:-1}" = 1 ] && mir_resync 1m mm 0
+  [ "${MIR_D:-0}" = 1 ] && mir_resync 1d md 3
+  t1=$(up)
+  # 2. the kernel writes through a mirror whose leg 1 fails in some regions;
+  # 1 MiB writes, which the mirror splits at region boundaries
+  if mir_attach 6 mk-leg0 mk-leg1 mk-log; then
+    mir_dev 2 LEG0 /dev/nbd6; mir_dev 2 LOG /dev/nbd8
+    sed 's#@LEG1@#/dev/nbd7#' /etc/mirror/leg1s.table > /tmp/leg1s.table
+    if chk mirror-2-create-leg1s dmsetup create mk-leg1s /tmp/leg1s.table; then
+      mir_dev 2 LEG1 /dev/mapper/mk-leg1s
+      if chk mirror-2-create dmsetup create mk --table "0 $MIR_L mirror disk 2 /dev/nbd8 $MIR_REGION 2 /dev/nbd6 0 /dev/mapper/mk-leg1s 0"; then
+        mir_wait 2 mk
+        chk mirror-2-write-A dd if=/etc/mirror/a.bin of=/dev/mapper/mk bs=1048576 oflag=direct conv=notrunc status=none
+        mir_out status 2 written "[$(dmsetup status mk)]"
+        mir_out table 2 "[$(dmsetup table mk)]"
+        chk mirror-2-remove dmsetup remove mk
+      fi
+      chk mirror-2-remove-leg1s dmsetup remove mk-leg1s
+    fi
+  fi
+  t2=$(up)
+  # 3. status and table strings
+  if mir_attach 9 mt-leg0 mt-leg1 mt-leg2 mt-log; then
+    mir_dev 3 LEG0 /dev/nbd9; mir_dev 3 LEG1 /dev/nbd10; mir_dev 3 LEG2 /dev/nbd11; mir_dev 3 LOG /dev/nbd12
+    tn=0   # (chk uses n, mir_wait i)
+    while read -r tbl; do
+      tn=$((tn + 1))
+      tbl=$(echo "$tbl" | sed 's#\$LEG0#/dev/nbd9#g; s#\$LEG1#/dev/nbd10#g; s#\$LEG2#/dev/nbd11#g; s#\$LOG#/dev/nbd12#g')
+      chk mirror-3.$tn-create dmsetup create mt --table "$tbl" < /dev/null || continue
+      mir_wait 3.$tn mt
+      mir_out table 3.$tn "[$(dmsetup table mt < /dev/null)]"
+      chk mirror-3.$tn-remove dmsetup remove mt < /dev/null
+    done < /etc/mirror/tables
+  fi
+  t3=$(up)
+  for x in $mir_nbds; do detach /dev/nbd$x; done
+  echo "NBDVM-TIME mirror $t -> $(up) (1: $t -> $t1, 2: $t1 -> $t2, 3: $t2 -> $t3, detach: $t3 -> $(up))"
+}
+
 [ "${RUN_E2E:-1}" = 1 ] && { e2e_ext4; e2e_readonly; e2e_error; }
 [ "${RUN_ORACLE:-1}" = 1 ] && oracle
 [ "${RUN_LW:-1}" = 1 ] && logwrites
 [ "${RUN_SNAP:-1}" = 1 ] && snapshot
+[ "${RUN_MIRROR:-1}" = 1 ] && mirror
 echo "NBDVM-TARGETS $(dmsetup targets | tr '\n' ' ')"
 # kernel messages were kept off the console (loglevel=3); show the interesting ones
 dmesg | grep -iE 'nbd|device-mapper|EXT4|I/O error|blk_update' | tail -40 | sed 's/^/NBDVM-DMESG /'

@@ -2,7 +2,7 @@
 # run.sh - dmnbd under the REAL Linux kernel: nbd client, ext4 and device-mapper
 # in a QEMU guest booted from Debian's own kernel package (ctest: kernel.vm).
 #
-#   bash tests/kernel/run.sh [--tables FILE]... [--only e2e|oracle|logwrites|snapshot] [--keep]
+#   bash tests/kernel/run.sh [--tables FILE]... [--only e2e|oracle|logwrites|snapshot|mirror] [--keep]
 #
 # One guest boot runs everything:
 #  e2e     nbd-client attach (1 and 2 connections), mkfs.ext4, mount, write,
@@ -26,6 +26,15 @@
 #          snapshot-merge of dmnbd's COWs gives the origin dmnbd's snapshot
 #          content; after the boot dmnbd's snapshot-merge of the kernel's COWs
 #          gives the origin the kernel's snapshot content.
+#  mirror  dmnbd's mirror and the kernel's dm-mirror on the disk log format
+#          (mirror.py): a mirror whose leg 1 fails writes in chosen regions
+#          (error targets, no handle_errors) gets pattern A written, which
+#          leaves exactly those regions dirty in the log. dmnbd does it before
+#          the boot and the kernel resyncs its files; the kernel does it in the
+#          guest, its log must be byte-identical to dmnbd's, and dmnbd resyncs
+#          the kernel's files; both must match the model (legs, log bytes).
+#          Status and table strings of core/disk logs, sync/nosync and the
+#          features are compared for the same tables.
 #
 # dmnbd ($DMNBD, default build/dmnbd) is started here on a unix socket in a temp
 # dir and stopped by PID at the end; QEMU forwards the guest's connections to it.
@@ -40,7 +49,7 @@ DMNBD=${DMNBD:-$HERE/../../build/dmnbd}
 PY=/usr/bin/python3
 TEST_NAME=kernel.vm
 LISTS=("$HERE/oracle-tables.txt")
-RUN_E2E=1 RUN_ORACLE=1 RUN_LW=1 RUN_SNAP=1
+RUN_E2E=1 RUN_ORACLE=1 RUN_LW=1 RUN_SNAP=1 RUN_MIRROR=1
 KEEP=${KEEP_WORK:-0}
 IFS=: read -r -a _extra <<< "${DMNBD_ORACLE_TABLES:-}"
 for f in "${_extra[@]}"; do [ -n "$f" ] && LISTS+=("$f"); done
@@ -48,9 +57,12 @@ while [ $# -gt 0 ]; do
   case $1 in
     --tables) LISTS+=("$2"); shift 2;;
     --only) case $2 in
-              e2e) RUN_ORACLE=0 RUN_LW=0 RUN_SNAP=0;; oracle) RUN_E2E=0 RUN_LW=0 RUN_SNAP=0;;
-              logwrites) RUN_E2E=0 RUN_ORACLE=0 RUN_SNAP=0;; snapshot) RUN_E2E=0 RUN_ORACLE=0 RUN_LW=0;;
-              *) echo "--only e2e|oracle|logwrites|snapshot" >&2; exit 2;;
+              e2e|oracle|logwrites|snapshot|mirror)
+                RUN_E2E=0 RUN_ORACLE=0 RUN_LW=0 RUN_SNAP=0 RUN_MIRROR=0
+                case $2 in
+                  e2e) RUN_E2E=1;; oracle) RUN_ORACLE=1;; logwrites) RUN_LW=1;; snapshot) RUN_SNAP=1;; mirror) RUN_MIRROR=1;;
+                esac;;
+              *) echo "--only e2e|oracle|logwrites|snapshot|mirror" >&2; exit 2;;
             esac; shift 2;;
     --keep) KEEP=1; shift;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0;;
@@ -70,7 +82,7 @@ ok() { echo "ok - $*"; PASSED=$((PASSED + 1)); }
 notok() { echo "not ok - $*"; FAILED=$((FAILED + 1)); FIRST_FAIL=${FIRST_FAIL:-$*}; }
 check() { local d=$1; shift; if "$@"; then ok "$d"; else notok "$d"; fi; }
 
-WORK="" SHM_DIR="" SERVER_PID="" SNAP_PID="" FINISHED=0
+WORK="" SHM_DIR="" SERVER_PID="" SNAP_PID="" MIR_PID="" FINISHED=0
 stop_server() { local pid=$SERVER_PID; SERVER_PID=""; stop_pid "$pid"; }
 stop_pid() { # SIGTERM by PID; the server must exit 0 within 15 s
   local pid=$1 rc i
@@ -86,6 +98,7 @@ on_exit() {
   trap - EXIT
   [ -n "$SERVER_PID" ] && { stop_server || true; }
   [ -n "$SNAP_PID" ] && { stop_pid "$SNAP_PID" || true; }
+  [ -n "$MIR_PID" ] && { stop_pid "$MIR_PID" || true; }
   [ -n "$SHM_DIR" ] && rm -rf "$SHM_DIR"
   if [ "$FINISHED" = 0 ] && [ "$rc" != 77 ]; then
     [ -n "$WORK" ] && echo "# work dir kept: $WORK" >&2
@@ -207,8 +220,8 @@ if [ "$RUN_SNAP" = 1 ]; then
   printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$SNAP/d.sock" "$SNAP/d-ctl.sock" > "$SNAP/d.yaml"
   snap_devices "" d- >> "$SNAP/d.yaml"
   if snap_start "$SNAP/d.yaml" "$SNAP/d.sock"; then
-    timeout 120 "$PY" "$HERE/snapshot.py" write "$SNAP/d.sock" "$WORK" ops > "$SNAP/write.out" 2>&1
-    check "snapshot: dmnbd ran ops on base (snapshot-origin), s8, s128 ($(cat "$WORK/snap-prepare.out"))" test $? = 0
+    timeout 120 "$PY" "$HERE/snapshot.py" write "$SNAP/d.sock" "$WORK" ops > "$SNAP/write.out" 2>&1; rc=$?
+    check "snapshot: dmnbd ran ops on base (snapshot-origin), s8, s128 ($(cat "$WORK/snap-prepare.out"))" test $rc = 0
     snap_record d
     log "snapshot: dmnbd after the sequence: s8 [$SNAP_D_STATUS_S8], s128 [$SNAP_D_STATUS_S128]; the kernel's allocation rule says: $("$PY" "$HERE/snapshot.py" model ops | tr '\n' ';')"
     if snap_stop; then ok "snapshot: dmnbd (the writer) stopped cleanly on SIGTERM"; else notok "snapshot: dmnbd (the writer) did not exit 0 on SIGTERM"; fi
@@ -232,6 +245,100 @@ if [ "$RUN_SNAP" = 1 ]; then
     if snap_stop; then ok "snapshot: dmnbd (ops2) stopped cleanly on SIGTERM"; else notok "snapshot: dmnbd (ops2) did not exit 0 on SIGTERM"; fi
   else
     notok "snapshot: dmnbd did not restart on copies of its snapshot files (see $SNAP/server.log)"
+  fi
+fi
+
+# mirror (mirror.py; guest.sh mirror()): MIR/p0.img, b.img, r.img are leg 0,
+# leg 1 and the log before the writes, a.img the pattern written. d-*: dmnbd
+# runs the mirror with the error-stitched leg 1 (D1) here, before the boot;
+# the guest's kernel resyncs copies of its files (dc-*, exports md-*), and
+# of the model's (mm-*) when dmnbd's differ from those or are missing (MIR_M).
+# k-*: the kernel does what dmnbd did (exports mk-*).
+# t-*: scratch legs and log for step 3's tables (exports mt-*). After the
+# boot dmnbd resyncs copies of the kernel's files (kr-*, D2) and runs step 3
+# (D3, files dt-*). dmnbd's lines go to MIR/dmnbd.out (mirror.py's format).
+MIR=$WORK/mirror MIR_D=0 MIR_M=1
+mir_start() { # CFG SOCK: a dmnbd of its own for the mirror devices
+  local i
+  "$DMNBD" serve "$1" >> "$MIR/server.log" 2>&1 &
+  MIR_PID=$!
+  for i in $(seq 100); do
+    [ -S "$2" ] && return 0
+    kill -0 "$MIR_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -5 "$MIR/server.log" | sed 's/^/#   mirror server| /' >&2
+  stop_pid "$MIR_PID"; MIR_PID=""
+  return 1
+}
+mir_stop() { local pid=$MIR_PID; MIR_PID=""; stop_pid "$pid"; }
+mir_out() { echo "$*" >> "$MIR/dmnbd.out"; }
+# mir_wait CTL NAME STEP: as guest.sh's mir_wait, with dmnbd's status
+mir_wait() {
+  local ctl=$1 name=$2 step=$3 st st2 r i=0
+  st=$(timeout 10 "$DMNBD" --control "$ctl" status "$name" 2>&1)
+  mir_out "status $step first [$st]"
+  while :; do
+    r=$(awk '{print $(5 + $4)}' <<< "$st" 2>/dev/null)
+    [ -n "$r" ] && [ "${r%/*}" = "${r#*/}" ] && break
+    i=$((i + 1)); [ $i -ge 600 ] && break
+    sleep 0.1
+    st=$(timeout 10 "$DMNBD" --control "$ctl" status "$name" 2>&1)
+  done
+  for _ in 1 2 3 4 5; do
+    sleep 0.2; st2=$(timeout 10 "$DMNBD" --control "$ctl" status "$name" 2>&1)
+    [ "$st2" = "$st" ] && break
+    mir_out "status $step settling [$st]"; st=$st2
+  done
+  r=$(awk '{print $(5 + $4)}' <<< "$st" 2>/dev/null)
+  mir_out "polls $step $i"
+  mir_out "status $step sync [$st]"
+  [ -n "$r" ] && [ "${r%/*}" = "${r#*/}" ]
+}
+mir_table() { mir_out "table $3 [$(timeout 10 "$DMNBD" --control "$1" table "$2" 2>&1)]"; }
+if [ "$RUN_MIRROR" = 1 ]; then
+  "$PY" "$HERE/mirror.py" prepare "$WORK" > "$WORK/mirror-prepare.out" || die "mirror.py prepare failed"
+  read -r MIR_PARAMS < "$MIR/params"; eval "$MIR_PARAMS"
+  : > "$MIR/dmnbd.out"
+  for f in leg0 leg1 log; do cp "$MIR/m-$f.img" "$MIR/mm-$f.img"; done
+  for f in leg0:p0 leg1:b log:r; do
+    cp "$MIR/${f#*:}.img" "$MIR/k-${f%%:*}.img"; cp "$MIR/${f#*:}.img" "$MIR/d-${f%%:*}.img"
+  done
+  for f in leg0 leg1 leg2; do truncate -s $((MIR_T_LEG_SECTORS * 512)) "$MIR/t-$f.img" "$MIR/dt-$f.img"; done
+  truncate -s $((MIR_LOG_SECTORS * 512)) "$MIR/t-log.img" "$MIR/dt-log.img"
+  if ! "$DMNBD" targets 2>/dev/null | grep -qw mirror; then
+    echo "$DMNBD has no mirror target (dmnbd targets: $("$DMNBD" targets 2>&1 | awk '{print $1}' | tr '\n' ' '))" > "$MIR/dmnbd.skip"
+    notok "mirror: dmnbd's parts cannot run: $(cat "$MIR/dmnbd.skip")"
+  else
+    # D1: dmnbd writes A through its mirror over d-leg0 and the stitched d-leg1
+    {
+      printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$MIR/d.sock" "$MIR/d-ctl.sock"
+      printf '  - name: d-leg1s\n    table: |\n'
+      "$PY" "$HERE/mirror.py" stitch "$MIR/d-leg1.img" | sed 's/^/      /'
+      printf '  - name: d-mi\n    table: "0 %s mirror disk 2 %s %s 2 %s 0 d-leg1s 0"\n' "$MIR_L" "$MIR/d-log.img" "$MIR_REGION" "$MIR/d-leg0.img"
+    } > "$MIR/d.yaml"
+    printf 'dev D1 %s %s\n' LEG0 "$MIR/d-leg0.img" LEG1 d-leg1s LOG "$MIR/d-log.img" >> "$MIR/dmnbd.out"
+    if mir_start "$MIR/d.yaml" "$MIR/d.sock"; then
+      mir_wait "$MIR/d-ctl.sock" d-mi D1; rc=$?
+      check "mirror 1: dmnbd's first resync over a new log finished ($(sed -n 's/^status D1 sync //p' "$MIR/dmnbd.out"))" test $rc = 0
+      timeout 120 "$PY" "$HERE/mirror.py" write "$MIR/d.sock" d-mi "$MIR/a.img" > "$MIR/write.out" 2>&1; rc=$?
+      check "mirror 1: dmnbd's mirror d-mi took pattern A through libnbd, 1 MiB per request$( [ $rc != 0 ] && echo " ($(tail -1 "$MIR/write.out"))")" test $rc = 0
+      mir_out "status D1 written [$(timeout 10 "$DMNBD" --control "$MIR/d-ctl.sock" status d-mi 2>&1)]"
+      mir_table "$MIR/d-ctl.sock" d-mi D1
+      log "mirror 1: dmnbd after the writes: $(sed -n 's/^status D1 written //p' "$MIR/dmnbd.out")"
+      if mir_stop; then ok "mirror 1: dmnbd (the writer) stopped cleanly on SIGTERM"; else notok "mirror 1: dmnbd (the writer) did not exit 0 on SIGTERM"; fi
+      for f in leg0 leg1 log; do cp "$MIR/d-$f.img" "$MIR/dc-$f.img"; done
+      MIR_D=1
+      # the kernel resyncs the model's files only when dmnbd's differ from them
+      if cmp -s "$MIR/d-leg0.img" "$MIR/m-leg0.img" && cmp -s "$MIR/d-leg1.img" "$MIR/m-leg1.img" &&
+         cmp -s "$MIR/d-log.img" "$MIR/m-log.img"; then
+        MIR_M=0; : > "$MIR/m-same"
+        log "mirror 1: dmnbd's files are byte-identical to the model's: the guest resyncs dmnbd's only"
+      fi
+    else
+      echo "dmnbd did not start with the mirror tables (see $MIR/server.log)" > "$MIR/dmnbd.skip"
+      notok "mirror 1: $(cat "$MIR/dmnbd.skip")"
+    fi
   fi
 fi
 
@@ -266,9 +373,15 @@ SNAP_C_SHA_S128=${SNAP_C_SHA_S128:-}
 SNAP_C_SHA_BASE=${SNAP_C_SHA_BASE:-}
 SNAP_C_STATUS_S8="${SNAP_C_STATUS_S8:-}"
 SNAP_C_STATUS_S128="${SNAP_C_STATUS_S128:-}"
+RUN_MIRROR=$RUN_MIRROR
+MIR_L=${MIR_L:-0}
+MIR_REGION=${MIR_REGION:-0}
+MIR_D=$MIR_D
+MIR_M=$MIR_M
 export NBD_HOST NBD_PORT RUN_E2E RUN_ORACLE RUN_LW LW_SEQ ERR_OUT RUN_SNAP SNAP_SIZE
 export SNAP_D_SHA_S8 SNAP_D_SHA_S128 SNAP_D_SHA_BASE SNAP_D_STATUS_S8 SNAP_D_STATUS_S128
 export SNAP_C_SHA_S8 SNAP_C_SHA_S128 SNAP_C_SHA_BASE SNAP_C_STATUS_S8 SNAP_C_STATUS_S128
+export RUN_MIRROR MIR_L MIR_REGION MIR_D MIR_M
 EOF
 
 # ------------------------------------------------------------ dmnbd
@@ -313,6 +426,17 @@ EOF
              sm8-orig:m8-orig sm8-cow:m8-cow sm128-orig:m128-orig sm128-cow:m128-cow; do
       f=$SNAP/${e#*:}.img
       printf '  - name: %s\n    table: "0 %s linear %s 0"\n' "${e%%:*}" $(($(stat -c %s "$f") / 512)) "$f" >> "$WORK/cfg.yaml"
+    done
+  fi
+  if [ "$RUN_MIRROR" = 1 ]; then
+    local p r f
+    # export prefix : file prefix
+    for p in mk:k mt:t $([ "$MIR_M" = 1 ] && echo mm:mm) $([ "$MIR_D" = 1 ] && echo md:dc); do
+      for r in leg0 leg1 leg2 log; do
+        f=$MIR/${p#*:}-$r.img
+        [ -e "$f" ] || continue
+        printf '  - name: %s\n    table: "0 %s linear %s 0"\n' "${p%%:*}-$r" $(($(stat -c %s "$f") / 512)) "$f" >> "$WORK/cfg.yaml"
+      done
     done
   fi
   [ "$RUN_ORACLE" = 1 ] && "$PY" "$HERE/oracle.py" config "$WORK" >> "$WORK/cfg.yaml"
@@ -614,6 +738,55 @@ if [ "$RUN_SNAP" = 1 ]; then
     notok "snapshot 4: dmnbd did not start snapshot-merge over the kernel's COWs (see $SNAP/server.log)"
   fi
   log "snapshot 4 (dmnbd merges the kernel's COWs) took $(awk -v a="$T4" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
+fi
+
+if [ "$RUN_MIRROR" = 1 ]; then
+  TM=$(date +%s.%N)
+  if [ ! -e "$MIR/dmnbd.skip" ]; then
+    # D2: dmnbd loads copies of the kernel's files (leg 1 the plain file now)
+    # and resyncs the regions the kernel's log marks dirty; D3: step 3's
+    # tables, one "dmnbd create" at a time, over dt-*
+    for f in leg0 leg1 log; do cp "$MIR/k-$f.img" "$MIR/kr-$f.img"; done
+    {
+      printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$MIR/r.sock" "$MIR/r-ctl.sock"
+      printf '  - name: kr-mi\n    table: "0 %s mirror disk 2 %s %s 2 %s 0 %s 0 1 handle_errors"\n' \
+        "$MIR_L" "$MIR/kr-log.img" "$MIR_REGION" "$MIR/kr-leg0.img" "$MIR/kr-leg1.img"
+    } > "$MIR/r.yaml"
+    printf 'dev D2 %s %s\n' LEG0 "$MIR/kr-leg0.img" LEG1 "$MIR/kr-leg1.img" LOG "$MIR/kr-log.img" >> "$MIR/dmnbd.out"
+    printf 'dev D3 %s %s\n' LEG0 "$MIR/dt-leg0.img" LEG1 "$MIR/dt-leg1.img" LEG2 "$MIR/dt-leg2.img" LOG "$MIR/dt-log.img" >> "$MIR/dmnbd.out"
+    if mir_start "$MIR/r.yaml" "$MIR/r.sock"; then
+      mir_wait "$MIR/r-ctl.sock" kr-mi D2; rc=$?
+      check "mirror 2: dmnbd's resync of the kernel's files finished ($(sed -n 's/^status D2 sync //p' "$MIR/dmnbd.out"))" test $rc = 0
+      log "mirror 2: dmnbd's status before the resync finished: $(sed -n 's/^status D2 first //p' "$MIR/dmnbd.out"), $(sed -n 's/^polls D2 //p' "$MIR/dmnbd.out") polls"
+      mir_table "$MIR/r-ctl.sock" kr-mi D2
+      i=0
+      while read -r tbl; do
+        i=$((i + 1))
+        tbl=${tbl//\$LEG0/$MIR/dt-leg0.img} tbl=${tbl//\$LEG1/$MIR/dt-leg1.img}
+        tbl=${tbl//\$LEG2/$MIR/dt-leg2.img} tbl=${tbl//\$LOG/$MIR/dt-log.img}
+        if ! timeout 30 "$DMNBD" --control "$MIR/r-ctl.sock" create mt --table "$tbl" > "$MIR/create.out" 2>&1 < /dev/null; then
+          notok "mirror 3.$i: dmnbd create refused [$tbl]: $(tr '\n' ' ' < "$MIR/create.out")"
+          continue
+        fi
+        mir_wait "$MIR/r-ctl.sock" mt "D3.$i" < /dev/null || notok "mirror 3.$i: dmnbd's mirror did not get in sync within 60 s"
+        mir_table "$MIR/r-ctl.sock" mt "D3.$i" < /dev/null
+        timeout 30 "$DMNBD" --control "$MIR/r-ctl.sock" remove mt > "$MIR/remove.out" 2>&1 < /dev/null \
+          || notok "mirror 3.$i: dmnbd remove mt failed: $(tr '\n' ' ' < "$MIR/remove.out")"
+      done < "$WORK/guest/etc/mirror/tables"
+      if mir_stop; then ok "mirror 2: dmnbd (the resyncer) stopped cleanly on SIGTERM"; else notok "mirror 2: dmnbd (the resyncer) did not exit 0 on SIGTERM"; fi
+    else
+      notok "mirror 2: dmnbd did not start over the kernel's mirror files (see $MIR/server.log)"
+    fi
+  fi
+  sed 's/^/#   dmnbd mirror| /' "$MIR/dmnbd.out" >&2
+  "$PY" "$HERE/mirror.py" check "$WORK" "$C" > "$WORK/mirror.out" 2>&1
+  cat "$WORK/mirror.out"
+  PASSED=$((PASSED + $(grep -c '^ok - ' "$WORK/mirror.out")))
+  n=$(grep -c '^not ok - ' "$WORK/mirror.out")
+  FAILED=$((FAILED + n))
+  [ "$n" -gt 0 ] && FIRST_FAIL=${FIRST_FAIL:-$(grep -m1 '^not ok - ' "$WORK/mirror.out" | sed 's/^not ok - //')}
+  grep -q '^mirror: ' "$WORK/mirror.out" || notok "mirror.py check did not finish"
+  log "mirror: the host's part after the boot took $(awk -v a="$TM" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
 fi
 
 if stop_server; then ok "dmnbd stopped cleanly on SIGTERM"; else notok "dmnbd did not exit 0 on SIGTERM"; fi
