@@ -233,6 +233,65 @@ def report(results, servers, jobs):
         print(f"  dmnbd 4 connections / 1 connection at QD32 total: {four / one:.2f}x")
 
 
+
+# ---- Shared by the target benchmarks (snapshot.py, mirror.py).
+def dmnbd_devices(args, name, devices, export):
+    """A dmnbd server with `devices` [(name, table)], fio on `export`."""
+    port = free_port()
+    cfg = os.path.join(args.dir, f"{name}.yaml")
+    with open(cfg, "w") as f:
+        f.write(f'listen: [ "tcp://127.0.0.1:{port}" ]\ncontrol: {args.dir}/{name}.sock\n'
+                "devices:\n")
+        for dev, table in devices:
+            f.write(f'  - name: {dev}\n    table: "{table}"\n')
+    return Server(name, [args.dmnbd, "serve", cfg, "--log-level", "warn"],
+                        f"nbd://127.0.0.1:{port}/{export}"), port
+
+def fresh_file(path, size_mb):
+    if os.path.exists(path):
+        os.remove(path)
+    with open(path, "wb") as f:
+        f.truncate(size_mb << 20)
+
+def fio_json(args, uri, rw, extra):
+    out = os.path.join(args.dir, "fio.json")
+    cmd = ["fio", "--name=j", f"--rw={rw}", "--bs=4k", "--iodepth=16", "--ioengine=nbd",
+           f"--uri={uri}", "--output-format=json", f"--output={out}", "--group_reporting",
+           "--lat_percentiles=1"] + extra
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return parse_fio(out)
+
+def run_set(args, servers, jobs, prefill_mb=0, rounds=1):
+    """Starts the servers, writes `prefill_mb` sequentially through each (so
+    those chunks are copied already), runs every job [(name, rw, fio args)]
+    against every server `rounds` times, and stops them. Results: the mean
+    of the rounds."""
+    log = open(os.path.join(args.dir, "servers.log"), "a")
+    results = {}
+    try:
+        for s, port in servers:
+            s.start(log, port)
+            if prefill_mb:
+                subprocess.run(["fio", "--name=prefill", "--rw=write", "--bs=1m", "--ioengine=nbd",
+                                f"--uri={s.uri}", f"--size={prefill_mb}m", "--output=/dev/null"],
+                               check=True)
+        for job, rw, extra in jobs:
+            for rnd in range(rounds):
+                # Server order reversed every other round: the machine's drift
+                # spreads over all of them.
+                for s, _ in (servers if rnd % 2 == 0 else list(reversed(servers))):
+                    cpu0 = tree_cpu_seconds(s.pid)
+                    r = fio_json(args, s.uri, rw, extra)
+                    r["srv_us"] = (tree_cpu_seconds(s.pid) - cpu0) * 1e6 / max(r["ios"], 1)
+                    results.setdefault((job, s.name), []).append(r)
+                    print(f"{job:12} {s.name:16} {r['iops']:9.0f} IOPS", file=sys.stderr)
+    finally:
+        for s, _ in servers:
+            s.stop()
+    return {k: {m: sum(r[m] for r in runs) / len(runs) for m in runs[0]}
+            for k, runs in results.items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dir", required=True)

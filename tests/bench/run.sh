@@ -7,6 +7,7 @@
 #   RUNTIME=2 ROUNDS=1 bash tests/bench/run.sh --jobs randread-4k-qd32 --servers dmnbd,nbdkit-file
 #   bash tests/bench/run.sh --help
 #   bash tests/bench/run.sh snapshot         # the snapshot benchmark (snapshot.py)
+#   bash tests/bench/run.sh mirror           # the mirror benchmark (mirror.py)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -23,6 +24,6 @@ fi
 cleanup() { [ "$mounted" = 1 ] && umount "$dir"; }
 trap cleanup EXIT
 script=bench.py
-if [ "${1:-}" = snapshot ]; then script=snapshot.py; shift; fi
+case ${1:-} in snapshot|mirror) script=$1.py; shift;; esac
 # The system python: fast to start, and the one with Debian's packages.
 /usr/bin/python3 "$here/$script" --dir "$dir" --dmnbd "$root/build/dmnbd" "$@"

@@ -28,42 +28,26 @@ SECTORS = SIZE_MB * 2048
 CHUNK = 8  # sectors: LVM's default 4 KiB
 
 
-def dmnbd(args, name, devices, export):
-    """A dmnbd server with `devices` [(name, table)], fio on `export`."""
-    port = bench.free_port()
-    cfg = os.path.join(args.dir, f"{name}.yaml")
-    with open(cfg, "w") as f:
-        f.write(f'listen: [ "tcp://127.0.0.1:{port}" ]\ncontrol: {args.dir}/{name}.sock\n'
-                "devices:\n")
-        for dev, table in devices:
-            f.write(f'  - name: {dev}\n    table: "{table}"\n')
-    return bench.Server(name, [args.dmnbd, "serve", cfg, "--log-level", "warn"],
-                        f"nbd://127.0.0.1:{port}/{export}"), port
 
 
-def fresh(path, size_mb):
-    if os.path.exists(path):
-        os.remove(path)
-    with open(path, "wb") as f:
-        f.truncate(size_mb << 20)
 
 
 def servers_for(args, snapshots_of_origin=(1, 4), with_snapshot=True):
     """linear, origin with N snapshots, a snapshot device, qemu-nbd qcow2."""
     disk = os.path.join(args.dir, "disk.img")
-    out = [dmnbd(args, "linear", [("d", f"0 {SECTORS} linear {disk} 0")], "d")]
+    out = [bench.dmnbd_devices(args, "linear", [("d", f"0 {SECTORS} linear {disk} 0")], "d")]
     for n in snapshots_of_origin:
         devs = [("real", f"0 {SECTORS} linear {disk} 0"),
                 ("origin", f"0 {SECTORS} snapshot-origin real")]
         for i in range(n):
             cow = os.path.join(args.dir, f"cow-{n}-{i}.img")
-            fresh(cow, SIZE_MB + 16)
+            bench.fresh_file(cow, SIZE_MB + 16)
             devs.append((f"s{i}", f"0 {SECTORS} snapshot real {cow} P {CHUNK}"))
-        out.append(dmnbd(args, f"origin-{n}snap", devs, "origin"))
+        out.append(bench.dmnbd_devices(args, f"origin-{n}snap", devs, "origin"))
     if with_snapshot:
         cow = os.path.join(args.dir, "cow-snap.img")
-        fresh(cow, SIZE_MB + 16)
-        out.append(dmnbd(args, "snapshot", [("real", f"0 {SECTORS} linear {disk} 0"),
+        bench.fresh_file(cow, SIZE_MB + 16)
+        out.append(bench.dmnbd_devices(args, "snapshot", [("real", f"0 {SECTORS} linear {disk} 0"),
                                             ("s", f"0 {SECTORS} snapshot real {cow} P {CHUNK}")],
                          "s"))
         overlay = os.path.join(args.dir, "overlay.qcow2")
@@ -79,53 +63,17 @@ def servers_for(args, snapshots_of_origin=(1, 4), with_snapshot=True):
     return out
 
 
-def fio(args, uri, rw, extra):
-    out = os.path.join(args.dir, "fio.json")
-    cmd = ["fio", "--name=j", f"--rw={rw}", "--bs=4k", "--iodepth=16", "--ioengine=nbd",
-           f"--uri={uri}", "--output-format=json", f"--output={out}", "--group_reporting",
-           "--lat_percentiles=1"] + extra
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return bench.parse_fio(out)
 
 
-def run_set(args, servers, jobs, prefill_mb=0, rounds=1):
-    """Starts the servers, writes `prefill_mb` sequentially through each (so
-    those chunks are copied already), runs every job [(name, rw, fio args)]
-    against every server `rounds` times, and stops them. Results: the mean
-    of the rounds."""
-    log = open(os.path.join(args.dir, "servers.log"), "a")
-    results = {}
-    try:
-        for s, port in servers:
-            s.start(log, port)
-            if prefill_mb:
-                subprocess.run(["fio", "--name=prefill", "--rw=write", "--bs=1m", "--ioengine=nbd",
-                                f"--uri={s.uri}", f"--size={prefill_mb}m", "--output=/dev/null"],
-                               check=True)
-        for job, rw, extra in jobs:
-            for rnd in range(rounds):
-                # Server order reversed every other round: the machine's drift
-                # spreads over all of them.
-                for s, _ in (servers if rnd % 2 == 0 else list(reversed(servers))):
-                    cpu0 = bench.tree_cpu_seconds(s.pid)
-                    r = fio(args, s.uri, rw, extra)
-                    r["srv_us"] = (bench.tree_cpu_seconds(s.pid) - cpu0) * 1e6 / max(r["ios"], 1)
-                    results.setdefault((job, s.name), []).append(r)
-                    print(f"{job:12} {s.name:16} {r['iops']:9.0f} IOPS", file=sys.stderr)
-    finally:
-        for s, _ in servers:
-            s.stop()
-    return {k: {m: sum(r[m] for r in runs) / len(runs) for m in runs[0]}
-            for k, runs in results.items()}
 
 
 def merge_bench(args):
     """MiB/s of a snapshot-merge of 128 MiB of exceptions vs nbdcopy of 128 MiB."""
     disk = os.path.join(args.dir, "disk.img")
     cow = os.path.join(args.dir, "cow-merge.img")
-    fresh(cow, SIZE_MB + 16)
+    bench.fresh_file(cow, SIZE_MB + 16)
     merge_mb = 128
-    s, port = dmnbd(args, "merge", [("real", f"0 {SECTORS} linear {disk} 0"),
+    s, port = bench.dmnbd_devices(args, "merge", [("real", f"0 {SECTORS} linear {disk} 0"),
                                     ("s", f"0 {SECTORS} snapshot real {cow} P 128")], "s")
     log = open(os.path.join(args.dir, "servers.log"), "a")
     s.start(log, port)
@@ -168,8 +116,8 @@ def memory_bench(args, exceptions=1 << 20):
     per_area = CHUNK * 512 // 16
     areas = (exceptions + per_area - 1) // per_area
     cow_chunks = 2 + areas * (per_area + 1)
-    fresh(origin, exceptions * CHUNK * 512 >> 20)
-    fresh(cow, (cow_chunks * CHUNK * 512 >> 20) + 1)
+    bench.fresh_file(origin, exceptions * CHUNK * 512 >> 20)
+    bench.fresh_file(cow, (cow_chunks * CHUNK * 512 >> 20) + 1)
     chunk_bytes = CHUNK * 512
     with open(cow, "r+b") as f:
         f.write(struct.pack("<IIII", 0x70416E53, 1, 1, CHUNK))
@@ -185,7 +133,7 @@ def memory_bench(args, exceptions=1 << 20):
     for name, devs in (("base", [("real", f"0 {sectors} linear {origin} 0")]),
                        ("snap", [("real", f"0 {sectors} linear {origin} 0"),
                                  ("s", f"0 {sectors} snapshot real {cow} P {CHUNK}")])):
-        s, port = dmnbd(args, f"mem-{name}", devs, "real")
+        s, port = bench.dmnbd_devices(args, f"mem-{name}", devs, "real")
         s.start(log, port)
         time.sleep(0.5)
         rss[name] = bench.rss_kib(s.pid)["RssAnon"]
@@ -213,13 +161,13 @@ def main():
     # Each first-touch round needs COWs of its own: fresh servers per round.
     results = {}
     for rnd in range(args.rounds):
-        one = run_set(args, servers_for(args),
+        one = bench.run_set(args, servers_for(args),
                       [("first-touch", "randwrite", ["--size=512m", "--io_size=64m"])])
         for k, r in one.items():
             prev = results.get(k)
             results[k] = r if not prev else {m: (prev[m] * rnd + r[m]) / (rnd + 1) for m in r}
     # rewrite and reads: 64 MiB copied first (sequentially), then timed runs there.
-    results.update(run_set(args, servers_for(args),
+    results.update(bench.run_set(args, servers_for(args),
                            [("rewrite", "randwrite", ["--size=64m"] + rt),
                             ("randread", "randread", ["--size=128m"] + rt)], prefill_mb=64,
                            rounds=args.rounds))

@@ -1,0 +1,110 @@
+#!/usr/bin/python3
+"""Mirror benchmark: dmnbd's mirror (two legs; core log, and disk log) against
+linear on one leg, with nbdkit's file plugin on that leg for scale, side by
+side in one run, reported as ratios. Started by run.sh
+(`bash tests/bench/run.sh mirror`), which installs the tools and mounts the
+tmpfs.
+
+  randread:  4 KiB random reads at depth 16 (a mirror reads its default leg)
+  randwrite: 4 KiB random writes at depth 16 (every leg, and the disk log's
+             mark/clear of each region)
+  write-1m:  1 MiB sequential writes at depth 4
+  resync:    a full resync of a new disk log over LEG_MB, against nbdcopy of
+             the same bytes from one leg to the other
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402  (its server and fio helpers)
+
+LEG_MB = 256
+SECTORS = LEG_MB * 2048
+REGION = 1024  # sectors: lvcreate --type mirror's default 512 KiB
+
+
+def servers_for(args, legs):
+    leg0, leg1 = legs
+    log = os.path.join(args.dir, "mirror-log.img")
+    bench.fresh_file(log, 1)
+    out = [bench.dmnbd_devices(args, "linear", [("d", f"0 {SECTORS} linear {leg0} 0")], "d"),
+           bench.dmnbd_devices(args, "mirror-core", [
+               ("m", f"0 {SECTORS} mirror core 2 {REGION} nosync 2 {leg0} 0 {leg1} 0")], "m"),
+           bench.dmnbd_devices(args, "mirror-disk", [
+               ("m", f"0 {SECTORS} mirror disk 3 {log} {REGION} nosync 2 {leg0} 0 {leg1} 0")],
+               "m")]
+    port = bench.free_port()
+    out.append((bench.Server("nbdkit-file", ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port),
+                                             "file", leg0], f"nbd://127.0.0.1:{port}/"), port))
+    return out
+
+
+def resync_bench(args, legs):
+    """MiB/s of a full resync (new disk log) vs nbdcopy of the same bytes."""
+    leg0, leg1 = legs
+    log = os.path.join(args.dir, "resync-log.img")
+    srv_log = open(os.path.join(args.dir, "servers.log"), "a")
+    s, port = bench.dmnbd_devices(args, "copy", [("a", f"0 {SECTORS} linear {leg0} 0"),
+                                                 ("b", f"0 {SECTORS} linear {leg1} 0")], "a")
+    s.start(srv_log, port)
+    try:
+        base = s.uri.rsplit("/", 1)[0]
+        t0 = time.time()
+        subprocess.run(["nbdcopy", base + "/a", base + "/b"], check=True)
+        copy_s = time.time() - t0
+    finally:
+        s.stop()
+    bench.fresh_file(log, 1)  # a new log: every region out of sync
+    s, port = bench.dmnbd_devices(args, "resync", [
+        ("m", f"0 {SECTORS} mirror disk 2 {log} {REGION} 2 {leg0} 0 {leg1} 0")], "m")
+    t0 = time.time()
+    s.start(srv_log, port)
+    ctl = [args.dmnbd, "--control", f"{args.dir}/resync.sock"]
+    regions = SECTORS // REGION
+    try:
+        while True:
+            st = subprocess.run(ctl + ["status", "m"], capture_output=True, text=True).stdout.split()
+            if len(st) > 6 and st[6] == f"{regions}/{regions}":
+                break
+            time.sleep(0.01)
+        resync_s = time.time() - t0
+    finally:
+        s.stop()
+    return LEG_MB / resync_s, LEG_MB / copy_s
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--dmnbd", required=True)
+    ap.add_argument("--runtime", type=float, default=float(os.environ.get("RUNTIME", 4)))
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", 2)))
+    args = ap.parse_args()
+    legs = [os.path.join(args.dir, f"leg{i}.img") for i in (0, 1)]
+    for leg in legs:
+        if not os.path.exists(leg) or os.path.getsize(leg) != LEG_MB << 20:
+            subprocess.run(["fio", "--name=fill", f"--filename={leg}", "--rw=write", "--bs=1m",
+                            f"--size={LEG_MB}m", "--output=/dev/null"], check=True)
+    rt = [f"--runtime={args.runtime}", "--time_based", "--ramp_time=1", f"--size={LEG_MB}m"]
+    jobs = [("randread", "randread", rt),
+            ("randwrite", "randwrite", rt),
+            ("write-1m", "write", rt + ["--bs=1m", "--iodepth=4"])]
+    results = bench.run_set(args, servers_for(args, legs), jobs, rounds=args.rounds)
+    names = ["linear", "mirror-core", "mirror-disk", "nbdkit-file"]
+    print(f"\n{'job':10} {'server':12} {'IOPS':>9} {'mean_us':>8} {'p99_us':>8} {'srv_us/IO':>9} {'vs linear':>9}")
+    for job, _, _ in jobs:
+        base = results[(job, "linear")]["iops"]
+        for n in names:
+            r = results[(job, n)]
+            print(f"{job:10} {n:12} {r['iops']:9.0f} {r['mean_us']:8.1f} {r['p99_us']:8.1f} "
+                  f"{r['srv_us']:9.1f} {r['iops'] / base:8.2f}x")
+    resync, copy = resync_bench(args, legs)
+    print(f"\nresync of {LEG_MB} MiB (new disk log): {resync:.0f} MiB/s; nbdcopy of the same "
+          f"bytes leg to leg: {copy:.0f} MiB/s ({resync / copy:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
