@@ -95,6 +95,7 @@ int serve(const ServeOptions& opts) {
       limits.max_connections);
   DeviceManager devices(config.base_dir);
   runtime::Runtime runtime(opts.threads, std::chrono::microseconds(opts.poll_us));
+  devices.set_remote_loops([&runtime] { return runtime.next_worker().get_executor(); });
   nbd::Server server({.accept = runtime.worker(0),
                       .next = [&runtime]() -> asio::io_context& { return runtime.next_worker(); }},
                      devices, config.listen, limits);

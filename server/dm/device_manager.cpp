@@ -41,6 +41,15 @@ class DeviceManager::Resolver final : public DeviceResolver {
                           ": that would make a cycle");
       return std::make_shared<HeldDevice>(std::move(device));
     }
+    if (NbdDevice::is_uri(name)) {
+      std::lock_guard lk(manager_.mutex_);
+      auto& slot = manager_.remotes_[{name, read_only}];
+      if (auto remote = slot.lock()) return remote;
+      auto remote = NbdDevice::open(name, read_only);
+      if (manager_.pick_remote_loop_) remote->run_on(manager_.pick_remote_loop_());
+      slot = remote;
+      return remote;
+    }
     std::filesystem::path path(name);
     if (!path.is_absolute()) path = (manager_.base_dir_ / path).lexically_normal();
     // One FileDevice per file and mode while any table uses it, so flushes and

@@ -108,8 +108,10 @@ fuse_teardown() {
 }
 
 # Socket paths of "unix://..." listen entries in a config.
-_config_unix_sockets() { grep -o 'unix://[^]"'"'"' ,]*' "$1" | sed 's|^unix://||'; }
-_config_tcp_ports() { grep -o 'tcp://[^]"'"'"' ,]*' "$1" | sed 's|.*:||'; }
+# The listen addresses only: tables may name nbd+unix:// and nbd:// devices.
+_config_listen() { grep '^listen:' "$1"; }
+_config_unix_sockets() { _config_listen "$1" | grep -o '"unix://[^]"'"'"' ,]*' | sed 's|^"unix://||'; }
+_config_tcp_ports() { _config_listen "$1" | grep -o '"tcp://[^]"'"'"' ,]*' | sed 's|.*:||'; }
 
 free_tcp_port() {
   "$PY" -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'

@@ -4,6 +4,7 @@
 // Lookups are thread-safe; lifecycle calls run on the control thread.
 #pragma once
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -14,6 +15,7 @@
 
 #include "dm/device.hpp"
 #include "dm/file_device.hpp"
+#include "dm/nbd_device.hpp"
 
 namespace dmnbd {
 
@@ -38,6 +40,11 @@ class DeviceManager {
   explicit DeviceManager(std::filesystem::path base_dir);
   // Where relative file paths in tables are found.
   const std::filesystem::path& base_dir() const { return base_dir_; }
+  // The event loop each new remote (NBD URI) device runs its connection on;
+  // without it, the loop of its first I/O.
+  void set_remote_loops(std::function<asio::any_io_executor()> pick) {
+    pick_remote_loop_ = std::move(pick);
+  }
   ~DeviceManager();
 
   // ---- Lookups (any thread).
@@ -81,6 +88,9 @@ class DeviceManager {
   mutable std::mutex mutex_;
   std::vector<std::shared_ptr<Device>> devices_;
   std::map<std::pair<std::string, bool>, std::weak_ptr<FileDevice>> files_;
+  // One connection per NBD URI and mode while any table uses it.
+  std::map<std::pair<std::string, bool>, std::weak_ptr<NbdDevice>> remotes_;
+  std::function<asio::any_io_executor()> pick_remote_loop_;
   unsigned next_minor_ = 0;
 };
 
