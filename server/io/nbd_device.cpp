@@ -199,7 +199,7 @@ Task<Status> NbdDevice::run(Bio bio) {
   co_return first_error(results);
 }
 
-Task<Status> NbdDevice::run_piece(Connection& c, const Bio& bio) {
+Task<Status> NbdDevice::run_piece(Connection& c, Bio bio) {
   if (c.dead) co_return errno_status(EIO);
   const uint64_t offset = bio.sector << kSectorShift;
   const size_t bytes = bio.sectors << kSectorShift;

@@ -63,7 +63,7 @@ class NbdDevice final : public BlockDevice, public std::enable_shared_from_this<
 
   // On the home loop from here on.
   Task<Status> run(Bio bio);
-  Task<Status> run_piece(Connection& c, const Bio& bio);
+  Task<Status> run_piece(Connection& c, Bio bio);
   // On the home loop: the socket, and the pump that reads it.
   void attach(const std::shared_ptr<Connection>& c);
   Task<void> read_pump(std::shared_ptr<Connection> c);
