@@ -22,12 +22,15 @@ RegionHash::Entry& RegionHash::find_or_add(RegionId r) {
   Entry& e = it->second;
   if (added) {
     e.state = log_.in_sync(r) ? RegionState::clean : RegionState::nosync;
-    if (e.state == RegionState::clean) {
-      e.on_clean_list = true;
-      clean_list_.push_back(r);
-    }
+    if (e.state == RegionState::clean) put_on_clean_list(r, e);
   }
   return e;
+}
+
+void RegionHash::put_on_clean_list(RegionId r, Entry& e) {
+  e.on_clean_list = true;
+  e.clean_since = std::chrono::steady_clock::now();
+  clean_list_.emplace_back(r, e.clean_since);
 }
 
 void RegionHash::wake_delayed(Entry& e) {
@@ -82,8 +85,7 @@ bool RegionHash::end_write(RegionId r) {
       e.quiesced = nullptr;
     } else if (e.state == RegionState::dirty) {
       e.state = RegionState::clean;
-      e.on_clean_list = true;
-      clean_list_.push_back(r);
+      put_on_clean_list(r, e);
       went_clean = true;
     }
   }
@@ -115,18 +117,25 @@ void RegionHash::flush_failed() {
   flush_failure_ = true;
 }
 
-bool RegionHash::clear_clean_regions() {
+RegionHash::Cleared RegionHash::clear_clean_regions(std::chrono::steady_clock::duration min_idle) {
+  const auto due = std::chrono::steady_clock::now() - min_idle;
   std::lock_guard lk(mutex_);
-  bool any = false;
-  for (RegionId r : clean_list_) {
+  Cleared out;
+  while (!clean_list_.empty()) {
+    const auto [r, since] = clean_list_.front();
+    if (since > due) {
+      out.next = since + min_idle;
+      break;
+    }
+    clean_list_.pop_front();
     auto it = regions_.find(r);
-    if (it == regions_.end() || !it->second.on_clean_list) continue;
+    if (it == regions_.end() || !it->second.on_clean_list || it->second.clean_since != since)
+      continue;  // written again since, or recovering: not clean after all
     log_.clear_region(r);
     regions_.erase(it);
-    any = true;
+    out.any = true;
   }
-  clean_list_.clear();
-  return any;
+  return out;
 }
 
 std::optional<RegionId> RegionHash::begin_recovery() {

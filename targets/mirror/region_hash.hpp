@@ -12,7 +12,9 @@
 // Only regions that are not plainly clean have an entry; the rest are read
 // from the log. Every member may be called from any thread.
 #pragma once
+#include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -56,8 +58,12 @@ class RegionHash {
   void flush_failed();
 
   // dm_rh_update_states(), the clean part: the log's clean bit is set for
-  // every region that went clean. True if there was one (flush the log).
-  bool clear_clean_regions();
+  // every region that went clean at least `min_idle` ago.
+  struct Cleared {
+    bool any = false;                                           // bits were set: flush the log
+    std::optional<std::chrono::steady_clock::time_point> next;  // when the next one is due
+  };
+  Cleared clear_clean_regions(std::chrono::steady_clock::duration min_idle = {});
 
   // ---- Recovery, one region at a time.
   // The next region to recover (the log's get_resync_work()); it goes to
@@ -76,17 +82,21 @@ class RegionHash {
     unsigned pending = 0;
     uint64_t log_ticket = 0;  // the flush that holds the clean bit it cleared
     bool on_clean_list = false;
-    std::vector<std::function<void()>> delayed;  // writes waiting for a recovery
-    std::function<void()> quiesced;              // the recovery, waiting for writes
+    std::chrono::steady_clock::time_point clean_since;  // when it went on the clean list
+    std::vector<std::function<void()>> delayed;         // writes waiting for a recovery
+    std::function<void()> quiesced;                     // the recovery, waiting for writes
   };
-  Entry& find_or_add(RegionId r);  // under mutex_: __rh_find()
-  void wake_delayed(Entry& e);     // under mutex_; the wakes only post
+  Entry& find_or_add(RegionId r);                // under mutex_: __rh_find()
+  void put_on_clean_list(RegionId r, Entry& e);  // under mutex_
+  void wake_delayed(Entry& e);                   // under mutex_; the wakes only post
 
   DirtyLog& log_;
   unsigned region_shift_ = 0;
   mutable std::mutex mutex_;  // everything below
   std::unordered_map<RegionId, Entry> regions_;
-  std::vector<RegionId> clean_list_;
+  // Regions in the order they went clean; a region that went dirty and
+  // clean again is here twice, and only its newest place counts.
+  std::deque<std::pair<RegionId, std::chrono::steady_clock::time_point>> clean_list_;
   bool flush_failure_ = false;
 };
 
