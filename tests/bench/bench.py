@@ -235,6 +235,16 @@ def report(results, servers, jobs):
 
 
 # ---- Shared by the target benchmarks (snapshot.py, mirror.py).
+def target_bench_args(doc):
+    """The arguments run.sh gives a target benchmark."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--dmnbd", required=True)
+    ap.add_argument("--runtime", type=float, default=float(os.environ.get("RUNTIME", 4)))
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", 2)))
+    return ap.parse_args()
+
+
 def dmnbd_devices(args, name, devices, export):
     """A dmnbd server with `devices` [(name, table)], fio on `export`."""
     port = free_port()

@@ -11,8 +11,9 @@ tmpfs.
   write-1m:  1 MiB sequential writes at depth 4
   resync:    a full resync of a new disk log over LEG_MB, against nbdcopy of
              the same bytes from one leg to the other
+  remote-leg: dmnbd linear over nbd://127.0.0.1 onto the nbdkit-file server,
+             against that server read and written directly
 """
-import argparse
 import os
 import subprocess
 import sys
@@ -30,15 +31,19 @@ def servers_for(args, legs):
     leg0, leg1 = legs
     log = os.path.join(args.dir, "mirror-log.img")
     bench.fresh_file(log, 1)
-    out = [bench.dmnbd_devices(args, "linear", [("d", f"0 {SECTORS} linear {leg0} 0")], "d"),
+    # nbdkit first: the remote-leg server reads and writes through it.
+    port = bench.free_port()
+    kit = (bench.Server("nbdkit-file", ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port),
+                                        "file", leg0], f"nbd://127.0.0.1:{port}/"), port)
+    out = [kit,
+           bench.dmnbd_devices(args, "linear", [("d", f"0 {SECTORS} linear {leg0} 0")], "d"),
            bench.dmnbd_devices(args, "mirror-core", [
                ("m", f"0 {SECTORS} mirror core 2 {REGION} nosync 2 {leg0} 0 {leg1} 0")], "m"),
            bench.dmnbd_devices(args, "mirror-disk", [
                ("m", f"0 {SECTORS} mirror disk 3 {log} {REGION} nosync 2 {leg0} 0 {leg1} 0")],
-               "m")]
-    port = bench.free_port()
-    out.append((bench.Server("nbdkit-file", ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port),
-                                             "file", leg0], f"nbd://127.0.0.1:{port}/"), port))
+               "m"),
+           bench.dmnbd_devices(args, "remote-leg", [
+               ("r", f"0 {SECTORS} linear nbd://127.0.0.1:{port}/ 0")], "r")]
     return out
 
 
@@ -77,12 +82,7 @@ def resync_bench(args, legs):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--dir", required=True)
-    ap.add_argument("--dmnbd", required=True)
-    ap.add_argument("--runtime", type=float, default=float(os.environ.get("RUNTIME", 4)))
-    ap.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", 2)))
-    args = ap.parse_args()
+    args = bench.target_bench_args(__doc__)
     legs = [os.path.join(args.dir, f"leg{i}.img") for i in (0, 1)]
     for leg in legs:
         if not os.path.exists(leg) or os.path.getsize(leg) != LEG_MB << 20:
@@ -93,7 +93,7 @@ def main():
             ("randwrite", "randwrite", rt),
             ("write-1m", "write", rt + ["--bs=1m", "--iodepth=4"])]
     results = bench.run_set(args, servers_for(args, legs), jobs, rounds=args.rounds)
-    names = ["linear", "mirror-core", "mirror-disk", "nbdkit-file"]
+    names = ["linear", "mirror-core", "mirror-disk", "nbdkit-file", "remote-leg"]
     print(f"\n{'job':10} {'server':12} {'IOPS':>9} {'mean_us':>8} {'p99_us':>8} {'srv_us/IO':>9} {'vs linear':>9}")
     for job, _, _ in jobs:
         base = results[(job, "linear")]["iops"]
@@ -101,6 +101,10 @@ def main():
             r = results[(job, n)]
             print(f"{job:10} {n:12} {r['iops']:9.0f} {r['mean_us']:8.1f} {r['p99_us']:8.1f} "
                   f"{r['srv_us']:9.1f} {r['iops'] / base:8.2f}x")
+    print("\nremote-leg (dmnbd linear over nbd://127.0.0.1 to nbdkit-file) / nbdkit-file read "
+          "directly: " + ", ".join(
+              f"{job} {results[(job, 'remote-leg')]['iops'] / results[(job, 'nbdkit-file')]['iops']:.2f}x"
+              for job, _, _ in jobs))
     resync, copy = resync_bench(args, legs)
     print(f"\nresync of {LEG_MB} MiB (new disk log): {resync:.0f} MiB/s; nbdcopy of the same "
           f"bytes leg to leg: {copy:.0f} MiB/s ({resync / copy:.2f}x)")

@@ -13,7 +13,6 @@ tmpfs.
                the same bytes between two dmnbd exports
   memory:      dmnbd's RSS with 1M exceptions loaded, per exception
 """
-import argparse
 import os
 import struct
 import subprocess
@@ -146,12 +145,7 @@ def memory_bench(args, exceptions=1 << 20):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--dir", required=True)
-    ap.add_argument("--dmnbd", required=True)
-    ap.add_argument("--runtime", type=float, default=float(os.environ.get("RUNTIME", 4)))
-    ap.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", 2)))
-    args = ap.parse_args()
+    args = bench.target_bench_args(__doc__)
     disk = os.path.join(args.dir, "disk.img")
     if not os.path.exists(disk) or os.path.getsize(disk) != SIZE_MB << 20:
         subprocess.run(["fio", "--name=fill", f"--filename={disk}", "--rw=write", "--bs=1m",

@@ -169,18 +169,25 @@ fi
 # guest's kernel runs ops on a fresh copy and zeroed COWs (exports sk-*).
 # After the boot dmnbd reads the kernel's files and all must agree.
 SNAP=$WORK/snap
-snap_start() { # CFG SOCK: a dmnbd of its own for the snapshot devices
+# stage_serve CFG SOCK LOG WHAT: a dmnbd of its own for a stage, up once SOCK
+# exists; its PID in SERVED_PID (empty, and the log's tail shown, if it failed).
+stage_serve() {
   local i
-  "$DMNBD" serve "$1" >> "$SNAP/server.log" 2>&1 &
-  SNAP_PID=$!
+  "$DMNBD" serve "$1" >> "$3" 2>&1 &
+  SERVED_PID=$!
   for i in $(seq 100); do
     [ -S "$2" ] && return 0
-    kill -0 "$SNAP_PID" 2>/dev/null || break
+    kill -0 "$SERVED_PID" 2>/dev/null || break
     sleep 0.1
   done
-  tail -5 "$SNAP/server.log" | sed 's/^/#   snapshot server| /' >&2
-  stop_pid "$SNAP_PID"; SNAP_PID=""
+  tail -5 "$3" | sed "s/^/#   $4 server| /" >&2
+  stop_pid "$SERVED_PID"; SERVED_PID=""
   return 1
+}
+snap_start() { # CFG SOCK: a dmnbd of its own for the snapshot devices
+  stage_serve "$1" "$2" "$SNAP/server.log" snapshot; local rc=$?
+  SNAP_PID=$SERVED_PID
+  return $rc
 }
 snap_stop() { local pid=$SNAP_PID; SNAP_PID=""; stop_pid "$pid"; }
 snap_devices() { # PREFIX FILE-PREFIX: origin, snapshot-origin and the two snapshots
@@ -259,17 +266,9 @@ fi
 # (D3, files dt-*). dmnbd's lines go to MIR/dmnbd.out (mirror.py's format).
 MIR=$WORK/mirror MIR_D=0 MIR_M=1
 mir_start() { # CFG SOCK: a dmnbd of its own for the mirror devices
-  local i
-  "$DMNBD" serve "$1" >> "$MIR/server.log" 2>&1 &
-  MIR_PID=$!
-  for i in $(seq 100); do
-    [ -S "$2" ] && return 0
-    kill -0 "$MIR_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  tail -5 "$MIR/server.log" | sed 's/^/#   mirror server| /' >&2
-  stop_pid "$MIR_PID"; MIR_PID=""
-  return 1
+  stage_serve "$1" "$2" "$MIR/server.log" mirror; local rc=$?
+  MIR_PID=$SERVED_PID
+  return $rc
 }
 mir_stop() { local pid=$MIR_PID; MIR_PID=""; stop_pid "$pid"; }
 mir_out() { echo "$*" >> "$MIR/dmnbd.out"; }

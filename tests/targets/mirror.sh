@@ -50,18 +50,23 @@ fio_verify() {
 fio_clean() { # LOG: fio exited 0 and reported no error
   grep -q "err= 0" "$WORK/$1.log" && ! grep -qi "verify:.*bad\|error" "$WORK/$1.log"
 }
+# fail_under_fio STEP LEG WHAT: fio_verify while leg device LEG (l0, l1) is
+# reloaded with the error target; fio must end with no error.
+fail_under_fio() {
+  fio_verify "$2"
+  sleep 0.5
+  dm reload "$2" --table "0 $SECTORS error" || fail "reload $2 failed"
+  wait "$FIO_PID"; local rc=$?
+  check "$1: fio ran to the end with $3 failing (exit $rc)" test "$rc" = 0
+  check "$1: and saw no error, every block verified" fio_clean "$2"
+}
 
 check "a new disk log: the whole mirror is resynced" wait_in_sync
 check "status" is "$(dm status mi)" "0 $SECTORS mirror 2 l0 l1 $REGIONS/$REGIONS 1 AA 3 disk $WORK/log.img A"
 check "table" is "$(dm table mi)" "0 $SECTORS mirror disk 2 $WORK/log.img 1024 2 l0 0 l1 0"
 
 # ---- 1. leg 1 fails under fio
-fio_verify leg1
-sleep 0.5
-dm reload l1 --table "0 $SECTORS error" || fail "reload l1 failed"
-wait "$FIO_PID"; rc=$?
-check "1: fio ran to the end with leg 1 failing (exit $rc)" test "$rc" = 0
-check "1: and saw no error, every block verified" fio_clean leg1
+fail_under_fio 1 l1 "leg 1"
 st=$(dm status mi)
 check "1: leg 1 shows D [$st]" is "$(echo "$st" | awk '{print $9}')" AD
 check "1: regions it missed are out of sync [$(sync_ratio)]" test "$(sync_ratio)" != "$REGIONS/$REGIONS"
@@ -76,12 +81,7 @@ dm reload mi --table "0 $SECTORS mirror disk 2 $WORK/log.img 1024 2 l0 0 l1 0 2 
   fail "reload mi with handle_errors failed"
 wait_in_sync
 events=$(dm info mi | awk '/Event number/ {print $3}')
-fio_verify leg0
-sleep 0.5
-dm reload l0 --table "0 $SECTORS error" || fail "reload l0 failed"
-wait "$FIO_PID"; rc=$?
-check "2: fio ran to the end with the default leg failing (exit $rc)" test "$rc" = 0
-check "2: and saw no error, every block verified" fio_clean leg0
+fail_under_fio 2 l0 "the default leg"
 check "2: leg 0 shows D [$(dm status mi)]" is "$(dm status mi | awk '{print $9}')" DA
 check "2: an event was raised" test "$(dm info mi | awk '/Event number/ {print $3}')" -gt "$events"
 dm reload l0 --table "0 $SECTORS linear $WORK/leg0.img 0" || fail "reload l0 back failed"
