@@ -200,6 +200,21 @@ h.shutdown()
 sys.exit(1 if fails else 0)
 PY
   RRC=$?
+  # The mirror device: written through, in sync, both legs the same bytes.
+  mirror_in_sync() {
+    local i
+    for i in $(seq 100); do
+      "${CLI[@]}" status mirror 2>/dev/null | grep -q " 128/128 1 AA 3 disk " && return 0
+      sleep 0.1
+    done
+    return 1
+  }
+  head -c 8388608 /dev/urandom > "$WORK/mirror.bin"
+  check "mirror: 8 MiB written over TCP (nbdcopy)" timeout 120 nbdcopy "$WORK/mirror.bin" "$TCP/mirror"
+  check "mirror: dmnbd status shows every region in sync, both legs A" mirror_in_sync
+  log "mirror: $("${CLI[@]}" status mirror 2>&1)"
+  check "mirror: both legs hold the same bytes (cmp in the container)" \
+    podman exec "$NAME" cmp /data/mirror-a.img /data/mirror-b.img
   sed -n '/^\(not \)\?ok - /!s/^/#   /p' "$WORK/reload.out" >&2
   PASSED=$((PASSED + $(grep -c '^ok - ' "$WORK/reload.out")))
   n=$(grep -c '^not ok - ' "$WORK/reload.out"); FAILED=$((FAILED + n))
