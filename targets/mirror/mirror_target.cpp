@@ -117,6 +117,13 @@ class MirrorTarget final : public Target {
     co_return co_await write_failed(flush_bio(), 0);
   }
 
+  // What a read returns is the default leg's (reads of every region go
+  // there while it works), so its allocation is the mirror's.
+  Task<Status> block_status(uint64_t sector, uint64_t count, ExtentList& out) override {
+    Leg& leg = default_leg();
+    co_return co_await leg.dev->block_status(leg.offset + sector, count, out);
+  }
+
   std::string table() const override {
     std::string out = log_->table() + std::to_string(legs_.size());
     for (const auto& leg : legs_) out += " " + leg->name + " " + std::to_string(leg->offset);

@@ -92,6 +92,18 @@ dm reload mi --table "0 $SECTORS mirror disk 2 $WORK/log.img 1024 2 l1 0 l0 0 2 
 check "2: resynced from leg 1" wait_in_sync
 check "2: and the legs are identical" cmp leg0.img leg1.img
 
+# ---- 2b. block status is the default leg's: holes of sparse legs show
+truncate -s 4M sparse0.img sparse1.img
+dm create ms --table "0 8192 mirror core 2 1024 nosync 2 $WORK/sparse0.img 0 $WORK/sparse1.img 0" ||
+  fail "create ms failed"
+EXPORT=ms nbdio write:1048576:65536:0x77 > /dev/null
+map=$(timeout 30 nbdinfo --map "nbd+unix:///ms?socket=$WORK/nbd.sock" 2>&1)
+log "2b: nbdinfo --map: $(echo "$map" | tr -s ' ' | tr '\n' ';')"
+check "2b: the untouched start of a sparse leg maps as a hole" \
+  grep -Eq "^ *0 +1048576 +3 +hole,zero" <<< "$map"
+check "2b: the written 64 KiB as data" grep -Eq "^ *1048576 +65536 +0 +data" <<< "$map"
+dm remove ms
+
 # ---- 3. kill -9 under load
 dm reload mi --table "0 $SECTORS mirror disk 2 $WORK/log.img 1024 2 l0 0 l1 0" || fail "reload mi failed"
 wait_in_sync
