@@ -66,13 +66,20 @@ Status request_status(int error) {
 struct NbdDevice::Connection {
   nbd_handle* h = nullptr;
   std::unique_ptr<asio::posix::stream_descriptor> socket;  // made on the home loop
+  std::unique_ptr<asio::steady_timer> watchdog;            // likewise
   bool dead = false;
   bool writing = false;  // the write pump runs
+  // Requests in flight, oldest first (they are issued in this order).
+  Request* oldest = nullptr;
+  Request* newest = nullptr;
 
   explicit Connection(nbd_handle* handle) : h(handle) {}
   ~Connection() { close(); }
+  void link(Request& r);
+  void unlink(Request& r);
   // Commands still in flight are freed by nbd_close(): their waiters wake.
   void close() {
+    if (watchdog) watchdog->cancel();
     if (socket) {
       // libnbd may have closed the descriptor already (a dead connection).
       boost::system::error_code ignored;
@@ -90,6 +97,9 @@ struct NbdDevice::Request {
   bool completed = false;
   bool freed = false;
   std::function<void()> wake;
+  Clock::time_point issued;
+  Request* prev = nullptr;  // Connection's list of requests in flight
+  Request* next = nullptr;
 
   static int on_complete(void* self, int* error) {
     auto* r = static_cast<Request*>(self);
@@ -104,6 +114,19 @@ struct NbdDevice::Request {
   }
   nbd_completion_callback callback() { return {on_complete, this, on_free}; }
 };
+
+void NbdDevice::Connection::link(Request& r) {
+  r.prev = newest;
+  r.next = nullptr;
+  (newest ? newest->next : oldest) = &r;
+  newest = &r;
+}
+
+void NbdDevice::Connection::unlink(Request& r) {
+  (r.prev ? r.prev->next : oldest) = r.next;
+  (r.next ? r.next->prev : newest) = r.prev;
+  r.prev = r.next = nullptr;
+}
 
 bool NbdDevice::is_uri(const std::string& name) {
   return name.starts_with("nbd://") || name.starts_with("nbd+unix://") ||
@@ -248,29 +271,17 @@ Task<Status> NbdDevice::run_piece(Connection& c, Bio bio) {
     }
     if (self) asio::co_spawn(*home_, write_pump(self), asio::detached);
   }
-  // No answer within the request timeout: the connection is given up, which
-  // fails this request and every other in flight on it.
-  asio::steady_timer timer(*home_);
   if (!r.freed) {
-    timer.expires_after(options_.request_timeout);
-    timer.async_wait([this, weak = std::weak_ptr<NbdDevice>(shared_from_this()),
-                      conn = &c](const boost::system::error_code& ec) {
-      auto self = weak.lock();
-      if (ec || !self) return;
-      std::shared_ptr<Connection> c;
-      {
-        std::lock_guard lk(mutex_);
-        if (connection_.get() == conn) c = connection_;
-      }
-      if (c) drop(c, "a request got no answer in time");
-    });
+    // The watchdog gives the connection up if this gets no answer in time.
+    r.issued = Clock::now();
+    c.link(r);
     co_await park_until_woken([req = &r](std::function<void()> wake) {
       if (req->freed)
         wake();
       else
         req->wake = std::move(wake);
     });
-    timer.cancel();
+    c.unlink(r);
   }
   if (!r.completed) co_return errno_status(EIO);
   if (Status st = request_status(r.error)) co_return st;
@@ -296,7 +307,23 @@ void NbdDevice::run_on(asio::any_io_executor home) {
 
 void NbdDevice::attach(const std::shared_ptr<Connection>& c) {
   c->socket = std::make_unique<asio::posix::stream_descriptor>(*home_, nbd_aio_get_fd(c->h));
+  c->watchdog = std::make_unique<asio::steady_timer>(*home_);
   asio::co_spawn(*home_, read_pump(c), asio::detached);
+  asio::co_spawn(*home_, watch(c), asio::detached);
+}
+
+// No answer to the oldest request within the request timeout: the connection
+// is given up, which fails it and every other request in flight.
+Task<void> NbdDevice::watch(std::shared_ptr<Connection> c) {
+  const auto tick =
+      std::min<Clock::duration>(options_.request_timeout / 4, std::chrono::seconds(1));
+  while (!c->dead) {
+    c->watchdog->expires_after(tick);
+    co_await c->watchdog->async_wait(asio::as_tuple(asio::use_awaitable));
+    if (c->dead) break;
+    if (c->oldest && Clock::now() - c->oldest->issued > options_.request_timeout)
+      drop(c, "a request got no answer in time");
+  }
 }
 
 Task<void> NbdDevice::read_pump(std::shared_ptr<Connection> c) {

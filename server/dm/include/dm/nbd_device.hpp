@@ -68,6 +68,7 @@ class NbdDevice final : public BlockDevice, public std::enable_shared_from_this<
   void attach(const std::shared_ptr<Connection>& c);
   Task<void> read_pump(std::shared_ptr<Connection> c);
   Task<void> write_pump(std::shared_ptr<Connection> c);
+  Task<void> watch(std::shared_ptr<Connection> c);
   // The connection is broken: fail what is in flight, let it go.
   void drop(const std::shared_ptr<Connection>& c, const char* why);
   void maybe_reconnect();
