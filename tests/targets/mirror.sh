@@ -10,6 +10,10 @@
 # 3. kill -9 of the server under fio's writes: after the restart exactly the
 #    regions the log has dirty are resynced (a clean region made to differ on
 #    purpose stays different), and then the legs are identical.
+# 4. handle_errors holds a write that failed on a leg (for userspace to
+#    reconfigure the mirror): `suspend --noflush`, a table without the leg and
+#    a resume complete it with no error; and a write still held when the
+#    server is stopped gets EIO, and the server exits 0.
 source "$(dirname "$0")/../protocol/lib.sh"
 source "$(dirname "$0")/lib.sh"
 make_work
@@ -154,4 +158,30 @@ if clean >= 0 and a[clean * R:(clean + 1) * R] == b[clean * R:(clean + 1) * R]:
 others = [r for r in range(64) if r != clean and a[r * R:(r + 1) * R] != b[r * R:(r + 1) * R]]
 if others: sys.exit(f"regions that differ: {others}")
 PYEOF
+
+# ---- 4. held writes: the dmeventd repair, and a stop
+dm reload mi --table "0 $SECTORS mirror disk 2 $WORK/log.img 1024 2 l0 0 l1 0 1 handle_errors" ||
+  fail "reload mi with handle_errors failed"
+wait_in_sync
+dm reload l1 --table "0 $SECTORS error" || fail "reload l1 to error failed"
+nbdio write:4096:4096:0x61 > "$WORK/held.out" &
+HELD=$!
+sleep 0.5
+check "4: the write that failed on leg 1 is held" kill -0 "$HELD"
+dm suspend --noflush mi || fail "suspend --noflush mi failed"
+dm reload mi --table "0 $SECTORS linear l0 0" || fail "reload mi without the leg failed"
+dm resume mi || fail "resume mi failed"
+wait "$HELD"
+check "4: after suspend --noflush, a table without the leg and a resume, it succeeds" \
+  is "$(cat "$WORK/held.out")" ok
+check "4: and reads back" is "$(nbdio read:4096:512 | cut -d' ' -f2)" 6161616161616161
+dm reload mi --table "0 $SECTORS mirror disk 2 $WORK/log.img 1024 2 l0 0 l1 0 1 handle_errors" ||
+  fail "reload mi with handle_errors again failed"
+nbdio write:8192:4096:0x62 > "$WORK/held2.out" &
+HELD=$!
+sleep 0.5
+check "4: a second failed write is held" kill -0 "$HELD"
+check "4: a stop (SIGTERM) with the write held: exit 0" dmnbd_stop
+wait "$HELD"
+check "4: and the held write got EIO" is "$(cat "$WORK/held2.out")" EIO
 pass
