@@ -257,6 +257,15 @@ def dmnbd_devices(args, name, devices, export):
     return Server(name, [args.dmnbd, "serve", cfg, "--log-level", "warn"],
                         f"nbd://127.0.0.1:{port}/{export}"), port
 
+def wait_for_status(ctl, name, done):
+    """Polls `dmnbd status NAME` until done(its words) is true."""
+    while True:
+        words = subprocess.run(ctl + ["status", name], capture_output=True, text=True).stdout.split()
+        if done(words):
+            return
+        time.sleep(0.01)
+
+
 def fresh_file(path, size_mb):
     if os.path.exists(path):
         os.remove(path)

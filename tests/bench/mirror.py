@@ -70,11 +70,7 @@ def resync_bench(args, legs):
     ctl = [args.dmnbd, "--control", f"{args.dir}/resync.sock"]
     regions = SECTORS // REGION
     try:
-        while True:
-            st = subprocess.run(ctl + ["status", "m"], capture_output=True, text=True).stdout.split()
-            if len(st) > 6 and st[6] == f"{regions}/{regions}":
-                break
-            time.sleep(0.01)
+        bench.wait_for_status(ctl, "m", lambda st: len(st) > 6 and st[6] == f"{regions}/{regions}")
         resync_s = time.time() - t0
     finally:
         s.stop()

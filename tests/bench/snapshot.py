@@ -95,12 +95,8 @@ def merge_bench(args):
         subprocess.run(ctl + ["create", "m", "--table",
                               f"0 {SECTORS} snapshot-merge real {cow} P 128"], check=True)
         t0 = time.time()
-        while True:
-            st = subprocess.run(ctl + ["status", "m"], capture_output=True, text=True).stdout.split()
-            used, meta = st[3].split("/")[0], st[4]
-            if used == meta:
-                break
-            time.sleep(0.01)
+        # Merged: allocated == metadata.
+        bench.wait_for_status(ctl, "m", lambda st: st[3].split("/")[0] == st[4])
         merge_s = time.time() - t0
     finally:
         s.stop()

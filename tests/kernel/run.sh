@@ -536,14 +536,20 @@ PY
     bash -c "cmp -s <(head -c 51200 '$WORK/err.img') <(head -c 51200 '$WORK/err.orig') && cmp -s -i 51712 '$WORK/err.img' '$WORK/err.orig'"
 fi
 
+# tally FILE WHAT: a checker's TAP lines counted in, its last line "WHAT: ..." required.
+tally() {
+  local n
+  cat "$1"
+  PASSED=$((PASSED + $(grep -c '^ok - ' "$1")))
+  n=$(grep -c '^not ok - ' "$1")
+  FAILED=$((FAILED + n))
+  [ "$n" -gt 0 ] && FIRST_FAIL=${FIRST_FAIL:-$(grep -m1 '^not ok - ' "$1" | sed 's/^not ok - //')}
+  grep -q "^$2: " "$1" || notok "$2.py check did not finish"
+}
+
 if [ "$RUN_ORACLE" = 1 ]; then
   "$PY" "$HERE/oracle.py" check "$WORK" "$SOCK" "$C" "$WORK/out.img" > "$WORK/oracle.out" 2>&1
-  cat "$WORK/oracle.out"
-  PASSED=$((PASSED + $(grep -c '^ok - ' "$WORK/oracle.out")))
-  n=$(grep -c '^not ok - ' "$WORK/oracle.out")
-  FAILED=$((FAILED + n))
-  [ "$n" -gt 0 ] && FIRST_FAIL=${FIRST_FAIL:-$(grep -m1 '^not ok - ' "$WORK/oracle.out" | sed 's/^not ok - //')}
-  grep -q '^oracle: ' "$WORK/oracle.out" || notok "oracle.py check did not finish"
+  tally "$WORK/oracle.out" oracle
 fi
 
 if [ "$RUN_LW" = 1 ]; then
@@ -779,12 +785,7 @@ if [ "$RUN_MIRROR" = 1 ]; then
   fi
   sed 's/^/#   dmnbd mirror| /' "$MIR/dmnbd.out" >&2
   "$PY" "$HERE/mirror.py" check "$WORK" "$C" > "$WORK/mirror.out" 2>&1
-  cat "$WORK/mirror.out"
-  PASSED=$((PASSED + $(grep -c '^ok - ' "$WORK/mirror.out")))
-  n=$(grep -c '^not ok - ' "$WORK/mirror.out")
-  FAILED=$((FAILED + n))
-  [ "$n" -gt 0 ] && FIRST_FAIL=${FIRST_FAIL:-$(grep -m1 '^not ok - ' "$WORK/mirror.out" | sed 's/^not ok - //')}
-  grep -q '^mirror: ' "$WORK/mirror.out" || notok "mirror.py check did not finish"
+  tally "$WORK/mirror.out" mirror
   log "mirror: the host's part after the boot took $(awk -v a="$TM" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
 fi
 
