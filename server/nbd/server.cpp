@@ -162,7 +162,17 @@ void Server::session_ended(const std::shared_ptr<Session>& session) {
   {
     std::lock_guard lk(mutex_);
     sessions_.erase(session);
-    if (stopping_ && sessions_.empty()) idle = std::exchange(idle_, nullptr);
+    if (stopping_ && sessions_.empty() && quiescing_ == 0) idle = std::exchange(idle_, nullptr);
+  }
+  if (idle) idle();
+}
+
+void Server::quiesce_ended() {
+  std::function<void()> idle;
+  {
+    std::lock_guard lk(mutex_);
+    --quiescing_;
+    if (sessions_.empty() && quiescing_ == 0) idle = std::exchange(idle_, nullptr);
   }
   if (idle) idle();
 }
@@ -180,14 +190,23 @@ void Server::stop(std::function<void()> idle) {
   spdlog::info("stopping: {} connection(s) finishing their requests", live.size());
   for (auto& s : live) s->stop();
   // Requests held by a suspended device must still be answered, and so must
-  // those a target holds back (quiesce_for_shutdown()).
+  // those a target holds back (quiesce_for_shutdown()). The sessions are
+  // idle once both are over.
+  std::vector<std::shared_ptr<Device>> to_quiesce;
   for (auto& device : exports_.list())
     if (device->suspended()) {
       spdlog::info("device {}: suspended; letting its held requests through", device->name());
       device->release_held_io();
     } else if (!live.empty()) {
-      asio::co_spawn(loops_.accept, device->quiesce_for_shutdown(), asio::detached);
+      to_quiesce.push_back(device);
     }
+  {
+    std::lock_guard lk(mutex_);
+    quiescing_ += to_quiesce.size();
+  }
+  for (auto& device : to_quiesce)
+    asio::co_spawn(loops_.accept, device->quiesce_for_shutdown(),
+                   [this, device](std::exception_ptr) { quiesce_ended(); });
   if (live.empty()) idle();
 }
 

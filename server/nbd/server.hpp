@@ -40,6 +40,7 @@ class Server {
 
   void adopt(Socket socket, std::string peer, asio::io_context& loop);
   void session_ended(const std::shared_ptr<Session>& session);
+  void quiesce_ended();
 
   ServerLoops loops_;
   DeviceManager& exports_;
@@ -52,6 +53,7 @@ class Server {
   std::set<std::shared_ptr<Session>> sessions_;
   bool stopping_ = false;
   std::function<void()> idle_;  // set by stop(); run once the sessions are gone
+  size_t quiescing_ = 0;        // devices stop() is quiescing, which idle_ also waits for
 };
 
 }  // namespace dmnbd::nbd
