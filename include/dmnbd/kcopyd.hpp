@@ -69,11 +69,11 @@ class Kcopyd {
   // `cancel`, if given, must outlive the call: once cancelled, no new chunk
   // starts and the copy returns when the chunks in flight are done.
   // `to` is read when the copy starts; it need not outlive that.
-  Task<CopyResult> copy(Region from, std::span<const Region> to, CancelToken* cancel = nullptr,
-                        uint32_t flags = 0);
+  Task<CopyResult> copy(Region from, std::span<const Region> to,
+                        const CancelToken* cancel = nullptr, uint32_t flags = 0);
   // dm_kcopyd_zero(): zeroes every region of `to` (all of one count), with
   // write-zeroes bios where the device takes them, else with writes.
-  Task<CopyResult> zero(std::span<const Region> to, CancelToken* cancel = nullptr,
+  Task<CopyResult> zero(std::span<const Region> to, const CancelToken* cancel = nullptr,
                         uint32_t flags = 0);
 
   // Waits until no job of this client is running (for suspend and teardown).
@@ -88,8 +88,8 @@ class Kcopyd {
  private:
   struct Job;
 
-  Task<CopyResult> run(std::optional<Region> from, std::span<const Region> to, CancelToken* cancel,
-                       uint32_t flags);
+  Task<CopyResult> run(std::optional<Region> from, std::span<const Region> to,
+                       const CancelToken* cancel, uint32_t flags);
   Task<void> run_chunk(Job& job, uint64_t offset, uint64_t count);
   Task<void> copy_chunk(Job& job, uint64_t offset, uint64_t count, std::span<std::byte> buffer);
   Task<void> zero_chunk(Job& job, uint64_t offset, uint64_t count);

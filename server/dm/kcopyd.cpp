@@ -15,7 +15,7 @@ namespace dmnbd {
 struct Kcopyd::Job {
   std::optional<Region> from;  // none: zero the destinations
   std::vector<Region> to;
-  CancelToken* cancel = nullptr;
+  const CancelToken* cancel = nullptr;
   uint32_t flags = 0;
 
   std::mutex mutex;  // everything below
@@ -62,17 +62,18 @@ Kcopyd::Kcopyd(Options options)
 
 Kcopyd::~Kcopyd() = default;
 
-Task<CopyResult> Kcopyd::copy(Region from, std::span<const Region> to, CancelToken* cancel,
+Task<CopyResult> Kcopyd::copy(Region from, std::span<const Region> to, const CancelToken* cancel,
                               uint32_t flags) {
   return run(from, to, cancel, flags);
 }
 
-Task<CopyResult> Kcopyd::zero(std::span<const Region> to, CancelToken* cancel, uint32_t flags) {
+Task<CopyResult> Kcopyd::zero(std::span<const Region> to, const CancelToken* cancel,
+                              uint32_t flags) {
   return run(std::nullopt, to, cancel, flags);
 }
 
 Task<CopyResult> Kcopyd::run(std::optional<Region> from, std::span<const Region> to,
-                             CancelToken* cancel, uint32_t flags) {
+                             const CancelToken* cancel, uint32_t flags) {
   if (!valid(from, to)) co_return CopyResult{.status = errno_status(EINVAL)};
   {
     std::lock_guard lk(mutex_);

@@ -81,11 +81,6 @@ bool DirtyLog::in_sync(RegionId r) const {
   return sync_bits_.test(r);
 }
 
-bool DirtyLog::is_clean(RegionId r) const {
-  std::lock_guard lk(mutex_);
-  return clean_.test(r);
-}
-
 uint64_t DirtyLog::mark_region(RegionId r) {
   std::lock_guard lk(mutex_);
   touched_dirtied_ = true;

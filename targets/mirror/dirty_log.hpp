@@ -53,7 +53,6 @@ class DirtyLog {
 
   // ---- The kernel's dm_dirty_log_type operations.
   bool in_sync(RegionId r) const;
-  bool is_clean(RegionId r) const;
   // Clears the clean bit. Returns the flush number that makes it durable
   // (wait_durable()), or 0 when the bit was already clear.
   uint64_t mark_region(RegionId r);

@@ -481,7 +481,7 @@ class MirrorTarget final : public Target {
     }
     const ::dmnbd::Region from{source.dev.get(), source.offset + start, count};
     const uint32_t flags = handle_errors_ ? 0 : kKcopydIgnoreErrors;
-    const CopyResult res = co_await kcopyd_.copy(from, std::span(to, n), &cancel_of(cancel), flags);
+    const CopyResult res = co_await kcopyd_.copy(from, std::span(to, n), &cancel, flags);
     if (res.read_error) {
       spdlog::error("mirror: unable to read primary mirror during recovery");
       fail_leg(source, kSyncError);
@@ -494,10 +494,6 @@ class MirrorTarget final : public Target {
     rh_->end_recovery(*r, copied || (!stopped && !handle_errors_), copied);
     co_await log_->flush();
     co_return JobStep{ok(), 1};
-  }
-  // Kcopyd takes a mutable token; the job's is only read through it.
-  static CancelToken& cancel_of(const CancelToken& token) {
-    return const_cast<CancelToken&>(token);
   }
 
   const uint64_t length_;
