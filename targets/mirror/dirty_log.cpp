@@ -4,7 +4,6 @@
 
 #include "disk_log_format.hpp"
 #include "dmnbd/dm_io.hpp"
-#include "dmnbd/park.hpp"
 
 namespace dmnbd::mirror {
 namespace {
@@ -86,7 +85,7 @@ uint64_t DirtyLog::mark_region(RegionId r) {
   touched_dirtied_ = true;
   if (!clean_.test(r)) return 0;
   clean_.clear(r);
-  return device_ ? next_flush_ : 0;
+  return device_ ? commits_.next() : 0;
 }
 
 void DirtyLog::clear_region(RegionId r) {
@@ -134,70 +133,28 @@ Task<Status> DirtyLog::flush() {
     std::lock_guard lk(mutex_);
     if (!device_) co_return ok();
     if (touched_cleaned_ || touched_dirtied_)
-      ticket = next_flush_;
-    else if (flushing_)
-      ticket = next_flush_ - 1;  // the one in flight has every change so far
+      ticket = commits_.next();
+    else if (commits_.in_flight())
+      ticket = commits_.newest_started();  // the one in flight has every change so far
     else
       co_return ok();
   }
-  co_return co_await wait_durable(ticket);
+  co_return co_await commits_.wait(ticket);
 }
 
 Task<Status> DirtyLog::wait_durable(uint64_t ticket) {
-  if (ticket == 0) co_return ok();
-  while (true) {
-    std::vector<std::byte> image;
-    uint64_t number = 0;
-    bool cleaned = false, dirtied = false;
-    {
-      std::unique_lock lk(mutex_);
-      if (done_flush_ >= ticket) co_return ok();
-      if (!flushing_) {
-        flushing_ = true;
-        number = next_flush_++;
-        image = image_;
-        cleaned = std::exchange(touched_cleaned_, false);
-        dirtied = std::exchange(touched_dirtied_, false);
-      }
-    }
-    if (number == 0) {
-      // Join the flush in flight. It may not hold our change: look again
-      // after it, unless it failed with our change in it.
-      co_await park_until_woken([this](std::function<void()> wake) {
-        std::unique_lock lk(mutex_);
-        if (!flushing_) {
-          lk.unlock();
-          wake();
-          return;
-        }
-        flush_waiters_.push_back(std::move(wake));
-      });
-      std::lock_guard lk(mutex_);
-      if (done_flush_ < ticket && last_failed_flush_ >= ticket) co_return last_failure_;
-      continue;
-    }
-    Status st = co_await run_flush(image, cleaned, dirtied);
-    std::vector<std::function<void()>> waiters;
-    {
-      std::lock_guard lk(mutex_);
-      flushing_ = false;
-      if (!st) {
-        done_flush_ = number;
-      } else {
-        last_failed_flush_ = number;
-        last_failure_ = st;
-        // Nothing of it is known to be on disk: the next flush writes again.
-        touched_cleaned_ = touched_cleaned_ || cleaned;
-        touched_dirtied_ = touched_dirtied_ || dirtied;
-      }
-      waiters.swap(flush_waiters_);
-    }
-    for (auto& wake : waiters) wake();
-    if (st) co_return st;
-  }
+  co_return co_await commits_.wait(ticket);
 }
 
-Task<Status> DirtyLog::run_flush(std::vector<std::byte>& image, bool cleaned, bool dirtied) {
+Task<Status> DirtyLog::run_flush() {
+  std::vector<std::byte> image;
+  bool cleaned = false, dirtied = false;
+  {
+    std::lock_guard lk(mutex_);
+    image = image_;
+    cleaned = std::exchange(touched_cleaned_, false);
+    dirtied = std::exchange(touched_dirtied_, false);
+  }
   if (cleaned && legs_flush_) {
     Status legs = co_await legs_flush_();
     if (legs) {
@@ -218,6 +175,12 @@ Task<Status> DirtyLog::run_flush(std::vector<std::byte>& image, bool cleaned, bo
       std::lock_guard lk(mutex_);
       device_flush_failed_ = true;
     }
+  }
+  if (st) {
+    // Nothing of it is known to be on disk: the next flush writes again.
+    std::lock_guard lk(mutex_);
+    touched_cleaned_ = touched_cleaned_ || cleaned;
+    touched_dirtied_ = touched_dirtied_ || dirtied;
   }
   if (st) fail_device();
   co_return st;

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "dmnbd/group_commit.hpp"
 #include "dmnbd/target.hpp"
 #include "region_bits.hpp"
 
@@ -81,9 +82,9 @@ class DirtyLog {
  private:
   DirtyLog(const TargetContext& ctx, std::shared_ptr<BlockDevice> device, std::string device_name,
            TargetArgs args);
-  // One flush: `image` (a copy taken when it started) goes to the log
+  // One flush (the group commit's): a copy of the image goes to the log
   // device, after the legs' flush when bits were cleaned.
-  Task<Status> run_flush(std::vector<std::byte>& image, bool cleaned, bool dirtied);
+  Task<Status> run_flush();
   // fail_log_device(): D in the status, and one event.
   void fail_device();
 
@@ -111,14 +112,7 @@ class DirtyLog {
   bool flush_failed_ = false;  // the legs' flush failed: no region goes clean again
   bool device_failed_ = false;
   bool device_flush_failed_ = false;
-  // Group commit: changes made now are written by flush number next_flush_;
-  // done_flush_ is the last one finished; one runs at a time.
-  uint64_t next_flush_ = 1;
-  uint64_t done_flush_ = 0;
-  uint64_t last_failed_flush_ = 0;
-  Status last_failure_;
-  bool flushing_ = false;
-  std::vector<std::function<void()>> flush_waiters_;
+  GroupCommit commits_{[this] { return run_flush(); }};
 };
 
 }  // namespace dmnbd::mirror
