@@ -69,6 +69,19 @@ bool parse_u32(std::string_view s, uint32_t& out) {
   return parse_u64(s, value) && narrow_u32(value, out);
 }
 
+bool parse_i32(std::string_view s, int32_t& out) {
+  const bool negative = !s.empty() && s.front() == '-';
+  if (negative) {
+    s.remove_prefix(1);
+    if (!s.empty() && s.front() == '+') return false;
+  }
+  uint64_t magnitude = 0;
+  if (!parse_u64(s, magnitude) || magnitude > uint64_t(INT32_MAX) + (negative ? 1 : 0))
+    return false;
+  out = negative ? int32_t(-int64_t(magnitude)) : int32_t(magnitude);
+  return true;
+}
+
 uint64_t parse_sector(const std::string& text, const char* error) {
   uint64_t value = 0;
   if (!scan_u64(text, value)) throw TargetError(error);

@@ -154,6 +154,8 @@ bool scan_u32(std::string_view text, uint32_t& out);
 // digits, an optional trailing newline, and the value must fit.
 bool parse_u64(std::string_view text, uint64_t& out);
 bool parse_u32(std::string_view text, uint32_t& out);
+// kstrtoint(s, 10, &v): the same with an optional '-' instead of '+'.
+bool parse_i32(std::string_view text, int32_t& out);
 
 // A sector count or offset read with scan_u64(); throws TargetError(error) otherwise.
 uint64_t parse_sector(const std::string& text, const char* error);

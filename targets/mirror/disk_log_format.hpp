@@ -9,6 +9,8 @@
 #include <cstring>
 #include <span>
 
+#include "dmnbd/little_endian.hpp"
+
 namespace dmnbd::mirror::disk_log {
 
 inline constexpr uint32_t kMagic = 0x4D695272;   // MIRROR_MAGIC, "rRiM" on disk
@@ -33,20 +35,12 @@ struct Header {
 
 // Little-endian fields, as header_to_disk() writes them on any host.
 inline Header decode_header(std::span<const std::byte> image) {
-  auto le = [&](size_t at, size_t n) {
-    uint64_t v = 0;
-    for (size_t i = 0; i < n; ++i) v |= uint64_t(uint8_t(image[at + i])) << (8 * i);
-    return v;
-  };
-  return {uint32_t(le(0, 4)), uint32_t(le(4, 4)), le(8, 8)};
+  return {get_le32(&image[0]), get_le32(&image[4]), get_le64(&image[8])};
 }
 inline void encode_header(const Header& h, std::span<std::byte> image) {
-  auto put = [&](size_t at, size_t n, uint64_t v) {
-    for (size_t i = 0; i < n; ++i) image[at + i] = std::byte(uint8_t(v >> (8 * i)));
-  };
-  put(0, 4, h.magic);
-  put(4, 4, h.version);
-  put(8, 8, h.nr_regions);
+  put_le32(&image[0], h.magic);
+  put_le32(&image[4], h.version);
+  put_le64(&image[8], h.nr_regions);
 }
 
 }  // namespace dmnbd::mirror::disk_log

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <span>
 
+#include "dmnbd/little_endian.hpp"
 #include "exception_store.hpp"
 
 namespace dmnbd::snapshot::pstore {
@@ -33,23 +34,6 @@ struct DiskHeader {
   uint32_t chunk_size = 0;  // sectors
   bool operator==(const DiskHeader&) const = default;
 };
-
-inline void put_le32(std::byte* at, uint32_t v) {
-  for (int i = 0; i < 4; ++i) at[i] = static_cast<std::byte>(v >> (8 * i));
-}
-inline void put_le64(std::byte* at, uint64_t v) {
-  for (int i = 0; i < 8; ++i) at[i] = static_cast<std::byte>(v >> (8 * i));
-}
-inline uint32_t get_le32(const std::byte* at) {
-  uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(at[i]) << (8 * i);
-  return v;
-}
-inline uint64_t get_le64(const std::byte* at) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(at[i]) << (8 * i);
-  return v;
-}
 
 // Fills the whole header chunk `out`: the kernel clears it on every write.
 inline void encode_header(const DiskHeader& h, std::span<std::byte> out) {

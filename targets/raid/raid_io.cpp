@@ -1,0 +1,192 @@
+// The raid target's reads and writes.
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "dmnbd/dm_io.hpp"
+#include "dmnbd/when_all.hpp"
+#include "raid_target.hpp"
+
+namespace dmnbd::raid {
+
+Task<Status> RaidTarget::map(Bio bio) {
+  if (bio.end() > geometry_.array_sectors()) co_return errno_status(EIO);
+  switch (bio.op) {
+    case BioOp::read:
+      co_return co_await read(bio);
+    case BioOp::flush:
+      co_return co_await flush();
+    default:
+      co_return co_await write(bio);
+  }
+}
+
+Bio RaidTarget::on_device(const Bio& bio, const DeviceSector& c) const {
+  return bio.at(devs_[c.dev]->data_offset + c.sector);
+}
+
+// A copy can serve a read when its device works and holds those sectors: in
+// sync, or recovered past them.
+bool RaidTarget::readable(const DeviceSector& c, uint64_t sectors) const {
+  const RaidDevice& d = *devs_[c.dev];
+  return d.usable() && (d.in_sync || c.sector + sectors <= d.recovery_offset.load());
+}
+
+// read_balance() for devices without heads to move (raid1.c, raid10.c):
+// the copy with the fewest requests in flight, the lowest first on a tie;
+// raid1 reads a write-mostly leg only when nothing else can serve. A region
+// still to be resynced is read from the first copy, so that every read of
+// it returns the same bytes until the resync has made the copies agree.
+std::optional<DeviceSector> RaidTarget::choose_read_copy(const Copies& copies, uint64_t sectors,
+                                                         uint64_t array_sector) const {
+  const bool unsynced = recovery_cp_.load() != format::kMaxSector &&
+                        (!bitmap_ || bitmap_->needed(bitmap_->region_of(array_sector)));
+  std::optional<DeviceSector> best, write_mostly;
+  unsigned best_load = 0;
+  for (const DeviceSector& c : copies) {
+    if (!readable(c, sectors)) continue;
+    const RaidDevice& d = *devs_[c.dev];
+    if (d.write_mostly) {
+      if (!write_mostly) write_mostly = c;
+      continue;
+    }
+    if (unsynced) return c;
+    const unsigned load = d.in_flight.load();
+    if (!best || load < best_load) {
+      best = c;
+      best_load = load;
+    }
+  }
+  return best ? best : write_mostly;
+}
+
+// A read that fails on a copy fails that device (md_error) and is tried on
+// the next; with none left, EIO.
+Task<Status> RaidTarget::read(Bio bio) {
+  const Copies copies = geometry_.copies(bio.sector);
+  Status st = errno_status(EIO);
+  for (size_t attempt = 0; attempt < copies.size(); ++attempt) {
+    const std::optional<DeviceSector> c = choose_read_copy(copies, bio.sectors, bio.sector);
+    if (!c) break;
+    RaidDevice& d = *devs_[c->dev];
+    ++d.in_flight;
+    st = co_await d.data->submit(on_device(bio, *c));
+    --d.in_flight;
+    if (!st || st == std::errc::operation_not_supported) co_return st;
+    if (params_.type->level == 0) co_return st;  // raid0 passes errors up
+    spdlog::warn("raid: read error on {} (sector {}), trying another copy", d.data_name,
+                 c->sector);
+    co_await fail_device(c->dev);
+  }
+  co_return st;
+}
+
+// Every working copy gets the write, recovering ones too, after the bitmap
+// has the regions dirty on disk. The write succeeds when a copy on a device
+// in sync took it; a device that failed it is failed before the write
+// completes; regions a device missed stay dirty for its recovery.
+Task<Status> RaidTarget::write(Bio bio) {
+  const Copies copies = geometry_.copies(bio.sector);
+  uint64_t first = 0, last = 0;
+  if (bitmap_) {
+    first = bitmap_->region_of(bio.sector);
+    last = bitmap_->region_of(bio.end() - 1);
+    co_await barrier_.enter_write(first, last);
+    Status st = co_await bitmap_->start_write(first, last);
+    if (st) {
+      bitmap_->end_write(first, last, true);
+      barrier_.exit_write(first, last);
+      co_return errno_status(EIO);
+    }
+  }
+  std::vector<Task<Status>> tasks;
+  std::vector<unsigned> targets;
+  bool degraded_write = false;
+  for (const DeviceSector& c : copies) {
+    RaidDevice& d = *devs_[c.dev];
+    if (!d.usable()) {
+      degraded_write = true;
+      continue;
+    }
+    targets.push_back(c.dev);
+    ++d.in_flight;
+    tasks.push_back(d.data->submit(on_device(bio, c)));
+  }
+  const std::vector<Status> results = co_await when_all(tasks);
+  bool done_in_sync = false;
+  Status failure = errno_status(EIO);
+  for (size_t k = 0; k < results.size(); ++k) {
+    RaidDevice& d = *devs_[targets[k]];
+    --d.in_flight;
+    if (!results[k]) {
+      done_in_sync = done_in_sync || d.in_sync;
+      continue;
+    }
+    failure = results[k];
+    if (results[k] == std::errc::operation_not_supported) continue;  // a discard it cannot do
+    degraded_write = true;
+    if (params_.type->level != 0) co_await fail_device(targets[k]);
+  }
+  if (bitmap_) {
+    bitmap_->end_write(first, last, degraded_write || degraded());
+    barrier_.exit_write(first, last);
+    schedule_bitmap_clear();
+  }
+  co_return done_in_sync ? ok() : failure;
+}
+
+// Before cleared bits reach the bitmap, what the legs hold is made durable.
+Task<Status> RaidTarget::legs_flush() {
+  std::vector<std::shared_ptr<BlockDevice>> legs;
+  for (const auto& d : devs_)
+    if (d->usable()) legs.push_back(d->data);
+  co_return co_await flush_all(legs);
+}
+
+// ---- The bitmap daemon: bits of regions idle for two daemon periods are
+// cleared, one pass at a time, on the loop the array was resumed on.
+void RaidTarget::schedule_bitmap_clear() {
+  if (!bitmap_) return;
+  asio::any_io_executor executor;
+  {
+    std::lock_guard lk(daemon_mutex_);
+    if (!executor_) return;  // not resumed yet: resume() schedules it
+    if (clearing_) {
+      clear_again_ = true;
+      return;
+    }
+    clearing_ = true;
+    ++background_;
+    executor = executor_;
+  }
+  asio::co_spawn(executor, clear_bitmap_pass(), asio::detached);
+}
+
+Task<void> RaidTarget::clear_bitmap_pass() {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  while (true) {
+    const WriteIntentBitmap::Cleared cleared = bitmap_->clear_idle(2 * daemon_period_, degraded());
+    if (cleared.any) {
+      Status st = co_await bitmap_->flush();
+      if (st) spdlog::warn("raid: clearing bitmap bits failed: {}", st.message());
+    }
+    if (cleared.next) {
+      timer.expires_at(*cleared.next);
+      co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+      continue;
+    }
+    std::vector<std::function<void()>> idle;
+    {
+      std::lock_guard lk(daemon_mutex_);
+      if (std::exchange(clear_again_, false)) continue;
+      clearing_ = false;
+      --background_;
+      idle.swap(idle_waiters_);
+    }
+    for (auto& wake : idle) wake();
+    co_return;
+  }
+}
+
+}  // namespace dmnbd::raid
