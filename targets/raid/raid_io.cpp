@@ -75,8 +75,7 @@ Task<Status> RaidTarget::read(Bio bio) {
     --d.in_flight;
     if (!st || st == std::errc::operation_not_supported) co_return st;
     if (params_.type->level == 0) co_return st;  // raid0 passes errors up
-    spdlog::warn("raid: read error on {} (sector {}), trying another copy", d.data_name,
-                 c->sector);
+    spdlog::warn("raid: read error on {} (sector {}), trying another copy", d.data_name, c->sector);
     co_await fail_device(c->dev);
   }
   co_return st;
@@ -151,7 +150,7 @@ void RaidTarget::schedule_bitmap_clear() {
   asio::any_io_executor executor;
   {
     std::lock_guard lk(daemon_mutex_);
-    if (!executor_) return;  // not resumed yet: resume() schedules it
+    if (!executor_ || daemon_stopped_) return;  // resume() schedules it
     if (clearing_) {
       clear_again_ = true;
       return;
@@ -163,17 +162,33 @@ void RaidTarget::schedule_bitmap_clear() {
   asio::co_spawn(executor, clear_bitmap_pass(), asio::detached);
 }
 
+void RaidTarget::stop_bitmap_daemon(bool stopped) {
+  std::lock_guard lk(daemon_mutex_);
+  daemon_stopped_ = stopped;
+  if (daemon_timer_) daemon_timer_->cancel();
+}
+
 Task<void> RaidTarget::clear_bitmap_pass() {
-  asio::steady_timer timer(co_await asio::this_coro::executor);
+  auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor);
   while (true) {
     const WriteIntentBitmap::Cleared cleared = bitmap_->clear_idle(2 * daemon_period_, degraded());
     if (cleared.any) {
       Status st = co_await bitmap_->flush();
       if (st) spdlog::warn("raid: clearing bitmap bits failed: {}", st.message());
     }
-    if (cleared.next) {
-      timer.expires_at(*cleared.next);
-      co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    bool sleep = false;
+    {
+      std::lock_guard lk(daemon_mutex_);
+      sleep = cleared.next && !daemon_stopped_;
+      if (sleep) {
+        timer->expires_at(*cleared.next);
+        daemon_timer_ = timer;
+      }
+    }
+    if (sleep) {
+      co_await timer->async_wait(asio::as_tuple(asio::use_awaitable));
+      std::lock_guard lk(daemon_mutex_);
+      daemon_timer_.reset();
       continue;
     }
     std::vector<std::function<void()>> idle;

@@ -90,7 +90,8 @@ Copies Geometry::copies(uint64_t x) const {
 uint64_t Geometry::array_sector_of(unsigned dev, uint64_t s) const {
   if (level_ == Level::raid1) return s;
   const uint64_t in_chunk = s & (chunk_ - 1);
-  if (level_ == Level::raid0) return (((s >> chunk_shift_) * disks_ + dev) << chunk_shift_) + in_chunk;
+  if (level_ == Level::raid0)
+    return (((s >> chunk_shift_) * disks_ + dev) << chunk_shift_) + in_chunk;
   // raid10_find_virt()
   unsigned set_start = dev / far_set_size_ * far_set_size_;
   unsigned set_size = far_set_size_;

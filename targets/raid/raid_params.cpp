@@ -9,7 +9,7 @@
 namespace dmnbd::raid {
 namespace {
 
-constexpr unsigned kMaxRaidDevices = 253;  // MAX_RAID_DEVICES
+constexpr unsigned kMaxRaidDevices = 253;     // MAX_RAID_DEVICES
 constexpr int32_t kMinFreeReshapeSpace = 32;  // to_sector(4 * 4096)
 constexpr uint32_t kCounterMax = 0x3fff;      // md-bitmap's COUNTER_MAX
 
@@ -77,11 +77,10 @@ uint32_t valid_flags(const RaidType& t) {
       return kRecoveryFlags | kRaid10Copies | kRaid10Format | kDeltaDisks | kDataOffset |
              kRaid10UseNearSets;
     case 5:
-      return kRecoveryFlags | kStripeCache | kDeltaDisks | kDataOffset | kJournalDev |
-             kJournalMode;
+      return kRecoveryFlags | kStripeCache | kDeltaDisks | kDataOffset | kJournalDev | kJournalMode;
     default:
-      return (kRecoveryFlags & ~kNosync) | kStripeCache | kDeltaDisks | kDataOffset |
-             kJournalDev | kJournalMode;
+      return (kRecoveryFlags & ~kNosync) | kStripeCache | kDeltaDisks | kDataOffset | kJournalDev |
+             kJournalMode;
   }
 }
 
@@ -343,8 +342,8 @@ std::string RaidParams::table(uint32_t layout_in_use, uint32_t region_in_use) co
   for (unsigned i = 0; i < disks(); ++i) count += (rebuild[i] ? 2 : 0) + (write_mostly[i] ? 2 : 0);
 
   const Raid10Layout r10 = Raid10Layout::from_md(layout_in_use);
-  std::string out = std::string(type->name) + " " + std::to_string(count) + " " +
-                    std::to_string(chunk);
+  std::string out =
+      std::string(type->name) + " " + std::to_string(count) + " " + std::to_string(chunk);
   auto emit = [&](uint32_t flag, const std::string& value) {
     out += std::string(" ") + name_of(flag);
     if (!value.empty()) out += " " + value;

@@ -116,7 +116,8 @@ Task<JobStep> RaidTarget::sync_step(const CancelToken& cancel) {
     if (cancel.cancelled()) co_return JobStep{ok(), 0};
     position_ = s + count;
     for (auto& d : devs_)
-      if (d->usable() && !d->in_sync && d->recovery_offset < s + count) d->recovery_offset = s + count;
+      if (d->usable() && !d->in_sync && d->recovery_offset < s + count)
+        d->recovery_offset = s + count;
     co_return JobStep{ok(), count};
   }
   const uint64_t total = resync_max_sectors();
@@ -166,8 +167,8 @@ std::optional<unsigned> RaidTarget::first_in_sync_copy(const Copies& copies,
 
 // kcopyd from one copy to others (at most eight at a time); a device that
 // fails is failed. False when the source could not be read.
-Task<bool> RaidTarget::copy_chunk(uint64_t count, DeviceSector from,
-                                  std::vector<DeviceSector> to, const CancelToken& cancel) {
+Task<bool> RaidTarget::copy_chunk(uint64_t count, DeviceSector from, std::vector<DeviceSector> to,
+                                  const CancelToken& cancel) {
   const ::dmnbd::Region source{devs_[from.dev]->data.get(),
                                devs_[from.dev]->data_offset + from.sector, count};
   for (size_t at = 0; at < to.size(); at += Kcopyd::kMaxDestinations) {

@@ -10,7 +10,8 @@
 namespace dmnbd::raid {
 namespace {
 
-constexpr std::chrono::milliseconds kJiffy{4};  // md counts daemon_sleep in jiffies; Debian's HZ is 250
+constexpr std::chrono::milliseconds kJiffy{
+    4};  // md counts daemon_sleep in jiffies; Debian's HZ is 250
 
 bool is_mismatch_free(const format::Superblock& sb) {
   return sb.compat_features == 0 || sb.compat_features == format::kFeatureV190;
@@ -19,7 +20,9 @@ bool is_mismatch_free(const format::Superblock& sb) {
 }  // namespace
 
 RaidTarget::RaidTarget(const TargetContext& ctx, TargetArgs args)
-    : length_(ctx.length), raise_event_(ctx.raise_event), params_(parse_raid_table(args, ctx.length)) {
+    : length_(ctx.length),
+      raise_event_(ctx.raise_event),
+      params_(parse_raid_table(args, ctx.length)) {
   if (params_.type->level == 5 || params_.type->level == 6)
     throw TargetError(std::string("raid type ") + params_.type->name +
                       " is not supported yet (raid0, raid1 and raid10 are)");
@@ -93,9 +96,10 @@ void RaidTarget::set_sizes(uint64_t length) {
   // md rounds each device down to whole chunks: a tail past the array could
   // never be read or written (the kernel requeues such bios for ever).
   if (geometry_.array_sectors() < length)
-    throw TargetError("Target length " + std::to_string(length) + " exceeds the " +
-                      std::to_string(geometry_.array_sectors()) +
-                      " sectors md can map: use a multiple of the chunk size times the data devices");
+    throw TargetError(
+        "Target length " + std::to_string(length) + " exceeds the " +
+        std::to_string(geometry_.array_sectors()) +
+        " sectors md can map: use a multiple of the chunk size times the data devices");
 }
 
 Task<void> RaidTarget::open() {
@@ -204,10 +208,10 @@ void RaidTarget::validate_freshest(const format::Superblock& sb) {
   }
   if ((sb.flags & format::kFlagReshapeActive) || sb.layout != layout_ ||
       sb.stripe_sectors != params_.chunk || sb.num_devices != devs_.size() || params_.delta_disks) {
-    spdlog::error("raid: superblocks: layout 0x{:x}, chunk {}, {} devices; table: layout 0x{:x}, "
-                  "chunk {}, {} devices (reshaping is not supported)",
-                  sb.layout, sb.stripe_sectors, sb.num_devices, layout_, params_.chunk,
-                  devs_.size());
+    spdlog::error(
+        "raid: superblocks: layout 0x{:x}, chunk {}, {} devices; table: layout 0x{:x}, "
+        "chunk {}, {} devices (reshaping is not supported)",
+        sb.layout, sb.stripe_sectors, sb.num_devices, layout_, params_.chunk, devs_.size());
     throw TargetError("Reshape not supported");
   }
   if (sb.sectors != dev_sectors_ || sb.array_sectors != array_sectors_) {
@@ -230,14 +234,16 @@ void RaidTarget::validate_freshest(const format::Superblock& sb) {
   }
   if (!rebuilds) {
     if (new_devs) {
-      spdlog::error("raid: New device injected into existing raid set without 'delta_disks' or "
-                    "'rebuild' parameter specified");
+      spdlog::error(
+          "raid: New device injected into existing raid set without 'delta_disks' or "
+          "'rebuild' parameter specified");
       throw TargetError(invalid);
     }
   } else if (new_devs && new_devs != rebuilds) {
-    spdlog::error("raid: {} 'rebuild' devices cannot be injected into a raid set with {} other "
-                  "first-time devices",
-                  rebuilds, new_devs);
+    spdlog::error(
+        "raid: {} 'rebuild' devices cannot be injected into a raid set with {} other "
+        "first-time devices",
+        rebuilds, new_devs);
     throw TargetError(invalid);
   } else if (recovery_cp_ < dev_sectors_) {
     spdlog::error("raid: 'rebuild' specified while raid set is not in-sync (recovery_cp={})",
@@ -297,8 +303,7 @@ Task<void> RaidTarget::load_bitmap() {
   WriteIntentBitmap::Options options;
   options.sync_size = resync_max_sectors();
   options.region_sectors = params_.region_size;
-  options.daemon_sleep_seconds =
-      std::max<uint32_t>(1, uint32_t(daemon_period_.count() / 1000));
+  options.daemon_sleep_seconds = std::max<uint32_t>(1, uint32_t(daemon_period_.count() / 1000));
   options.write_behind = std::min<uint32_t>(params_.max_write_behind, 0x3fff / 2);
   bitmap_ = std::make_unique<WriteIntentBitmap>(std::move(metas), options);
   for (unsigned i = 0; i < devs_.size(); ++i)
@@ -447,6 +452,8 @@ Task<void> RaidTarget::resume() {
     std::lock_guard lk(daemon_mutex_);
     executor_ = executor;
   }
+  stop_bitmap_daemon(false);
+  writes_stopped_ = false;
   start_needed_action();
   schedule_bitmap_clear();
 }
@@ -482,23 +489,28 @@ Task<void> RaidTarget::presuspend() {
   co_await stop_action(true);
 }
 
-// md_stop_writes(): the sync thread is stopped (where it got to is kept),
-// every idle region's bit is cleared, and the superblocks record it all.
 Task<void> RaidTarget::postsuspend() {
+  co_await stop_writes();
+}
+
+// md_stop_writes(), at a suspend and when the table goes: the sync thread is
+// stopped (where it got to is kept), every idle region's bit is cleared, and
+// the superblocks record it all. Once until the next resume.
+Task<void> RaidTarget::stop_writes() {
   co_await stop_action(true);
+  stop_bitmap_daemon(true);
+  if (std::exchange(writes_stopped_, true) || !preresumed_) co_return;
   if (bitmap_) {
     bitmap_->clear_idle(std::chrono::steady_clock::duration::zero(), degraded());
     Status st = co_await bitmap_->flush();
     if (st) spdlog::warn("raid: bitmap flush at suspend failed: {}", st.message());
   }
-  if (preresumed_) {
-    Status st = co_await commit_superblocks();
-    if (st) spdlog::warn("raid: superblock update at suspend failed: {}", st.message());
-  }
+  Status st = co_await commit_superblocks();
+  if (st) spdlog::warn("raid: superblock update at suspend failed: {}", st.message());
 }
 
 Task<void> RaidTarget::teardown() {
-  co_await stop_action(true);
+  co_await stop_writes();
   co_await park_until_woken([this](std::function<void()> wake) {
     std::unique_lock lk(daemon_mutex_);
     if (background_) {
@@ -536,9 +548,8 @@ std::string RaidTarget::status() const {
     else if (running && (action == SyncAction::check || action == SyncAction::repair))
       all_in_sync = true;
     else if (!running || action != SyncAction::recover)
-      all_in_sync = std::all_of(devs_.begin(), devs_.end(), [](const auto& d) {
-        return !d->present() || d->in_sync;
-      });
+      all_in_sync = std::all_of(devs_.begin(), devs_.end(),
+                                [](const auto& d) { return !d->present() || d->in_sync; });
   }
   std::string chars;
   for (const auto& d : devs_) {
@@ -559,10 +570,10 @@ std::string RaidTarget::status() const {
     last = last_action_;
   }
   const uint64_t mismatches = last == "check" ? mismatches_.load() : 0;
-  return std::string(type ? type->name : params_.type->name) + " " +
-         std::to_string(devs_.size()) + " " + chars + " " +
-         std::to_string(std::min(progress, total)) + "/" + std::to_string(total) + " " + state +
-         " " + std::to_string(mismatches) + " " + std::to_string(devs_[0]->data_offset) + " -";
+  return std::string(type ? type->name : params_.type->name) + " " + std::to_string(devs_.size()) +
+         " " + chars + " " + std::to_string(std::min(progress, total)) + "/" +
+         std::to_string(total) + " " + state + " " + std::to_string(mismatches) + " " +
+         std::to_string(devs_[0]->data_offset) + " -";
 }
 
 // raid_message()
@@ -596,9 +607,9 @@ uint64_t RaidTarget::max_io_len() const {
 std::vector<DeviceArea> RaidTarget::device_areas() const {
   std::vector<DeviceArea> areas;
   const uint64_t meta_sectors =
-      (format::kBitmapOffset + format::bitmap_image_bytes(
-                                   (resync_max_sectors() + params_.region_size - 1) /
-                                   std::max<uint32_t>(params_.region_size, 1))) >>
+      (format::kBitmapOffset +
+       format::bitmap_image_bytes((resync_max_sectors() + params_.region_size - 1) /
+                                  std::max<uint32_t>(params_.region_size, 1))) >>
       kSectorShift;
   for (const auto& d : devs_) {
     if (d->data) areas.push_back({d->data, 0, dev_sectors_});

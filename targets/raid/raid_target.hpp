@@ -14,6 +14,7 @@
 // readable again (or a reload naming it) recovers just those regions.
 #pragma once
 #include <atomic>
+#include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -95,6 +96,7 @@ class RaidTarget final : public Target {
   bool degraded() const;
   uint64_t resync_max_sectors() const;
   Task<void> attempt_restore_of_faulty_devices();
+  Task<void> stop_writes();
 
   // ---- raid_io.cpp
   Task<Status> read(Bio bio);
@@ -107,6 +109,8 @@ class RaidTarget final : public Target {
   Task<Status> legs_flush();
   void schedule_bitmap_clear();
   Task<void> clear_bitmap_pass();
+  // Ends the pass's sleep (suspend, teardown): it looks again at once.
+  void stop_bitmap_daemon(bool stopped);
 
   // ---- raid_sync.cpp
   // md_check_recovery(): starts what is needed, unless frozen or running.
@@ -145,21 +149,24 @@ class RaidTarget final : public Target {
   std::atomic<uint64_t> recovery_cp_ = format::kMaxSector;
   bool preresumed_ = false;
   bool resumed_ = false;
+  bool writes_stopped_ = false;  // stop_writes() ran since the last resume
   GroupCommit sb_commits_{[this] { return write_superblocks(); }};
 
   // The sync thread: one action at a time.
   std::atomic<SyncAction> action_ = SyncAction::idle;
   std::atomic<bool> frozen_ = false;
-  bool recover_partial_ = false;              // the running recovery skips clean regions
-  std::atomic<uint64_t> position_ = 0;       // curr_resync_completed
+  bool recover_partial_ = false;        // the running recovery skips clean regions
+  std::atomic<uint64_t> position_ = 0;  // curr_resync_completed
   std::atomic<uint64_t> mismatches_ = 0;
   std::string last_action_;
   std::unique_ptr<BackgroundJob> job_;
   std::atomic<uint64_t> job_generation_ = 0;  // a finished job's report is for this one only
-  asio::any_io_executor executor_;  // resume()'s, where background work runs
+  asio::any_io_executor executor_;            // resume()'s, where background work runs
 
   // The bitmap daemon.
   std::mutex daemon_mutex_;
+  std::shared_ptr<asio::steady_timer> daemon_timer_;  // the pass's sleep, while it sleeps
+  bool daemon_stopped_ = false;                       // suspended or torn down
   bool clearing_ = false;
   bool clear_again_ = false;
   unsigned background_ = 0;

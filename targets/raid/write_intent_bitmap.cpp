@@ -280,8 +280,8 @@ Task<Status> WriteIntentBitmap::flush() {
   uint64_t ticket = 0;
   {
     std::lock_guard lk(mutex_);
-    const bool changed = std::find(dirty_pages_.begin(), dirty_pages_.end(), true) !=
-                         dirty_pages_.end();
+    const bool changed =
+        std::find(dirty_pages_.begin(), dirty_pages_.end(), true) != dirty_pages_.end();
     if (changed)
       ticket = commits_.next();
     else if (commits_.in_flight())
@@ -333,8 +333,8 @@ Task<Status> WriteIntentBitmap::commit() {
     BlockDevice& dev = *metadata_[d];
     Status st;
     for (Page& p : pages) {
-      st = co_await write_sectors(dev, kBitmapSector + p.index * (format::kBitmapPage >> kSectorShift),
-                                  p.bytes);
+      st = co_await write_sectors(
+          dev, kBitmapSector + p.index * (format::kBitmapPage >> kSectorShift), p.bytes);
       if (st) break;
     }
     if (!st) st = co_await flush_device(dev);

@@ -36,7 +36,7 @@ class WriteIntentBitmap {
   using Clock = std::chrono::steady_clock;
 
   struct Options {
-    uint64_t sync_size = 0;      // sectors the bits cover
+    uint64_t sync_size = 0;       // sectors the bits cover
     uint32_t region_sectors = 0;  // a power of two
     uint32_t daemon_sleep_seconds = 5;
     uint32_t write_behind = 0;
@@ -111,7 +111,7 @@ class WriteIntentBitmap {
   // ---- Commits: the changed pages to every active metadata device.
   uint64_t events() const;
   void set_events(uint64_t events, bool array_clean);  // md_bitmap_update_sb()
-  Task<Status> flush();  // writes whatever changed, and waits for it
+  Task<Status> flush();                                // writes whatever changed, and waits for it
 
  private:
   struct Entry {
