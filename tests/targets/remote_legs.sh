@@ -10,6 +10,10 @@
 #    back what was written, from the remote file itself too.
 # 4. a table naming an export nobody serves is refused with the URI and the
 #    reason, and the device keeps its table.
+# 5. raid1 (dm-raid) over a local leg and a remote one, each with its
+#    metadata beside it: the remote server is killed under fio --verify, no
+#    client error, the leg goes D; back, a suspend/resume re-adds it and
+#    recovers what it missed, and the two legs are identical.
 source "$(dirname "$0")/../protocol/lib.sh"
 source "$(dirname "$0")/lib.sh"
 make_work
@@ -17,7 +21,8 @@ cd "$WORK" || fail "no work dir"
 SECTORS=32768  # 16 MiB, 32 regions
 REGIONS=32
 truncate -s 16M local.img remote.img stripe-local.img stripe-remote.img tcp.img
-truncate -s 1M log.img
+truncate -s 16M raid-local.img raid-remote.img
+truncate -s 1M log.img raid-local-meta.img raid-remote-meta.img
 
 REMOTE_PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > remote.yaml <<YAML
@@ -30,6 +35,10 @@ devices:
     table: "0 $SECTORS linear $WORK/stripe-remote.img 0"
   - name: rtcp
     table: "0 $SECTORS linear $WORK/tcp.img 0"
+  - name: rraid
+    table: "0 $SECTORS linear $WORK/raid-remote.img 0"
+  - name: rmeta
+    table: "0 2048 linear $WORK/raid-remote-meta.img 0"
 YAML
 REMOTE_PID=""
 remote_start() {
@@ -159,5 +168,32 @@ check "4: a reload naming a dead export is refused" quiet bash -c \
 log "4: $(cat "$WORK/err")"
 check "4: with the URI and the reason" grep -q "line 1: linear: Device lookup failed (cannot connect to nbd+unix:///none?socket=$WORK/nobody.sock: .*No such file or directory)" "$WORK/err"
 check "4: the live table is untouched" is "$(dm table lin)" "$before_table"
+
+# ---- 5. raid1 with a remote leg
+RM="nbd+unix:///rmeta?socket=$WORK/remote.sock"
+RD="nbd+unix:///rraid?socket=$WORK/remote.sock"
+raid_state() { dm status rr | awk '{print $6, $7, $8}'; }
+raid_idle() { # <= 30 s
+  for _ in $(seq 300); do [ "$(raid_state)" = "$1 $SECTORS/$SECTORS idle" ] && return 0; sleep 0.1; done
+  return 1
+}
+dm create rr --table "0 $SECTORS raid raid1 5 0 daemon_sleep 25 region_size 1024 2 $WORK/raid-local-meta.img $WORK/raid-local.img $RM $RD" ||
+  fail "create rr failed"
+check "5: the new raid1 set resyncs onto the remote leg" raid_idle AA
+before=$(events rr)
+fio_verify kill-raid rr
+sleep 0.7
+remote_kill
+wait "$FIO_PID"; rc=$?
+check "5: fio ran to the end with the remote server killed (exit $rc)" test "$rc" = 0
+check "5: fio saw no error" grep -q "err= 0" "$WORK/kill-raid.log"
+check "5: the remote leg failed [$(dm status rr)]" is "$(dm status rr | awk '{print $6}')" AD
+check "5: an event fired" test "$(events rr)" -gt "$before"
+remote_start
+sleep 1.5  # the devices reconnect in the background, once a second
+dm suspend rr && dm resume rr || fail "suspend/resume rr failed"
+check "5: back: the leg is re-added and recovered [$(dm status rr)]" raid_idle AA
+check "5: the local leg and the remote one are identical" cmp raid-local.img raid-remote.img
+dm remove rr
 kill "$REMOTE_PID"; wait "$REMOTE_PID" 2>/dev/null; REMOTE_PID=""
 pass
