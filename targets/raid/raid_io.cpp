@@ -22,6 +22,18 @@ Task<Status> RaidTarget::map(Bio bio) {
   }
 }
 
+// A read is a remap onto the copy read_balance() picks, so it may be served
+// in place (zero copy) as linear's is; a write never: it has every copy and
+// the bitmap to see to.
+Task<Status> RaidTarget::direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) {
+  if (how.write || sector + count > geometry_.array_sectors()) co_return errno_status(EOPNOTSUPP);
+  const Copies copies = geometry_.copies(sector);
+  const std::optional<DeviceSector> c = choose_read_copy(copies, count, sector);
+  if (!c) co_return errno_status(EOPNOTSUPP);
+  const RaidDevice& d = *devs_[c->dev];
+  co_return co_await d.data->direct_access(d.data_offset + c->sector, count, how);
+}
+
 Bio RaidTarget::on_device(const Bio& bio, const DeviceSector& c) const {
   return bio.at(devs_[c.dev]->data_offset + c.sector);
 }

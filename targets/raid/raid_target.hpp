@@ -66,6 +66,7 @@ class RaidTarget final : public Target {
 
   Task<void> open() override;
   Task<Status> map(Bio bio) override;
+  Task<Status> direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) override;
   std::string table() const override;
   std::string status() const override;
   Task<std::string> message(std::vector<std::string> words) override;

@@ -101,6 +101,8 @@ class Server:
         wait_for_port(port, None if self.pidfile else self.proc)
 
     def stop(self):
+        if self.proc is None and not self.pidfile:
+            return  # never started
         pid = self.pid
         try:
             os.kill(pid, 15)
