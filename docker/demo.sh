@@ -215,6 +215,20 @@ PY
   log "mirror: $("${CLI[@]}" status mirror 2>&1)"
   check "mirror: both legs hold the same bytes (cmp in the container)" \
     podman exec "$NAME" cmp /data/mirror-a.img /data/mirror-b.img
+  # The raid1 device: resynced, written through, idle, both legs the same bytes.
+  raid_idle() {
+    local i
+    for i in $(seq 100); do
+      "${CLI[@]}" status raid1 2>/dev/null | grep -q " raid raid1 2 AA 131072/131072 idle 0 0 -" && return 0
+      sleep 0.1
+    done
+    return 1
+  }
+  check "raid1: 8 MiB written over TCP (nbdcopy)" timeout 120 nbdcopy "$WORK/mirror.bin" "$TCP/raid1"
+  check "raid1: dmnbd status shows both legs A, in sync, idle" raid_idle
+  log "raid1: $("${CLI[@]}" status raid1 2>&1)"
+  check "raid1: both legs hold the same bytes (cmp in the container)" \
+    podman exec "$NAME" cmp /data/raid-a.img /data/raid-b.img
   sed -n '/^\(not \)\?ok - /!s/^/#   /p' "$WORK/reload.out" >&2
   PASSED=$((PASSED + $(grep -c '^ok - ' "$WORK/reload.out")))
   n=$(grep -c '^not ok - ' "$WORK/reload.out"); FAILED=$((FAILED + n))
