@@ -14,6 +14,7 @@
 #include "devices/memory_device.hpp"
 #include "devices/recording_device.hpp"
 #include "dm/table.hpp"
+#include "dmnbd/when_all.hpp"
 #include "test_support.hpp"
 
 namespace dmnbd {
@@ -199,6 +200,7 @@ class RaidTest : public ::testing::Test {
     co_return dev;
   }
   static std::string status(Device& dev) { return dev.live_table()->status_text(); }
+  static std::string table_line(Device& dev) { return dev.live_table()->table_text(); }
   static Task<void> message(Device& dev, std::string word) {
     std::vector<std::string> words;
     words.push_back(std::move(word));
@@ -486,6 +488,55 @@ TEST_F(RaidTest, Raid10ReadsTheSameBytesWithALegMissing) {
     co_await degraded->drop_tables();
   };
   run_sync(body());
+}
+
+TEST_F(RaidTest, ReadsSpreadOverTheCopiesButNotOntoAWriteMostlyLeg) {
+  auto body = [&]() -> Task<void> {
+    auto dev = co_await make("0 8192 raid raid1 2 0 nosync 3 - d0 - d1 - d2");
+    // Reads in flight at once go to the copies with the fewest in flight.
+    for (auto& leg : legs_) leg->set_hops(4);
+    std::vector<std::vector<std::byte>> bufs(6, std::vector<std::byte>(4096));
+    std::vector<Task<Status>> reads;
+    for (size_t i = 0; i < bufs.size(); ++i) reads.push_back(dev->read(i * 4096, bufs[i], nullptr));
+    co_await when_all(reads);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(legs_[i]->bios(BioOp::read).size(), 2u) << i;
+    co_await dev->drop_tables();
+    for (auto& leg : legs_) leg->clear();
+    auto wm = co_await make(
+        "0 8192 raid raid1 6 0 nosync write_mostly 0 write_mostly 2 3 - d0 - d1 - d2");
+    reads.clear();
+    for (size_t i = 0; i < bufs.size(); ++i) reads.push_back(wm->read(i * 4096, bufs[i], nullptr));
+    co_await when_all(reads);
+    EXPECT_EQ(legs_[0]->bios(BioOp::read).size(), 0u);
+    EXPECT_EQ(legs_[1]->bios(BioOp::read).size(), 6u);
+    EXPECT_EQ(legs_[2]->bios(BioOp::read).size(), 0u);
+    co_await wm->drop_tables();
+  };
+  run_sync(body());
+}
+
+TEST_F(RaidTest, RebuildCopiesAWholeLegAndStatusShowsItRecovering) {
+  auto body = [&]() -> Task<void> {
+    auto dev = co_await make(kRaid1);
+    EXPECT_TRUE(co_await wait_idle(*dev));
+    co_await dev->drop_tables();
+    legs_[1]->memory()->fill_pattern(99);  // a replacement disk
+    legs_[1]->clear();
+    auto rebuilt = co_await make("0 8192 raid raid1 5 0 region_size 1024 rebuild 1 2 m0 d0 m1 d1");
+    const std::string st = status(*rebuilt);
+    EXPECT_TRUE(st.find(" Aa ") != std::string::npos || idle_and_complete(st)) << st;
+    EXPECT_TRUE(co_await wait_idle(*rebuilt));
+    EXPECT_EQ(status(*rebuilt), "0 8192 raid raid1 2 AA 8192/8192 idle 0 0 -\n");
+    uint64_t written = 0;
+    for (const auto& b : legs_[1]->bios(BioOp::write)) written += b.sectors;
+    EXPECT_EQ(written, kLeg);  // every sector, whatever the bitmap said
+    EXPECT_EQ(table_line(*rebuilt),
+              "0 8192 raid raid1 5 0 rebuild 1 region_size 1024 2 m0 d0 m1 d1\n");
+    co_await rebuilt->drop_tables();
+  };
+  run_sync(body());
+  EXPECT_TRUE(legs_equal(0, 1));
+  EXPECT_EQ(superblock(1).disk_recovery_offset, format::kMaxSector);
 }
 
 // Power fails after any number of writes and flushes under a raid1 whose
