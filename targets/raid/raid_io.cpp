@@ -99,11 +99,13 @@ Task<Status> RaidTarget::read(Bio bio) {
 // completes; regions a device missed stay dirty for its recovery.
 Task<Status> RaidTarget::write(Bio bio) {
   const Copies copies = geometry_.copies(bio.sector);
-  uint64_t first = 0, last = 0;
+  // Regions as the bitmap has them (without one, the table's region size):
+  // a sync step holds its region against the writes to it.
+  const bool redundant = params_.type->level != 0;
+  const uint64_t first = redundant ? bio.sector / region_sectors_ : 0;
+  const uint64_t last = redundant ? (bio.end() - 1) / region_sectors_ : 0;
+  if (redundant) co_await barrier_.enter_write(first, last);
   if (bitmap_) {
-    first = bitmap_->region_of(bio.sector);
-    last = bitmap_->region_of(bio.end() - 1);
-    co_await barrier_.enter_write(first, last);
     Status st = co_await bitmap_->start_write(first, last);
     if (st) {
       bitmap_->end_write(first, last, true);
@@ -141,9 +143,9 @@ Task<Status> RaidTarget::write(Bio bio) {
   }
   if (bitmap_) {
     bitmap_->end_write(first, last, degraded_write || degraded());
-    barrier_.exit_write(first, last);
     schedule_bitmap_clear();
   }
+  if (redundant) barrier_.exit_write(first, last);
   co_return done_in_sync ? ok() : failure;
 }
 

@@ -74,8 +74,9 @@ void RaidTarget::start_needed_action(std::optional<SyncAction> requested) {
     for (const auto& d : devs_)
       if (d->usable() && !d->in_sync && !d->partial) recover_partial_ = false;
   } else if (recovery_cp_ < resync_max_sectors()) {
+    // With a bitmap md starts at 0 and skips what its bits say is in sync.
     action = SyncAction::resync;
-    from = recovery_cp_;
+    from = bitmap_ ? 0 : recovery_cp_.load();
   } else if (requested) {
     action = *requested;
   }

@@ -152,18 +152,27 @@ Task<void> RaidTarget::analyse_superblocks() {
     if (!freshest || devs_[*freshest]->first_use || d.sb.events > devs_[*freshest]->sb.events)
       freshest = i;
   }
-  unsigned new_devs = 0, present = 0;
-  for (const auto& d : devs_) {
-    if (!d->data) continue;
-    ++present;
-    new_devs += d->first_use;
-  }
-  if (!freshest || new_devs == devs_.size()) {
+  unsigned new_devs = 0;
+  for (const auto& d : devs_) new_devs += d->data && d->first_use;
+  if (new_devs == devs_.size()) {
     // Superblocks created for a new raid set: resync unless nosync.
     new_array_ = true;
     recovery_cp_ = params_.has(kNosync) || params_.type->level == 0 ? format::kMaxSector : 0;
     events_ = 0;
     co_return;
+  }
+  const char* invalid = "Unable to assemble array: Invalid superblocks";
+  if (!freshest) {
+    spdlog::error("raid: no superblock could be read");
+    throw TargetError(invalid);
+  }
+  if (devs_[*freshest]->first_use) {
+    // Only new superblocks, but not on every device: the others were never
+    // part of a set that could be assembled.
+    spdlog::error(
+        "raid: New device injected into existing raid set without 'delta_disks' or "
+        "'rebuild' parameter specified");
+    throw TargetError(invalid);
   }
   validate_freshest(devs_[*freshest]->sb);
   validate_redundancy();
@@ -437,7 +446,7 @@ Task<void> RaidTarget::fail_device(unsigned i) {
 // ---- Suspend and resume (raid_preresume(), raid_resume(), raid_postsuspend()).
 
 Task<Status> RaidTarget::preresume() {
-  if (std::exchange(preresumed_, true)) co_return ok();
+  if (preresumed_.exchange(true)) co_return ok();
   // New superblocks (a new set, rebuilt or returning devices) reach the
   // disks before any I/O.
   Status st = co_await commit_superblocks();

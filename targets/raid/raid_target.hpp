@@ -148,7 +148,7 @@ class RaidTarget final : public Target {
   mutable std::mutex mutex_;  // the array's state below
   uint64_t events_ = 0;
   std::atomic<uint64_t> recovery_cp_ = format::kMaxSector;
-  bool preresumed_ = false;
+  std::atomic<bool> preresumed_ = false;  // status() reads it from any thread
   bool resumed_ = false;
   bool writes_stopped_ = false;  // stop_writes() ran since the last resume
   GroupCommit sb_commits_{[this] { return write_superblocks(); }};

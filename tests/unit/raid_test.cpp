@@ -299,6 +299,8 @@ TEST_F(RaidTest, ConstructorErrorsInTheKernelsWords) {
        "raid type raid5_ls is not supported yet (raid0, raid1 and raid10 are)"},
       {"raid10 1 8 4 - d0 - d1 - d2 - d3", "Failed to run raid array"},
       {"raid0 1 8 2 - d0 - -", "Failed to run raid array"},
+      // New superblocks on some devices only (d1 has no metadata device).
+      {"raid1 1 0 2 m0 d0 - d1", "Unable to assemble array: Invalid superblocks"},
   };
   for (const auto& [args, error] : cases) {
     const std::string got = build_error("0 8192 raid " + args, resolver_);
