@@ -22,8 +22,6 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -32,6 +30,7 @@
 
 #include "dirty_log.hpp"
 #include "dmnbd/background_job.hpp"
+#include "dmnbd/deferred_pass.hpp"
 #include "dmnbd/dm_io.hpp"
 #include "dmnbd/kcopyd.hpp"
 #include "dmnbd/park.hpp"
@@ -164,10 +163,7 @@ class MirrorTarget final : public Target {
     release_held_writes(false);
     co_await log_->resume();
     auto executor = co_await asio::this_coro::executor;
-    {
-      std::lock_guard lk(background_mutex_);
-      executor_ = executor;
-    }
+    clear_pass_.start(executor);
     if (!recovery_) {
       BackgroundJob::Options options;
       options.total = log_->region_count();
@@ -180,7 +176,7 @@ class MirrorTarget final : public Target {
   Task<void> teardown() override {
     release_held_writes(true);
     if (recovery_) co_await recovery_->stop();
-    co_await wait_for_background();
+    co_await clear_pass_.stop();
     co_await kcopyd_.drain();
   }
 
@@ -319,7 +315,7 @@ class MirrorTarget final : public Target {
     const RegionId r = rh_->region_of(bio.sector);
     const RegionHash::WriteStart start = co_await rh_->begin_write(r);
     Status st = co_await write_in_region(bio, r, start);
-    if (rh_->end_write(r)) schedule_clear();
+    if (rh_->end_write(r)) clear_pass_.schedule();
     co_return st;
   }
 
@@ -402,54 +398,12 @@ class MirrorTarget final : public Target {
   // and the price is that a crash resyncs what was written in its last
   // moment. Suspend (and so reload and removal) clears every idle region, so
   // the log on disk then is the kernel's.
-  void schedule_clear() {
-    asio::any_io_executor executor;
-    {
-      std::lock_guard lk(background_mutex_);
-      if (clearing_) {
-        clear_again_ = true;
-        return;
-      }
-      clearing_ = true;
-      ++background_;
-      executor = executor_;
-    }
-    asio::co_spawn(executor, clear_regions(), asio::detached);
-  }
-  Task<void> clear_regions() {
-    asio::steady_timer timer(co_await asio::this_coro::executor);
-    while (true) {
-      const RegionHash::Cleared cleared = rh_->clear_clean_regions(kCleanDelay);
-      // A failed log write is the log's to report (status D, an event); the
-      // next write's flush tries again.
-      if (cleared.any) co_await log_->flush();
-      if (cleared.next) {
-        timer.expires_at(*cleared.next);
-        co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
-        continue;
-      }
-      std::vector<std::function<void()>> idle;
-      {
-        std::lock_guard lk(background_mutex_);
-        if (std::exchange(clear_again_, false)) continue;
-        clearing_ = false;
-        --background_;
-        idle.swap(idle_waiters_);
-      }
-      for (auto& wake : idle) wake();
-      co_return;
-    }
-  }
-  Task<void> wait_for_background() {
-    co_await park_until_woken([this](std::function<void()> wake) {
-      std::unique_lock lk(background_mutex_);
-      if (background_) {
-        idle_waiters_.push_back(std::move(wake));
-        return;
-      }
-      lk.unlock();
-      wake();
-    });
+  Task<std::optional<DeferredPass::Clock::time_point>> clear_regions() {
+    const RegionHash::Cleared cleared = rh_->clear_clean_regions(kCleanDelay);
+    // A failed log write is the log's to report (status D, an event); the
+    // next write's flush tries again.
+    if (cleared.any) co_await log_->flush();
+    co_return cleared.next;
   }
 
   // ---- Recovery: one region per step of the background job (do_recovery()
@@ -522,12 +476,7 @@ class MirrorTarget final : public Target {
   bool suspending_ = false;
   std::vector<Held> holds_;
 
-  std::mutex background_mutex_;     // the clear pass
-  asio::any_io_executor executor_;  // resume()'s, where background work runs
-  bool clearing_ = false;
-  bool clear_again_ = false;
-  unsigned background_ = 0;
-  std::vector<std::function<void()>> idle_waiters_;
+  DeferredPass clear_pass_{[this] { return clear_regions(); }};
 };
 
 }  // namespace

@@ -1,9 +1,6 @@
 // The raid target's reads and writes.
 #include <spdlog/spdlog.h>
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/steady_timer.hpp>
-
 #include "dmnbd/dm_io.hpp"
 #include "dmnbd/when_all.hpp"
 #include "raid_target.hpp"
@@ -143,7 +140,7 @@ Task<Status> RaidTarget::write(Bio bio) {
   }
   if (bitmap_) {
     bitmap_->end_write(first, last, degraded_write || degraded());
-    schedule_bitmap_clear();
+    bitmap_daemon_.schedule();
   }
   if (redundant) barrier_.exit_write(first, last);
   co_return done_in_sync ? ok() : failure;
@@ -158,64 +155,15 @@ Task<Status> RaidTarget::legs_flush() {
 }
 
 // ---- The bitmap daemon: bits of regions idle for two daemon periods are
-// cleared, one pass at a time, on the loop the array was resumed on.
-void RaidTarget::schedule_bitmap_clear() {
-  if (!bitmap_) return;
-  asio::any_io_executor executor;
-  {
-    std::lock_guard lk(daemon_mutex_);
-    if (!executor_ || daemon_stopped_) return;  // resume() schedules it
-    if (clearing_) {
-      clear_again_ = true;
-      return;
-    }
-    clearing_ = true;
-    ++background_;
-    executor = executor_;
+// cleared (none while the set is degraded), on the loop the array was
+// resumed on.
+Task<std::optional<DeferredPass::Clock::time_point>> RaidTarget::clear_bitmap_bits() {
+  const WriteIntentBitmap::Cleared cleared = bitmap_->clear_idle(2 * daemon_period_, degraded());
+  if (cleared.any) {
+    Status st = co_await bitmap_->flush();
+    if (st) spdlog::warn("raid: clearing bitmap bits failed: {}", st.message());
   }
-  asio::co_spawn(executor, clear_bitmap_pass(), asio::detached);
-}
-
-void RaidTarget::stop_bitmap_daemon(bool stopped) {
-  std::lock_guard lk(daemon_mutex_);
-  daemon_stopped_ = stopped;
-  if (daemon_timer_) daemon_timer_->cancel();
-}
-
-Task<void> RaidTarget::clear_bitmap_pass() {
-  auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor);
-  while (true) {
-    const WriteIntentBitmap::Cleared cleared = bitmap_->clear_idle(2 * daemon_period_, degraded());
-    if (cleared.any) {
-      Status st = co_await bitmap_->flush();
-      if (st) spdlog::warn("raid: clearing bitmap bits failed: {}", st.message());
-    }
-    bool sleep = false;
-    {
-      std::lock_guard lk(daemon_mutex_);
-      sleep = cleared.next && !daemon_stopped_;
-      if (sleep) {
-        timer->expires_at(*cleared.next);
-        daemon_timer_ = timer;
-      }
-    }
-    if (sleep) {
-      co_await timer->async_wait(asio::as_tuple(asio::use_awaitable));
-      std::lock_guard lk(daemon_mutex_);
-      daemon_timer_.reset();
-      continue;
-    }
-    std::vector<std::function<void()>> idle;
-    {
-      std::lock_guard lk(daemon_mutex_);
-      if (std::exchange(clear_again_, false)) continue;
-      clearing_ = false;
-      --background_;
-      idle.swap(idle_waiters_);
-    }
-    for (auto& wake : idle) wake();
-    co_return;
-  }
+  co_return cleared.next;
 }
 
 }  // namespace dmnbd::raid

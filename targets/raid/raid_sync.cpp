@@ -61,7 +61,7 @@ void RaidTarget::start_needed_action(std::optional<SyncAction> requested) {
   if (params_.type->level == 0 || frozen_ || action_ != SyncAction::idle) return;
   asio::any_io_executor executor;
   {
-    std::lock_guard lk(daemon_mutex_);
+    std::lock_guard lk(background_mutex_);
     executor = executor_;
   }
   if (!executor) return;
@@ -93,12 +93,12 @@ void RaidTarget::start_needed_action(std::optional<SyncAction> requested) {
   options.total = resync_max_sectors();
   options.max_rate =
       uint64_t(params_.max_recovery_rate ? params_.max_recovery_rate : kDefaultMaxRecoveryRate) * 2;
-  options.on_done = [this, action, generation](Status st) {
+  options.on_done = [this, action, generation, executor](Status st) {
     {
-      std::lock_guard lk(daemon_mutex_);
-      ++background_;
+      std::lock_guard lk(background_mutex_);
+      ++finishing_;
     }
-    asio::co_spawn(executor_, finish_action(action, generation, st), asio::detached);
+    asio::co_spawn(executor, finish_action(action, generation, st), asio::detached);
   };
   job_ = std::make_unique<BackgroundJob>(
       [this](uint64_t, const CancelToken& cancel) { return sync_step(cancel); }, options);
@@ -315,13 +315,12 @@ Task<void> RaidTarget::finish_action(SyncAction action, uint64_t generation, Sta
     if (sb) spdlog::error("raid: writing the superblocks failed: {}", sb.message());
     raise_event_();
     start_needed_action();
-    schedule_bitmap_clear();
+    bitmap_daemon_.schedule();
   }
   std::vector<std::function<void()>> idle;
   {
-    std::lock_guard lk(daemon_mutex_);
-    --background_;
-    if (!background_) idle.swap(idle_waiters_);
+    std::lock_guard lk(background_mutex_);
+    if (--finishing_ == 0) idle.swap(finished_waiters_);
   }
   for (auto& wake : idle) wake();
 }

@@ -458,13 +458,13 @@ Task<void> RaidTarget::resume() {
   if (std::exchange(resumed_, true)) co_await attempt_restore_of_faulty_devices();
   auto executor = co_await asio::this_coro::executor;
   {
-    std::lock_guard lk(daemon_mutex_);
+    std::lock_guard lk(background_mutex_);
     executor_ = executor;
   }
-  stop_bitmap_daemon(false);
+  if (bitmap_) bitmap_daemon_.start(executor);
   writes_stopped_ = false;
   start_needed_action();
-  schedule_bitmap_clear();
+  bitmap_daemon_.schedule();
 }
 
 // A resume after a suspend looks whether failed devices are back: one whose
@@ -507,7 +507,7 @@ Task<void> RaidTarget::postsuspend() {
 // the superblocks record it all. Once until the next resume.
 Task<void> RaidTarget::stop_writes() {
   co_await stop_action(true);
-  stop_bitmap_daemon(true);
+  co_await bitmap_daemon_.stop();
   if (std::exchange(writes_stopped_, true) || !preresumed_) co_return;
   if (bitmap_) {
     bitmap_->clear_idle(std::chrono::steady_clock::duration::zero(), degraded());
@@ -521,9 +521,9 @@ Task<void> RaidTarget::stop_writes() {
 Task<void> RaidTarget::teardown() {
   co_await stop_writes();
   co_await park_until_woken([this](std::function<void()> wake) {
-    std::unique_lock lk(daemon_mutex_);
-    if (background_) {
-      idle_waiters_.push_back(std::move(wake));
+    std::unique_lock lk(background_mutex_);
+    if (finishing_) {
+      finished_waiters_.push_back(std::move(wake));
       return;
     }
     lk.unlock();

@@ -14,7 +14,6 @@
 // readable again (or a reload naming it) recovers just those regions.
 #pragma once
 #include <atomic>
-#include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -25,6 +24,7 @@
 #include <vector>
 
 #include "dmnbd/background_job.hpp"
+#include "dmnbd/deferred_pass.hpp"
 #include "dmnbd/group_commit.hpp"
 #include "dmnbd/kcopyd.hpp"
 #include "dmnbd/target.hpp"
@@ -108,10 +108,8 @@ class RaidTarget final : public Target {
   bool readable(const DeviceSector& c, uint64_t sectors) const;
   Bio on_device(const Bio& bio, const DeviceSector& c) const;
   Task<Status> legs_flush();
-  void schedule_bitmap_clear();
-  Task<void> clear_bitmap_pass();
-  // Ends the pass's sleep (suspend, teardown): it looks again at once.
-  void stop_bitmap_daemon(bool stopped);
+  // The bitmap daemon's pass (md_bitmap_daemon_work()).
+  Task<std::optional<DeferredPass::Clock::time_point>> clear_bitmap_bits();
 
   // ---- raid_sync.cpp
   // md_check_recovery(): starts what is needed, unless frozen or running.
@@ -164,14 +162,11 @@ class RaidTarget final : public Target {
   std::atomic<uint64_t> job_generation_ = 0;  // a finished job's report is for this one only
   asio::any_io_executor executor_;            // resume()'s, where background work runs
 
-  // The bitmap daemon.
-  std::mutex daemon_mutex_;
-  std::shared_ptr<asio::steady_timer> daemon_timer_;  // the pass's sleep, while it sleeps
-  bool daemon_stopped_ = false;                       // suspended or torn down
-  bool clearing_ = false;
-  bool clear_again_ = false;
-  unsigned background_ = 0;
-  std::vector<std::function<void()>> idle_waiters_;
+  DeferredPass bitmap_daemon_{[this] { return clear_bitmap_bits(); }};
+  std::mutex background_mutex_;  // executor_ and the two below
+  // Finished sync actions being wrapped up (finish_action()), for teardown.
+  unsigned finishing_ = 0;
+  std::vector<std::function<void()>> finished_waiters_;
 };
 
 }  // namespace dmnbd::raid

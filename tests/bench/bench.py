@@ -268,6 +268,22 @@ def wait_for_status(ctl, name, done):
         time.sleep(0.01)
 
 
+def nbdcopy_seconds(args, src, dst, sectors):
+    """Seconds nbdcopy takes to copy file `src` onto `dst` through a dmnbd
+    serving both (linear): the plain copy a resync is measured against."""
+    log = open(os.path.join(args.dir, "servers.log"), "a")
+    s, port = dmnbd_devices(args, "copy", [("a", f"0 {sectors} linear {src} 0"),
+                                           ("b", f"0 {sectors} linear {dst} 0")], "a")
+    s.start(log, port)
+    try:
+        base = s.uri.rsplit("/", 1)[0]
+        t0 = time.time()
+        subprocess.run(["nbdcopy", base + "/a", base + "/b"], check=True)
+        return time.time() - t0
+    finally:
+        s.stop()
+
+
 def fresh_file(path, size_mb):
     if os.path.exists(path):
         os.remove(path)

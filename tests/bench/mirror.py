@@ -52,16 +52,7 @@ def resync_bench(args, legs):
     leg0, leg1 = legs
     log = os.path.join(args.dir, "resync-log.img")
     srv_log = open(os.path.join(args.dir, "servers.log"), "a")
-    s, port = bench.dmnbd_devices(args, "copy", [("a", f"0 {SECTORS} linear {leg0} 0"),
-                                                 ("b", f"0 {SECTORS} linear {leg1} 0")], "a")
-    s.start(srv_log, port)
-    try:
-        base = s.uri.rsplit("/", 1)[0]
-        t0 = time.time()
-        subprocess.run(["nbdcopy", base + "/a", base + "/b"], check=True)
-        copy_s = time.time() - t0
-    finally:
-        s.stop()
+    copy_s = bench.nbdcopy_seconds(args, leg0, leg1, SECTORS)
     bench.fresh_file(log, 1)  # a new log: every region out of sync
     s, port = bench.dmnbd_devices(args, "resync", [
         ("m", f"0 {SECTORS} mirror disk 2 {log} {REGION} 2 {leg0} 0 {leg1} 0")], "m")

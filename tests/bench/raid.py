@@ -105,16 +105,7 @@ def spread_bench(args):
 def resync_bench(args):
     l = legs(args, "leg", 2, LEG_MB)
     srv_log = open(os.path.join(args.dir, "servers.log"), "a")
-    s, port = bench.dmnbd_devices(args, "copy", [("a", f"0 {SECTORS} linear {l[0]} 0"),
-                                                 ("b", f"0 {SECTORS} linear {l[1]} 0")], "a")
-    s.start(srv_log, port)
-    try:
-        base = s.uri.rsplit("/", 1)[0]
-        t0 = time.time()
-        subprocess.run(["nbdcopy", base + "/a", base + "/b"], check=True)
-        copy_s = time.time() - t0
-    finally:
-        s.stop()
+    copy_s = bench.nbdcopy_seconds(args, l[0], l[1], SECTORS)
     out = []
     for label, params in [("md's default cap", "0 region_size 1024"),
                           ("uncapped", "0 region_size 1024 max_recovery_rate 100000000")]:

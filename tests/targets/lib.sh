@@ -10,6 +10,10 @@
 #     prints one line per CMD: "ok" (read: "ok <first 8 bytes hex> <sha1>") or the
 #     errno name (EIO, ...)
 #   fbytes OFF LEN                      hex of LEN bytes of disk.img at OFF
+#   $TARGETS_DIR/regions.py             region checks for the resync tests (its docstring)
+
+# The directory of these scripts (regions.py), whatever the caller's cwd.
+TARGETS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 targets_start() {
   EXPORT=$1

@@ -135,29 +135,11 @@ check "3: the kill left some regions dirty" test "$DIRTY" != "-"
 if [ "$CLEAN" -ge 0 ]; then
   printf 'scribble' | dd of=leg1.img bs=1 seek=$((CLEAN * 1024 * 512 + 100)) conv=notrunc status=none
 fi
-"$PY" - "$WORK" "$DIRTY" <<'PYEOF'
-import sys
-# Dirty regions get garbage on leg 1 too: the resync must overwrite it.
-work, dirty = sys.argv[1], sys.argv[2]
-with open(f"{work}/leg1.img", "r+b") as f:
-    for r in map(int, dirty.split(",")):
-        f.seek(r * 1024 * 512)
-        f.write(b"\xee" * 4096)
-PYEOF
+"$PY" "$TARGETS_DIR/regions.py" scribble leg1.img $((1024 * 512)) "$DIRTY"
 dmnbd_start "$WORK/cfg.yaml"
 check "3: after the restart the mirror resyncs" wait_in_sync
-check "3: the dirty regions are identical on both legs" "$PY" - "$WORK" "$DIRTY" "$CLEAN" <<'PYEOF'
-import sys
-work, dirty, clean = sys.argv[1], sys.argv[2], int(sys.argv[3])
-a, b = open(f"{work}/leg0.img", "rb").read(), open(f"{work}/leg1.img", "rb").read()
-R = 1024 * 512
-bad = [r for r in map(int, dirty.split(",")) if a[r * R:(r + 1) * R] != b[r * R:(r + 1) * R]]
-if bad: sys.exit(f"dirty regions still differ: {bad}")
-if clean >= 0 and a[clean * R:(clean + 1) * R] == b[clean * R:(clean + 1) * R]:
-    sys.exit(f"clean region {clean} was resynced too")
-others = [r for r in range(64) if r != clean and a[r * R:(r + 1) * R] != b[r * R:(r + 1) * R]]
-if others: sys.exit(f"regions that differ: {others}")
-PYEOF
+check "3: the dirty regions are identical on both legs" \
+  "$PY" "$TARGETS_DIR/regions.py" check leg0.img leg1.img $((1024 * 512)) $REGIONS "$DIRTY" "$CLEAN"
 
 # ---- 4. held writes: the dmeventd repair, and a stop
 dm reload mi --table "0 $SECTORS mirror disk 2 $WORK/log.img 1024 2 l0 0 l1 0 1 handle_errors" ||

@@ -149,29 +149,12 @@ log "3: dirty regions after kill -9: $DIRTY; clean region $CLEAN gets a scribble
 check "3: the kill left some regions dirty" test "$DIRTY" != "-"
 [ "$CLEAN" -ge 0 ] && printf 'scribble' |
   dd of=leg1.img bs=1 seek=$((CLEAN * 1024 * 512 + 100)) conv=notrunc status=none
-"$PY" - "$WORK" "$DIRTY" <<'PYEOF'
-import sys
-work, dirty = sys.argv[1], sys.argv[2]
-with open(f"{work}/leg1.img", "r+b") as f:  # garbage the resync must overwrite
-    for r in map(int, dirty.split(",")):
-        f.seek(r * 1024 * 512)
-        f.write(b"\xee" * 4096)
-PYEOF
+"$PY" "$TARGETS_DIR/regions.py" scribble leg1.img $((1024 * 512)) "$DIRTY"
 sed -i "s|table: \"$TABLE10\"|table: \"$TABLE1\"|" "$WORK/cfg.yaml"
 dmnbd_start "$WORK/cfg.yaml"
 check "3: after the restart the dirty regions are resynced" wait_idle
-check "3: the dirty regions are identical, the clean one untouched" "$PY" - "$WORK" "$DIRTY" "$CLEAN" <<'PYEOF'
-import sys
-work, dirty, clean = sys.argv[1], sys.argv[2], int(sys.argv[3])
-a, b = open(f"{work}/leg0.img", "rb").read(), open(f"{work}/leg1.img", "rb").read()
-R = 1024 * 512
-bad = [r for r in map(int, dirty.split(",")) if a[r * R:(r + 1) * R] != b[r * R:(r + 1) * R]]
-if bad: sys.exit(f"dirty regions still differ: {bad}")
-if clean >= 0 and a[clean * R:(clean + 1) * R] == b[clean * R:(clean + 1) * R]:
-    sys.exit(f"clean region {clean} was resynced too")
-others = [r for r in range(64) if r != clean and a[r * R:(r + 1) * R] != b[r * R:(r + 1) * R]]
-if others: sys.exit(f"regions that differ: {others}")
-PYEOF
+check "3: the dirty regions are identical, the clean one untouched" \
+  "$PY" "$TARGETS_DIR/regions.py" check leg0.img leg1.img $((1024 * 512)) $REGIONS "$DIRTY" "$CLEAN"
 
 # ---- 4. check, repair, frozen
 check "4: check starts" dm message r 0 check
