@@ -455,7 +455,7 @@ Task<Status> RaidTarget::preresume() {
 }
 
 Task<void> RaidTarget::resume() {
-  if (std::exchange(resumed_, true)) co_await attempt_restore_of_faulty_devices();
+  if (resumed_.exchange(true)) co_await attempt_restore_of_faulty_devices();
   auto executor = co_await asio::this_coro::executor;
   {
     std::lock_guard lk(background_mutex_);
@@ -543,7 +543,8 @@ std::string RaidTarget::status() const {
   const RaidType* type = raid_type_of(params_.type->level, layout_);
   const uint64_t total = preresumed_ ? resync_max_sectors() : dev_sectors_;
   const SyncAction action = action_.load();
-  const bool frozen = frozen_.load();
+  // The kernel keeps a set frozen from its constructor to its first resume.
+  const bool frozen = frozen_.load() || !resumed_.load();
   bool all_in_sync = false, resyncing = false;
   uint64_t progress = 0;
   if (params_.type->level == 0) {

@@ -147,7 +147,7 @@ class RaidTarget final : public Target {
   uint64_t events_ = 0;
   std::atomic<uint64_t> recovery_cp_ = format::kMaxSector;
   std::atomic<bool> preresumed_ = false;  // status() reads it from any thread
-  bool resumed_ = false;
+  std::atomic<bool> resumed_ = false;
   bool writes_stopped_ = false;  // stop_writes() ran since the last resume
   GroupCommit sb_commits_{[this] { return write_superblocks(); }};
 
