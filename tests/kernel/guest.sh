@@ -3,7 +3,7 @@
 # nbd-client / dmsetup / e2fsprogs, the host-built static /sbin/blkprobe).
 # Parameters come from /etc/nbdvm.env (written by run.sh):
 #   NBD_HOST NBD_PORT   where dmnbd answers (QEMU forwards it to the host's socket)
-#   RUN_E2E RUN_ORACLE RUN_LW RUN_SNAP RUN_MIRROR  1 or 0
+#   RUN_E2E RUN_ORACLE RUN_LW RUN_SNAP RUN_MIRROR RUN_RAID  1 or 0
 #   LW_SEQ              the log-writes sequence (run.sh's LW_SEQ; the host runs
 #                       the same one against dmnbd's log-writes)
 #   ERR_OUT             byte offset in /dev/vda for the copy of the error device
@@ -17,6 +17,7 @@
 #                       sets 0 when dmnbd's files are byte-identical to them)
 # Snapshot sequences: /etc/snap/ops, ops2, data.bin (snapshot.py prepare).
 # Mirror: /etc/mirror/a.bin (pattern A), leg1s.table, tables (mirror.py prepare).
+# Raid: /etc/raid/ (raid.py prepare; see raid() below).
 # Oracle plan: /etc/oracle/backing ("LETTER /dev/nbdN EXPORT" per line),
 # /etc/oracle/plan ("NAME OUT_OFFSET" per line), /etc/oracle/NAME.table.
 # Output protocol (serial console, parsed by run.sh / oracle.py):
@@ -28,6 +29,7 @@
 #   NBDVM-LW <op> <result>                   one step of the log-writes sequence
 #   NBDVM-SNAP sha|status|merge <dev> …      the kernel's snapshot after a sequence
 #   NBDVM-MIRROR dev|status|table|polls …    the kernel's mirror (mirror.py check)
+#   NBDVM-RAID dev|status|table|sha|…        the kernel's raid (raid.py check)
 #   NBDVM-RESULT: PASS|FAIL
 export DM_DISABLE_UDEV=1
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
@@ -487,11 +489,159 @@ mirror() {
   echo "NBDVM-TIME mirror $t -> $(up) (1: $t -> $t1, 2: $t1 -> $t2, 3: $t2 -> $t3, detach: $t3 -> $(up))"
 }
 
+# ------------------------------------------------------------------ raid
+# The kernel's dm-raid against dmnbd's raid (run.sh, raid.py). /etc/raid/:
+# sets ("SET LENGTH ROLES..."), SET.table and SET.degraded (placeholders $M0
+# $D0 ... for the metadata and data devices), ksets, checked, tables, k.bin.
+# One set at a time on /dev/nbd0.. (the other stages have detached theirs).
+#  1. over copies of dmnbd's files (exports r-dc-SET-ROLE): create, the first
+#     status and 5 more 0.2 s apart (no resync may start), sha256, table;
+#  3. for the sets in "checked": "message 0 check", wait for idle, status;
+#     then (1deg) the SET.degraded table: status, sha256.
+#  2. for the sets in "ksets", over zeroed files (r-k-SET-ROLE): create, wait
+#     for the resync, write k.bin (dd oflag=direct), status, sha256, table,
+#     suspend, remove; the host hands the files to dmnbd.
+#  4. every table of "tables" over scratch exports r-t-ROLE (metadata zeroed
+#     before each, so each is a new set): status, table, remove.
+# The lines: NBDVM-RAID dev STEP SET ROLE MAJ:MIN | status STEP SET PHASE
+# [LINE] | table STEP SET [LINE] | sha STEP SET HEX | checkrun STEP SET N |
+# refused STEP SET REASON.
+raid_out() { echo "NBDVM-RAID $*"; }
+raid_attach() { # STEP SET EXPORT-PREFIX ROLES...: /dev/nbd0, 1, ...; raid_nb: how many
+  ra_s=$1 ra_n=$2 ra_p=$3; shift 3
+  raid_nb=0
+  for r in "$@"; do
+    chk "raid-attach-$ra_p$r" attach /dev/nbd$raid_nb "r-$ra_p$r" -b 512 < /dev/null || return 1
+    raid_out dev "$ra_s" "$ra_n" "$r" "$(cat /sys/block/nbd$raid_nb/dev)"
+    eval "raid_dev_$r=/dev/nbd$raid_nb"
+    raid_nb=$((raid_nb + 1))
+  done
+}
+# raid_detach: every attached export; a detach that does not finish within
+# 5 s is reported with what the kernel still has in flight on that device
+raid_detach() {
+  i=0
+  while [ $i -lt $raid_nb ]; do
+    nbd-client -d /dev/nbd$i > /dev/null 2>&1 &
+    dp=$! w=0
+    while kill -0 $dp 2>/dev/null && [ $w -lt 25 ]; do sleep 0.2; w=$((w + 1)); done
+    if kill -0 $dp 2>/dev/null; then
+      res "raid-detach-nbd$i" FAIL "(nbd-client -d still running after 5 s; inflight $(cat /sys/block/nbd$i/inflight | tr -s ' '); busy: $(cat /sys/kernel/debug/block/nbd$i/hctx*/busy 2>/dev/null | tr '\n' ';' | cut -c1-400); stack: $(cat /proc/$dp/stack 2>/dev/null | awk '{print $2}' | tr '\n' ' ' | cut -c1-300))"
+    fi
+    for w in 1 2 3 4 5 6 7 8 9 10; do [ "$(cat /sys/block/nbd$i/size 2>/dev/null)" = 0 ] && break; sleep 0.2; done
+    i=$((i + 1))
+  done
+  raid_nb=0
+}
+raid_table() { # FILE: its table with the attached devices
+  tt=$(cat "$1")
+  for r in m0 d0 m1 d1 m2 d2 m3 d3; do
+    dv=$(eval "echo \"\${raid_dev_$r:-}\"")
+    [ -n "$dv" ] && tt=$(echo "$tt" | sed "s#[\$]$(echo $r | tr a-z A-Z)#$dv#g")
+  done
+  echo "$tt"
+}
+raid_create() { # STEP SET NAME TABLE: dmsetup create, or a "refused" line with the kernel's reason
+  n0=$(dmesg | wc -l)
+  dmsetup create "$3" --table "$4" < /dev/null > /tmp/dm.out 2>&1 && return 0
+  why=$(dmesg | tail -n +$((n0 + 1)) | grep -iE 'device-mapper|md/raid|md:' | tail -3 | sed 's/^\[[ 0-9.]*\] //' | tr '\n' ' ')
+  raid_out refused "$1" "$2" "${why:-$(tr '\n' ' ' < /tmp/dm.out)}"
+  res "raid-$1-$2-create" FAIL "(${why:-$(tr '\n' ' ' < /tmp/dm.out)})"
+  return 1
+}
+# raid_wait NAME: until idle, progress total/total and no "a" (60 s at most);
+# rw_st the last status
+raid_wait() {
+  rw_i=0
+  while :; do
+    rw_st=$(dmsetup status "$1" < /dev/null)
+    rw_h=$(echo "$rw_st" | awk '{print $6}') rw_p=$(echo "$rw_st" | awk '{print $7}') rw_a=$(echo "$rw_st" | awk '{print $8}')
+    if [ "$rw_a" = idle ] && [ -n "$rw_p" ] && [ "${rw_p%/*}" = "${rw_p#*/}" ]; then
+      case $rw_h in *a*) ;; *) return 0;; esac
+    fi
+    rw_i=$((rw_i + 1)); [ $rw_i -ge 600 ] && return 1
+    sleep 0.1
+  done
+}
+raid() {
+  t=$(up)
+  modprobe dm-raid || { res modprobe-dm-raid FAIL; return; }
+  # 1 and 3: dmnbd's files
+  # (the sets and tables are read up front: nothing in the loops may eat
+  # a loop's stdin)
+  for s in $(cut -d' ' -f1 /etc/raid/sets); do
+    roles=$(awk -v n="$s" '$1 == n {$1 = $2 = ""; print}' /etc/raid/sets)
+    for r in m0 d0 m1 d1 m2 d2 m3 d3; do eval "raid_dev_$r="; done
+    if raid_attach 1 "$s" "dc-$s-" $roles && raid_create 1 "$s" rd "$(raid_table /etc/raid/$s.table)"; then
+      raid_out status 1 "$s" first "[$(dmsetup status rd)]"
+      for i in 1 2 3 4 5; do sleep 0.2; raid_out status 1 "$s" poll$i "[$(dmsetup status rd)]"; done
+      raid_out sha 1 "$s" "$(sha /dev/mapper/rd)"
+      raid_out table 1 "$s" "[$(dmsetup table rd)]"
+      if grep -qw "$s" /etc/raid/checked; then
+        n0=$(dmesg | grep -c 'data-check')
+        chk "raid-3-$s-message-check" dmsetup message rd 0 check
+        raid_out status 1 "$s" checking "[$(dmsetup status rd)]"
+        raid_wait rd || res "raid-3-$s-check-finished" FAIL "(after 60 s: $rw_st)"
+        raid_out status 1 "$s" checked "[$rw_st]"
+        raid_out checkrun 1 "$s" $(( $(dmesg | grep -c 'data-check') - n0 ))
+      fi
+      chk "raid-1-$s-remove" dmsetup remove rd
+      if [ -f /etc/raid/$s.degraded ] && raid_create 1deg "$s" rg "$(raid_table /etc/raid/$s.degraded)"; then
+        raid_out status 1deg "$s" first "[$(dmsetup status rg)]"
+        raid_out sha 1deg "$s" "$(sha /dev/mapper/rg)"
+        raid_out table 1deg "$s" "[$(dmsetup table rg)]"
+        chk "raid-1deg-$s-remove" dmsetup remove rg
+      fi
+    fi
+    raid_detach
+  done
+  t1=$(up)
+  # 2. the kernel writes
+  for s in $(cat /etc/raid/ksets); do
+    for r in m0 d0 m1 d1 m2 d2 m3 d3; do eval "raid_dev_$r="; done
+    roles=$(awk -v n="$s" '$1 == n {$1 = $2 = ""; print}' /etc/raid/sets)
+    if raid_attach 2 "$s" "k-$s-" $roles && raid_create 2 "$s" rk "$(raid_table /etc/raid/$s.table)"; then
+      raid_out status 2 "$s" first "[$(dmsetup status rk)]"
+      raid_wait rk || res "raid-2-$s-resync-finished" FAIL "(after 60 s: $rw_st)"
+      raid_out status 2 "$s" sync "[$rw_st]"
+      len=$(blockdev --getsz /dev/mapper/rk)
+      chk "raid-2-$s-write-K" dd if=/etc/raid/k.bin of=/dev/mapper/rk bs=65536 count=$((len / 128)) oflag=direct conv=notrunc status=none
+      raid_out status 2 "$s" written "[$(dmsetup status rk)]"
+      raid_out sha 2 "$s" "$(sha /dev/mapper/rk)"
+      raid_out table 2 "$s" "[$(dmsetup table rk)]"
+      chk "raid-2-$s-suspend" dmsetup suspend rk
+      chk "raid-2-$s-remove" dmsetup remove rk
+    fi
+    raid_detach
+  done
+  t2=$(up)
+  # 4. table strings
+  for r in m0 d0 m1 d1 m2 d2 m3 d3; do eval "raid_dev_$r="; done
+  if raid_attach 4 t t- m0 d0 m1 d1 m2 d2 m3 d3; then
+    tn=0
+    while [ $tn -lt "$(wc -l < /etc/raid/tables)" ]; do
+      tn=$((tn + 1)) tbl=$(sed -n "${tn}p" /etc/raid/tables)
+      for r in m0 m1 m2 m3; do
+        dd if=/dev/zero of=$(eval "echo \$raid_dev_$r") bs=65536 count=1 oflag=direct conv=notrunc status=none < /dev/null
+      done
+      echo "$tbl" > /tmp/raid4.table
+      raid_create 4 $tn rt "$(raid_table /tmp/raid4.table)" || continue
+      raid_out status 4 $tn first "[$(dmsetup status rt < /dev/null)]"
+      raid_out table 4 $tn "[$(dmsetup table rt < /dev/null)]"
+      chk "raid-4.$tn-remove" dmsetup remove rt < /dev/null
+    done
+  fi
+  raid_detach
+  dmesg | grep -E 'md/raid|md:|dm-raid|raid' | tail -25 | sed 's/^/NBDVM-DMESG raid /'
+  echo "NBDVM-TIME raid $t -> $(up) (1+3: $t -> $t1, 2: $t1 -> $t2, 4: $t2 -> $(up))"
+}
+
 [ "${RUN_E2E:-1}" = 1 ] && { e2e_ext4; e2e_readonly; e2e_error; }
 [ "${RUN_ORACLE:-1}" = 1 ] && oracle
 [ "${RUN_LW:-1}" = 1 ] && logwrites
 [ "${RUN_SNAP:-1}" = 1 ] && snapshot
 [ "${RUN_MIRROR:-1}" = 1 ] && mirror
+[ "${RUN_RAID:-1}" = 1 ] && raid
 echo "NBDVM-TARGETS $(dmsetup targets | tr '\n' ' ')"
 # kernel messages were kept off the console (loglevel=3); show the interesting ones
 dmesg | grep -iE 'nbd|device-mapper|EXT4|I/O error|blk_update' | tail -40 | sed 's/^/NBDVM-DMESG /'
