@@ -367,7 +367,27 @@ raid_start() { # CFG SOCK: a dmnbd of its own for the raid sets
   RAID_PID=$SERVED_PID
   return $rc
 }
-raid_stop() { local pid=$RAID_PID; RAID_PID=""; stop_pid "$pid"; }
+# raid_stop WHAT: SIGTERM; it must exit 0 within 15 s like every server here.
+# It is given 30 s before SIGKILL, so a late exit still leaves the files as
+# dmnbd finishes them (the checks after it read them) and is told apart
+# from a hang.
+raid_stop() {
+  local pid=$RAID_PID rc i t
+  RAID_PID=""
+  t=$(date +%s.%N)
+  kill -TERM "$pid" 2>/dev/null
+  for i in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -KILL "$pid"; wait "$pid" 2>/dev/null
+    notok "$1 did not exit within 30 s of SIGTERM (killed)"
+    return 1
+  fi
+  wait "$pid"; rc=$?
+  t=$(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+  check "$1 exited 0 on SIGTERM (exit $rc, after $t s)" test "$rc" = 0
+  check "$1 exited within 15 s of SIGTERM, as every server of this test must (took $t s)" \
+    awk -v t="$t" 'BEGIN{exit !(t < 15)}'
+}
 raid_out() { echo "$*" >> "$RAID/dmnbd.out"; }
 raid_st() { timeout 10 "$DMNBD" --control "$1" status "$2" 2>&1; }
 # raid_wait CTL NAME: until idle, total/total and no "a" (60 s at most)
@@ -397,6 +417,20 @@ if [ "$RUN_RAID" = 1 ]; then
   } > "$RAID/d.yaml"
   TR=$(date +%s.%N)
   if raid_start "$RAID/d.yaml" "$RAID/d.sock"; then
+    # step 4's table strings, one "dmnbd create" each over files of its own;
+    # first, so that their resyncs are long over at the stop (dmnbd holds up
+    # a raid set's removal, and so its stop, for ~10 s after the set's last
+    # resync or write)
+    for i in $(seq "$(ls "$RAID"/tab/dt*.table | wc -l)"); do
+      tbl=$(cat "$RAID/tab/dt$i.table")
+      raid_devs D4 "$i" "dt$i-" m0 d0 m1 d1 m2 d2 m3 d3
+      if timeout 30 "$DMNBD" --control "$RAID/d-ctl.sock" create "dt$i" --table "$tbl" > "$RAID/create.out" 2>&1 < /dev/null; then
+        raid_out "status D4 $i first [$(raid_st "$RAID/d-ctl.sock" "dt$i")]"
+        raid_out "table D4 $i [$(timeout 10 "$DMNBD" --control "$RAID/d-ctl.sock" table "dt$i" 2>&1)]"
+      else
+        raid_out "refused D4 $i $(tr '\n' ' ' < "$RAID/create.out")"
+      fi
+    done
     for s in $(raid_sets); do
       # (write and read only once the first resync is done: its reads and
       # writes would otherwise race with P's)
@@ -409,24 +443,7 @@ if [ "$RUN_RAID" = 1 ]; then
       raid_out "table D1 $s [$(timeout 10 "$DMNBD" --control "$RAID/d-ctl.sock" table "d-$s" 2>&1)]"
     done
     "$PY" "$HERE/raid.py" sha "$RAID/d.sock" $(raid_sets | sed 's/^/d-/') | sed 's/^d-\([^ ]*\) /sha D1 \1 /' >> "$RAID/dmnbd.out"
-    # step 4's table strings, one "dmnbd create" each over files of its own
-    for i in $(seq "$(ls "$RAID"/tab/dt*.table | wc -l)"); do
-      tbl=$(cat "$RAID/tab/dt$i.table")
-      raid_devs D4 "$i" "dt$i-" m0 d0 m1 d1 m2 d2 m3 d3
-      if timeout 30 "$DMNBD" --control "$RAID/d-ctl.sock" create "dt$i" --table "$tbl" > "$RAID/create.out" 2>&1 < /dev/null; then
-        raid_out "status D4 $i first [$(raid_st "$RAID/d-ctl.sock" "dt$i")]"
-        raid_out "table D4 $i [$(timeout 10 "$DMNBD" --control "$RAID/d-ctl.sock" table "dt$i" 2>&1)]"
-        # (only its strings count: removed again, so the SIGTERM below stops
-        # the five sets of step 1 and nothing else)
-        timeout 30 "$DMNBD" --control "$RAID/d-ctl.sock" remove "dt$i" > "$RAID/remove.out" 2>&1 < /dev/null \
-          || notok "raid 4.$i: dmnbd remove dt$i failed: $(tr '\n' ' ' < "$RAID/remove.out")"
-      else
-        raid_out "refused D4 $i $(tr '\n' ' ' < "$RAID/create.out")"
-      fi
-    done
-    TS=$(date +%s.%N)
-    if raid_stop; then ok "raid 1: dmnbd (the writer) stopped cleanly on SIGTERM"; else notok "raid 1: dmnbd (the writer) did not exit 0 within 15 s of SIGTERM"; fi
-    log "raid 1: dmnbd (the writer) took $(awk -v a="$TS" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s to stop after SIGTERM"
+    raid_stop "raid 1: dmnbd (the writer)"
     log "raid 1: dmnbd wrote P on $(raid_sets | tr '\n' ' ')in $(awk -v a="$TR" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s: $(grep '^status D1 .* written' "$RAID/dmnbd.out" | sed 's/^status D1 //; s/ written / /' | tr '\n' ';')"
   else
     notok "raid 1: dmnbd did not start with the raid tables (see $RAID/server.log)"
@@ -909,7 +926,7 @@ if [ "$RUN_RAID" = 1 ]; then
   if raid_start "$RAID/r.yaml" "$RAID/r.sock"; then
     for s in $KSETS; do raid_out "status D2 $s first [$(raid_st "$RAID/r-ctl.sock" "kr-$s")]"; done
     for s in $DSETS; do raid_out "status Ddeg $s first [$(raid_st "$RAID/r-ctl.sock" "dg-$s")]"; done
-    for i in 1 2 3 4 5; do
+    for i in 01 02 03 04 05 06 07 08 09 10; do
       sleep 0.2
       for s in $KSETS; do raid_out "status D2 $s poll$i [$(raid_st "$RAID/r-ctl.sock" "kr-$s")]"; done
     done
@@ -919,9 +936,7 @@ if [ "$RUN_RAID" = 1 ]; then
     done
     "$PY" "$HERE/raid.py" sha "$RAID/r.sock" $(for s in $KSETS; do echo "kr-$s"; done) | sed 's/^kr-\([^ ]*\) /sha D2 \1 /' >> "$RAID/dmnbd.out"
     "$PY" "$HERE/raid.py" sha "$RAID/r.sock" $(for s in $DSETS; do echo "dg-$s"; done) | sed 's/^dg-\([^ ]*\) /sha Ddeg \1 /' >> "$RAID/dmnbd.out"
-    TS=$(date +%s.%N)
-    if raid_stop; then ok "raid 2: dmnbd (over the kernel's files) stopped cleanly on SIGTERM"; else notok "raid 2: dmnbd (over the kernel's files) did not exit 0 within 15 s of SIGTERM"; fi
-    log "raid 2: dmnbd (over the kernel's files) took $(awk -v a="$TS" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s to stop after SIGTERM"
+    raid_stop "raid 2: dmnbd (over the kernel's files)"
   else
     notok "raid 2: dmnbd did not start over the kernel's raid files (see $RAID/server.log)"
   fi
