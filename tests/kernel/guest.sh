@@ -514,26 +514,46 @@ mirror() {
 # ("data-check done" lines in dmesg) | refused STEP SET REASON.
 raid_out() { echo "NBDVM-RAID $*"; }
 raid_nb=16
-raid_attach() { # KEY STEP SET EXPORT-PREFIX ROLES...: the next free /dev/nbdN each; $rdev_KEY_ROLE
-  # (all of a set's exports at once: one nbd-client takes ~0.35 s under TCG)
-  ra_k=$1 ra_s=$2 ra_n=$3 ra_p=$4 ra_0=$raid_nb; shift 4
+# raid_attach KEY STEP SET EXPORT-PREFIX ROLES...: the next free /dev/nbdN
+# each ($rdev_KEY_ROLE), in the background: one nbd-client takes ~0.35 s
+# under TCG, so every set's exports are attached at once. raid_attached then
+# waits for them all and reports; $ra_fail_KEY is 1 when one failed.
+raid_pending=""
+raid_attach() {
+  ra_k=$1 ra_s=$2 ra_n=$3 ra_p=$4; shift 4
+  eval "ra_fail_$ra_k=0"
   for r in "$@"; do
     (attach /dev/nbd$raid_nb "r-$ra_p$r" -b 512 < /dev/null > /tmp/ra$raid_nb.out 2>&1; echo $? > /tmp/ra$raid_nb.rc) &
     eval "rdev_${ra_k}_$r=/dev/nbd$raid_nb"
+    raid_pending="$raid_pending $raid_nb:$ra_k:$ra_s:$ra_n:$ra_p$r:$r"
     raid_nb=$((raid_nb + 1))
   done
+}
+raid_attached() {
   wait
-  ra_ok=0 nb=$ra_0
-  for r in "$@"; do
-    if [ "$(cat /tmp/ra$nb.rc)" = 0 ]; then
-      res "raid-attach-$ra_p$r" PASS
-      raid_out dev "$ra_s" "$ra_n" "$r" "$(cat /sys/block/nbd$nb/dev)"
+  for x in $raid_pending; do
+    oifs=$IFS; IFS=:; set -- $x; IFS=$oifs
+    if [ "$(cat /tmp/ra$1.rc)" = 0 ]; then
+      res "raid-attach-$5" PASS
+      raid_out dev "$3" "$4" "$6" "$(cat /sys/block/nbd$1/dev)"
     else
-      sed 's/^/    | /' /tmp/ra$nb.out; res "raid-attach-$ra_p$r" FAIL "(nbd$nb)"; ra_ok=1
+      sed 's/^/    | /' /tmp/ra$1.out; res "raid-attach-$5" FAIL "(nbd$1)"; eval "ra_fail_$2=1"
     fi
-    nb=$((nb + 1))
   done
-  return $ra_ok
+  raid_pending=""
+}
+raid_ok() { [ "$(eval "echo \$ra_fail_$1")" = 0 ]; }
+# raid_statuses NAMES...: their statuses with one dmsetup call, to
+# /tmp/raid.st as "NAME: STATUS" (dmsetup puts the name first only when it
+# lists more than one device)
+raid_statuses() {
+  if [ $# = 1 ]; then echo "$1: $(dmsetup status "$1" < /dev/null)" > /tmp/raid.st
+  else dmsetup status < /dev/null > /tmp/raid.st; fi
+}
+# raid_st_out STEP PHASE: a status line for each rd-SET of /tmp/raid.st
+raid_st_out() {
+  awk -v st="$1" -v ph="$2" '/^rd-[^:]*: / {n = substr($1, 4, length($1) - 4); sub(/^[^:]*: /, "");
+    print "NBDVM-RAID status " st " " n " " ph " [" $0 "]"}' /tmp/raid.st
 }
 raid_table() { # KEY FILE: the table with KEY's devices
   tt=$(cat "$2")
@@ -571,16 +591,16 @@ raid() {
   modprobe dm-raid || { res modprobe-dm-raid FAIL; return; }
   # 1 and 3: dmnbd's files, every set at once
   up1=""
+  for s in $(cut -d' ' -f1 /etc/raid/sets); do raid_attach "d$s" 1 "$s" "dc-$s-" $(raid_roles "$s"); done
+  raid_attached
   for s in $(cut -d' ' -f1 /etc/raid/sets); do
-    raid_attach "d$s" 1 "$s" "dc-$s-" $(raid_roles "$s") &&
-      raid_create 1 "$s" "rd-$s" "$(raid_table "d$s" /etc/raid/$s.table)" && up1="$up1 $s"
+    raid_ok "d$s" && raid_create 1 "$s" "rd-$s" "$(raid_table "d$s" /etc/raid/$s.table)" && up1="$up1 $s"
   done
   ta=$(up)
-  for s in $up1; do raid_out status 1 "$s" first "[$(dmsetup status rd-$s)]"; done
-  for i in 01 02 03 04 05 06 07 08 09 10; do
-    sleep 0.2
-    for s in $up1; do raid_out status 1 "$s" poll$i "[$(dmsetup status rd-$s)]"; done
-  done
+  # (one dmsetup call per round: 50 of them took 5 s under TCG)
+  rd=$(for s in $up1; do echo rd-$s; done)
+  raid_statuses $rd; raid_st_out 1 first
+  for i in 01 02 03 04 05 06 07 08 09 10; do sleep 0.2; raid_statuses $rd; raid_st_out 1 poll$i; done
   tp=$(up)
   for s in $up1; do
     raid_out sha 1 "$s" "$(sha /dev/mapper/rd-$s)"
@@ -613,9 +633,10 @@ raid() {
   t1=$(up)
   # 2. the kernel writes
   up2=""
+  for s in $(cat /etc/raid/ksets); do raid_attach "k$s" 2 "$s" "k-$s-" $(raid_roles "$s"); done
+  raid_attached
   for s in $(cat /etc/raid/ksets); do
-    raid_attach "k$s" 2 "$s" "k-$s-" $(raid_roles "$s") &&
-      raid_create 2 "$s" "rk-$s" "$(raid_table "k$s" /etc/raid/$s.table)" && up2="$up2 $s"
+    raid_ok "k$s" && raid_create 2 "$s" "rk-$s" "$(raid_table "k$s" /etc/raid/$s.table)" && up2="$up2 $s"
   done
   for s in $up2; do raid_out status 2 "$s" first "[$(dmsetup status rk-$s)]"; done
   for s in $up2; do
@@ -632,7 +653,9 @@ raid() {
   t2=$(up)
   # 4. table strings (the tables are read up front: nothing in the loop may
   # eat its stdin)
-  if raid_attach t 4 t t- m0 d0 m1 d1 m2 d2 m3 d3; then
+  raid_attach t 4 t t- m0 d0 m1 d1 m2 d2 m3 d3
+  raid_attached
+  if raid_ok t; then
     tn=0
     while [ $tn -lt "$(wc -l < /etc/raid/tables)" ]; do
       tn=$((tn + 1)) tbl=$(sed -n "${tn}p" /etc/raid/tables)
