@@ -3,7 +3,7 @@
 # nbd-client / dmsetup / e2fsprogs, the host-built static /sbin/blkprobe).
 # Parameters come from /etc/nbdvm.env (written by run.sh):
 #   NBD_HOST NBD_PORT   where dmnbd answers (QEMU forwards it to the host's socket)
-#   RUN_E2E RUN_ORACLE RUN_LW RUN_SNAP RUN_MIRROR  1 or 0
+#   RUN_E2E RUN_ORACLE RUN_LW RUN_SNAP RUN_MIRROR RUN_RAID  1 or 0
 #   LW_SEQ              the log-writes sequence (run.sh's LW_SEQ; the host runs
 #                       the same one against dmnbd's log-writes)
 #   ERR_OUT             byte offset in /dev/vda for the copy of the error device
@@ -17,6 +17,7 @@
 #                       sets 0 when dmnbd's files are byte-identical to them)
 # Snapshot sequences: /etc/snap/ops, ops2, data.bin (snapshot.py prepare).
 # Mirror: /etc/mirror/a.bin (pattern A), leg1s.table, tables (mirror.py prepare).
+# Raid: /etc/raid/ (raid.py prepare; see raid() below).
 # Oracle plan: /etc/oracle/backing ("LETTER /dev/nbdN EXPORT" per line),
 # /etc/oracle/plan ("NAME OUT_OFFSET" per line), /etc/oracle/NAME.table.
 # Output protocol (serial console, parsed by run.sh / oracle.py):
@@ -28,6 +29,7 @@
 #   NBDVM-LW <op> <result>                   one step of the log-writes sequence
 #   NBDVM-SNAP sha|status|merge <dev> …      the kernel's snapshot after a sequence
 #   NBDVM-MIRROR dev|status|table|polls …    the kernel's mirror (mirror.py check)
+#   NBDVM-RAID dev|status|table|sha|…        the kernel's raid (raid.py check)
 #   NBDVM-RESULT: PASS|FAIL
 export DM_DISABLE_UDEV=1
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
@@ -66,8 +68,9 @@ hwqueues() { ls /sys/block/${1#/dev/}/mq 2>/dev/null | wc -l; }
 # count) and sends what queue i dispatches over connection i
 hwq_runs() { cat /sys/kernel/debug/block/${1#/dev/}/hctx$2/run 2>/dev/null || echo 0; }
 
-for m in virtio_pci virtio_net virtio_blk nbd dm-mod; do
-  modprobe $m || res "modprobe-$m" FAIL
+# (nbds_max=80: the raid stage keeps 51 exports attached, from nbd16 up)
+for m in virtio_pci virtio_net virtio_blk "nbd nbds_max=80" dm-mod; do
+  modprobe $m || res "modprobe-${m%% *}" FAIL
 done
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 ip link set lo up; ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0
@@ -487,11 +490,195 @@ mirror() {
   echo "NBDVM-TIME mirror $t -> $(up) (1: $t -> $t1, 2: $t1 -> $t2, 3: $t2 -> $t3, detach: $t3 -> $(up))"
 }
 
+# ------------------------------------------------------------------ raid
+# The kernel's dm-raid against dmnbd's raid (run.sh, raid.py). /etc/raid/:
+# sets ("SET LENGTH ROLES..."), SET.table and SET.degraded (placeholders $M0
+# $D0 ... for the metadata and data devices), ksets, checked, tables, k.bin.
+# Every export gets a /dev/nbdN of its own from nbd16 up (nbd is loaded with
+# nbds_max=80) and stays attached until the poweroff: this stage runs last,
+# and attaching and detaching set after set cost ~0.35 s per export under
+# TCG, 18 s for the 51 here.
+#  1. all sets at once over copies of dmnbd's files (exports r-dc-SET-ROLE):
+#     create, the first status and 10 more 0.2 s apart (no resync may start),
+#     sha256, table;
+#  3. for the sets in "checked": "message 0 check" (all at once), wait for
+#     idle, status; remove; then (1deg) the SET.degraded tables: status,
+#     sha256.
+#  2. for the sets in "ksets", over zeroed files (r-k-SET-ROLE): create, wait
+#     for the resync, write k.bin (dd oflag=direct), status, sha256, table,
+#     suspend, remove; the host hands the files to dmnbd.
+#  4. every table of "tables" over scratch exports r-t-ROLE (metadata zeroed
+#     before each, so each is a new set): status, table, remove.
+# The lines: NBDVM-RAID dev STEP SET ROLE MAJ:MIN | status STEP SET PHASE
+# [LINE] | table STEP SET [LINE] | sha STEP SET HEX | checkrun 1 all N
+# ("data-check done" lines in dmesg) | refused STEP SET REASON.
+raid_out() { echo "NBDVM-RAID $*"; }
+raid_nb=16
+# raid_attach KEY STEP SET EXPORT-PREFIX ROLES...: the next free /dev/nbdN
+# each ($rdev_KEY_ROLE), in the background: one nbd-client takes ~0.35 s
+# under TCG, so every set's exports are attached at once. raid_attached then
+# waits for them all and reports; $ra_fail_KEY is 1 when one failed.
+raid_pending=""
+raid_attach() {
+  ra_k=$1 ra_s=$2 ra_n=$3 ra_p=$4; shift 4
+  eval "ra_fail_$ra_k=0"
+  for r in "$@"; do
+    (attach /dev/nbd$raid_nb "r-$ra_p$r" -b 512 < /dev/null > /tmp/ra$raid_nb.out 2>&1; echo $? > /tmp/ra$raid_nb.rc) &
+    eval "rdev_${ra_k}_$r=/dev/nbd$raid_nb"
+    raid_pending="$raid_pending $raid_nb:$ra_k:$ra_s:$ra_n:$ra_p$r:$r"
+    raid_nb=$((raid_nb + 1))
+  done
+}
+raid_attached() {
+  wait
+  for x in $raid_pending; do
+    oifs=$IFS; IFS=:; set -- $x; IFS=$oifs
+    if [ "$(cat /tmp/ra$1.rc)" = 0 ]; then
+      res "raid-attach-$5" PASS
+      raid_out dev "$3" "$4" "$6" "$(cat /sys/block/nbd$1/dev)"
+    else
+      sed 's/^/    | /' /tmp/ra$1.out; res "raid-attach-$5" FAIL "(nbd$1)"; eval "ra_fail_$2=1"
+    fi
+  done
+  raid_pending=""
+}
+raid_ok() { [ "$(eval "echo \$ra_fail_$1")" = 0 ]; }
+# raid_statuses NAMES...: their statuses with one dmsetup call, to
+# /tmp/raid.st as "NAME: STATUS" (dmsetup puts the name first only when it
+# lists more than one device)
+raid_statuses() {
+  if [ $# = 1 ]; then echo "$1: $(dmsetup status "$1" < /dev/null)" > /tmp/raid.st
+  else dmsetup status < /dev/null > /tmp/raid.st; fi
+}
+# raid_st_out STEP PHASE: a status line for each rd-SET of /tmp/raid.st
+raid_st_out() {
+  awk -v st="$1" -v ph="$2" '/^rd-[^:]*: / {n = substr($1, 4, length($1) - 4); sub(/^[^:]*: /, "");
+    print "NBDVM-RAID status " st " " n " " ph " [" $0 "]"}' /tmp/raid.st
+}
+raid_table() { # KEY FILE: the table with KEY's devices
+  tt=$(cat "$2")
+  for r in m0 d0 m1 d1 m2 d2 m3 d3; do
+    dv=$(eval "echo \"\${rdev_$1_$r:-}\"")
+    [ -n "$dv" ] && tt=$(echo "$tt" | sed "s#[\$]$(echo $r | tr a-z A-Z)#$dv#g")
+  done
+  echo "$tt"
+}
+raid_roles() { awk -v n="$1" '$1 == n {$1 = $2 = ""; print}' /etc/raid/sets; }
+raid_create() { # STEP SET NAME TABLE: dmsetup create, or a "refused" line with the kernel's reason
+  n0=$(dmesg | wc -l)
+  dmsetup create "$3" --table "$4" < /dev/null > /tmp/dm.out 2>&1 && return 0
+  why=$(dmesg | tail -n +$((n0 + 1)) | grep -iE 'device-mapper|md/raid|md:' | tail -3 | sed 's/^\[[ 0-9.]*\] //' | tr '\n' ' ')
+  raid_out refused "$1" "$2" "${why:-$(tr '\n' ' ' < /tmp/dm.out)}"
+  res "raid-$1-$2-create" FAIL "(${why:-$(tr '\n' ' ' < /tmp/dm.out)})"
+  return 1
+}
+# raid_wait NAME: until idle, progress total/total and no "a" (60 s at most);
+# rw_st the last status
+raid_wait() {
+  rw_i=0
+  while :; do
+    rw_st=$(dmsetup status "$1" < /dev/null)
+    rw_h=$(echo "$rw_st" | awk '{print $6}') rw_p=$(echo "$rw_st" | awk '{print $7}') rw_a=$(echo "$rw_st" | awk '{print $8}')
+    if [ "$rw_a" = idle ] && [ -n "$rw_p" ] && [ "${rw_p%/*}" = "${rw_p#*/}" ]; then
+      case $rw_h in *a*) ;; *) return 0;; esac
+    fi
+    rw_i=$((rw_i + 1)); [ $rw_i -ge 600 ] && return 1
+    sleep 0.1
+  done
+}
+raid() {
+  t=$(up)
+  modprobe dm-raid || { res modprobe-dm-raid FAIL; return; }
+  # 1 and 3: dmnbd's files, every set at once
+  up1=""
+  for s in $(cut -d' ' -f1 /etc/raid/sets); do raid_attach "d$s" 1 "$s" "dc-$s-" $(raid_roles "$s"); done
+  raid_attached
+  for s in $(cut -d' ' -f1 /etc/raid/sets); do
+    raid_ok "d$s" && raid_create 1 "$s" "rd-$s" "$(raid_table "d$s" /etc/raid/$s.table)" && up1="$up1 $s"
+  done
+  ta=$(up)
+  # (one dmsetup call per round: 50 of them took 5 s under TCG)
+  rd=$(for s in $up1; do echo rd-$s; done)
+  raid_statuses $rd; raid_st_out 1 first
+  for i in 01 02 03 04 05 06 07 08 09 10; do sleep 0.2; raid_statuses $rd; raid_st_out 1 poll$i; done
+  tp=$(up)
+  for s in $up1; do
+    raid_out sha 1 "$s" "$(sha /dev/mapper/rd-$s)"
+    raid_out table 1 "$s" "[$(dmsetup table rd-$s)]"
+  done
+  ts=$(up)
+  n0=$(dmesg | grep -c 'data-check done')
+  ck=""
+  for s in $up1; do
+    grep -qw "$s" /etc/raid/checked || continue
+    chk "raid-3-$s-message-check" dmsetup message rd-$s 0 check && ck="$ck $s"
+    raid_out status 1 "$s" checking "[$(dmsetup status rd-$s)]"
+  done
+  for s in $ck; do
+    raid_wait rd-$s || res "raid-3-$s-check-finished" FAIL "(after 60 s: $rw_st)"
+    raid_out status 1 "$s" checked "[$rw_st]"
+  done
+  raid_out checkrun 1 all $(( $(dmesg | grep -c 'data-check done') - n0 ))
+  tc=$(up)
+  for s in $up1; do chk "raid-1-$s-remove" dmsetup remove rd-$s; done
+  tr=$(up)
+  for s in $up1; do
+    [ -f /etc/raid/$s.degraded ] || continue
+    raid_create 1deg "$s" "rg-$s" "$(raid_table "d$s" /etc/raid/$s.degraded)" || continue
+    raid_out status 1deg "$s" first "[$(dmsetup status rg-$s)]"
+    raid_out sha 1deg "$s" "$(sha /dev/mapper/rg-$s)"
+    raid_out table 1deg "$s" "[$(dmsetup table rg-$s)]"
+    chk "raid-1deg-$s-remove" dmsetup remove rg-$s
+  done
+  t1=$(up)
+  # 2. the kernel writes
+  up2=""
+  for s in $(cat /etc/raid/ksets); do raid_attach "k$s" 2 "$s" "k-$s-" $(raid_roles "$s"); done
+  raid_attached
+  for s in $(cat /etc/raid/ksets); do
+    raid_ok "k$s" && raid_create 2 "$s" "rk-$s" "$(raid_table "k$s" /etc/raid/$s.table)" && up2="$up2 $s"
+  done
+  for s in $up2; do raid_out status 2 "$s" first "[$(dmsetup status rk-$s)]"; done
+  for s in $up2; do
+    D=/dev/mapper/rk-$s
+    raid_wait rk-$s || res "raid-2-$s-resync-finished" FAIL "(after 60 s: $rw_st)"
+    raid_out status 2 "$s" sync "[$rw_st]"
+    chk "raid-2-$s-write-K" dd if=/etc/raid/k.bin of=$D bs=65536 count=$(($(blockdev --getsz $D) / 128)) oflag=direct conv=notrunc status=none
+    raid_out status 2 "$s" written "[$(dmsetup status rk-$s)]"
+    raid_out sha 2 "$s" "$(sha $D)"
+    raid_out table 2 "$s" "[$(dmsetup table rk-$s)]"
+    chk "raid-2-$s-suspend" dmsetup suspend rk-$s
+    chk "raid-2-$s-remove" dmsetup remove rk-$s
+  done
+  t2=$(up)
+  # 4. table strings (the tables are read up front: nothing in the loop may
+  # eat its stdin)
+  raid_attach t 4 t t- m0 d0 m1 d1 m2 d2 m3 d3
+  raid_attached
+  if raid_ok t; then
+    tn=0
+    while [ $tn -lt "$(wc -l < /etc/raid/tables)" ]; do
+      tn=$((tn + 1)) tbl=$(sed -n "${tn}p" /etc/raid/tables)
+      for r in m0 m1 m2 m3; do
+        dd if=/dev/zero of=$(eval "echo \$rdev_t_$r") bs=65536 count=1 oflag=direct conv=notrunc status=none < /dev/null
+      done
+      echo "$tbl" > /tmp/raid4.table
+      raid_create 4 $tn rt "$(raid_table t /tmp/raid4.table)" || continue
+      raid_out status 4 $tn first "[$(dmsetup status rt < /dev/null)]"
+      raid_out table 4 $tn "[$(dmsetup table rt < /dev/null)]"
+      chk "raid-4.$tn-remove" dmsetup remove rt < /dev/null
+    done
+  fi
+  dmesg | grep -E 'md/raid|md:|dm-raid|raid' | tail -25 | sed 's/^/NBDVM-DMESG raid /'
+  echo "NBDVM-TIME raid $t -> $(up) (1+3: $t -> $t1: attach+create -> $ta, polls -> $tp, sha -> $ts, check -> $tc, remove -> $tr, degraded -> $t1; 2: $t1 -> $t2, 4: $t2 -> $(up))"
+}
+
 [ "${RUN_E2E:-1}" = 1 ] && { e2e_ext4; e2e_readonly; e2e_error; }
 [ "${RUN_ORACLE:-1}" = 1 ] && oracle
 [ "${RUN_LW:-1}" = 1 ] && logwrites
 [ "${RUN_SNAP:-1}" = 1 ] && snapshot
 [ "${RUN_MIRROR:-1}" = 1 ] && mirror
+[ "${RUN_RAID:-1}" = 1 ] && raid
 echo "NBDVM-TARGETS $(dmsetup targets | tr '\n' ' ')"
 # kernel messages were kept off the console (loglevel=3); show the interesting ones
 dmesg | grep -iE 'nbd|device-mapper|EXT4|I/O error|blk_update' | tail -40 | sed 's/^/NBDVM-DMESG /'

@@ -2,7 +2,7 @@
 # run.sh - dmnbd under the REAL Linux kernel: nbd client, ext4 and device-mapper
 # in a QEMU guest booted from Debian's own kernel package (ctest: kernel.vm).
 #
-#   bash tests/kernel/run.sh [--tables FILE]... [--only e2e|oracle|logwrites|snapshot|mirror] [--keep]
+#   bash tests/kernel/run.sh [--tables FILE]... [--only e2e|oracle|logwrites|snapshot|mirror|raid] [--keep]
 #
 # One guest boot runs everything:
 #  e2e     nbd-client attach (1 and 2 connections), mkfs.ext4, mount, write,
@@ -35,6 +35,16 @@
 #          the kernel's files; both must match the model (legs, log bytes).
 #          Status and table strings of core/disk logs, sync/nosync and the
 #          features are compared for the same tables.
+#  raid    dmnbd's raid and the kernel's dm-raid (raid.py): dmnbd writes a
+#          pattern through raid1, raid10 near/far/offset (with metadata) and
+#          raid0 (without) before the boot; the kernel assembles copies of its
+#          files with the same tables: all A, total/total idle, no resync, the
+#          same bytes, also with a leg missing ("- -"), and "check" finds no
+#          mismatch. The kernel creates raid1 and raid10 near over zeroed
+#          files and writes; after the boot dmnbd assembles them: idle at
+#          once, the same bytes, the kernel's status line; the superblocks
+#          and bitmap headers of both writers agree field by field. Table
+#          strings of raid1/raid10 options are compared for the same tables.
 #
 # dmnbd ($DMNBD, default build/dmnbd) is started here on a unix socket in a temp
 # dir and stopped by PID at the end; QEMU forwards the guest's connections to it.
@@ -49,7 +59,7 @@ DMNBD=${DMNBD:-$HERE/../../build/dmnbd}
 PY=/usr/bin/python3
 TEST_NAME=kernel.vm
 LISTS=("$HERE/oracle-tables.txt")
-RUN_E2E=1 RUN_ORACLE=1 RUN_LW=1 RUN_SNAP=1 RUN_MIRROR=1
+RUN_E2E=1 RUN_ORACLE=1 RUN_LW=1 RUN_SNAP=1 RUN_MIRROR=1 RUN_RAID=1
 KEEP=${KEEP_WORK:-0}
 IFS=: read -r -a _extra <<< "${DMNBD_ORACLE_TABLES:-}"
 for f in "${_extra[@]}"; do [ -n "$f" ] && LISTS+=("$f"); done
@@ -57,12 +67,12 @@ while [ $# -gt 0 ]; do
   case $1 in
     --tables) LISTS+=("$2"); shift 2;;
     --only) case $2 in
-              e2e|oracle|logwrites|snapshot|mirror)
-                RUN_E2E=0 RUN_ORACLE=0 RUN_LW=0 RUN_SNAP=0 RUN_MIRROR=0
+              e2e|oracle|logwrites|snapshot|mirror|raid)
+                RUN_E2E=0 RUN_ORACLE=0 RUN_LW=0 RUN_SNAP=0 RUN_MIRROR=0 RUN_RAID=0
                 case $2 in
-                  e2e) RUN_E2E=1;; oracle) RUN_ORACLE=1;; logwrites) RUN_LW=1;; snapshot) RUN_SNAP=1;; mirror) RUN_MIRROR=1;;
+                  e2e) RUN_E2E=1;; oracle) RUN_ORACLE=1;; logwrites) RUN_LW=1;; snapshot) RUN_SNAP=1;; mirror) RUN_MIRROR=1;; raid) RUN_RAID=1;;
                 esac;;
-              *) echo "--only e2e|oracle|logwrites|snapshot|mirror" >&2; exit 2;;
+              *) echo "--only e2e|oracle|logwrites|snapshot|mirror|raid" >&2; exit 2;;
             esac; shift 2;;
     --keep) KEEP=1; shift;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0;;
@@ -82,7 +92,7 @@ ok() { echo "ok - $*"; PASSED=$((PASSED + 1)); }
 notok() { echo "not ok - $*"; FAILED=$((FAILED + 1)); FIRST_FAIL=${FIRST_FAIL:-$*}; }
 check() { local d=$1; shift; if "$@"; then ok "$d"; else notok "$d"; fi; }
 
-WORK="" SHM_DIR="" SERVER_PID="" SNAP_PID="" MIR_PID="" FINISHED=0
+WORK="" SHM_DIR="" SERVER_PID="" SNAP_PID="" MIR_PID="" RAID_PID="" FINISHED=0
 stop_server() { local pid=$SERVER_PID; SERVER_PID=""; stop_pid "$pid"; }
 stop_pid() { # SIGTERM by PID; the server must exit 0 within 15 s
   local pid=$1 rc i
@@ -99,6 +109,7 @@ on_exit() {
   [ -n "$SERVER_PID" ] && { stop_server || true; }
   [ -n "$SNAP_PID" ] && { stop_pid "$SNAP_PID" || true; }
   [ -n "$MIR_PID" ] && { stop_pid "$MIR_PID" || true; }
+  [ -n "$RAID_PID" ] && { stop_pid "$RAID_PID" || true; }
   [ -n "$SHM_DIR" ] && rm -rf "$SHM_DIR"
   if [ "$FINISHED" = 0 ] && [ "$rc" != 77 ]; then
     [ -n "$WORK" ] && echo "# work dir kept: $WORK" >&2
@@ -341,6 +352,106 @@ if [ "$RUN_MIRROR" = 1 ]; then
   fi
 fi
 
+# raid (raid.py; guest.sh raid()): files RAID/PREFIX-SET-ROLE.img. d-*: dmnbd
+# writes pattern P through its raid sets here, before the boot (D1), and its
+# table strings for step 4 go over dt<i>-* (D4); the guest's kernel gets
+# copies (dc-*, exports r-dc-*) to assemble, check and run degraded; dg-*
+# (copies too) are for dmnbd's degraded run after the boot. k-*: zeroed, the
+# kernel creates r1 and r10n over them and writes pattern K (exports r-k-*);
+# after the boot dmnbd assembles copies (kr-*, D2). t-*: the kernel's scratch
+# for step 4 (exports r-t-*). dmnbd's lines go to RAID/dmnbd.out (raid.py's
+# format).
+RAID=$WORK/raid
+raid_start() { # CFG SOCK: a dmnbd of its own for the raid sets
+  stage_serve "$1" "$2" "$RAID/server.log" raid; local rc=$?
+  RAID_PID=$SERVED_PID
+  return $rc
+}
+# raid_stop WHAT: SIGTERM; it must exit 0 within 15 s like every server here.
+# It is given 30 s before SIGKILL, so a late exit still leaves the files as
+# dmnbd finishes them (the checks after it read them) and is told apart
+# from a hang.
+raid_stop() {
+  local pid=$RAID_PID rc i t
+  RAID_PID=""
+  t=$(date +%s.%N)
+  kill -TERM "$pid" 2>/dev/null
+  for i in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -KILL "$pid"; wait "$pid" 2>/dev/null
+    notok "$1 did not exit within 30 s of SIGTERM (killed)"
+    return 1
+  fi
+  wait "$pid"; rc=$?
+  t=$(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+  check "$1 exited 0 on SIGTERM (exit $rc, after $t s)" test "$rc" = 0
+  check "$1 exited within 15 s of SIGTERM, as every server of this test must (took $t s)" \
+    awk -v t="$t" 'BEGIN{exit !(t < 15)}'
+}
+raid_out() { echo "$*" >> "$RAID/dmnbd.out"; }
+raid_st() { timeout 10 "$DMNBD" --control "$1" status "$2" 2>&1; }
+# raid_wait CTL NAME: until idle, total/total and no "a" (60 s at most)
+raid_wait() {
+  local st i=0 w
+  while :; do
+    st=$(raid_st "$1" "$2"); read -r -a w <<< "$st"
+    [ "${w[7]:-}" = idle ] && [ -n "${w[6]:-}" ] && [ "${w[6]%/*}" = "${w[6]#*/}" ] &&
+      [[ ${w[5]} != *a* ]] && return 0
+    i=$((i + 1)); [ $i -ge 600 ] && return 1
+    sleep 0.1
+  done
+}
+raid_devs() { # STEP SET FILE-PREFIX ROLES...: which path is which role
+  local s=$1 n=$2 p=$3 r; shift 3
+  for r in "$@"; do raid_out "dev $s $n $r $RAID/$p$r.img"; done
+}
+raid_sets() { cut -d' ' -f1 "$RAID/sets"; }
+raid_roles() { awk -v n="$1" '$1 == n {$1 = $2 = ""; print}' "$RAID/sets"; }
+raid_len() { awk -v n="$1" '$1 == n {print $2}' "$RAID/sets"; }
+if [ "$RUN_RAID" = 1 ]; then
+  "$PY" "$HERE/raid.py" prepare "$WORK" > "$WORK/raid-prepare.out" || die "raid.py prepare failed"
+  : > "$RAID/dmnbd.out"
+  {
+    printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$RAID/d.sock" "$RAID/d-ctl.sock"
+    for s in $(raid_sets); do printf '  - name: d-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/d-$s.table")"; done
+  } > "$RAID/d.yaml"
+  TR=$(date +%s.%N)
+  if raid_start "$RAID/d.yaml" "$RAID/d.sock"; then
+    # step 4's table strings, one "dmnbd create" each over files of its own;
+    # first, so that their resyncs are long over at the stop (dmnbd holds up
+    # a raid set's removal, and so its stop, for ~10 s after the set's last
+    # resync or write)
+    for i in $(seq "$(ls "$RAID"/tab/dt*.table | wc -l)"); do
+      tbl=$(cat "$RAID/tab/dt$i.table")
+      raid_devs D4 "$i" "dt$i-" m0 d0 m1 d1 m2 d2 m3 d3
+      if timeout 30 "$DMNBD" --control "$RAID/d-ctl.sock" create "dt$i" --table "$tbl" > "$RAID/create.out" 2>&1 < /dev/null; then
+        raid_out "status D4 $i first [$(raid_st "$RAID/d-ctl.sock" "dt$i")]"
+        raid_out "table D4 $i [$(timeout 10 "$DMNBD" --control "$RAID/d-ctl.sock" table "dt$i" 2>&1)]"
+      else
+        raid_out "refused D4 $i $(tr '\n' ' ' < "$RAID/create.out")"
+      fi
+    done
+    for s in $(raid_sets); do
+      # (write and read only once the first resync is done: its reads and
+      # writes would otherwise race with P's)
+      raid_wait "$RAID/d-ctl.sock" "d-$s" || raid_out "status D1 $s resync-timeout [$(raid_st "$RAID/d-ctl.sock" "d-$s")]"
+      timeout 120 "$PY" "$HERE/raid.py" write "$RAID/d.sock" "d-$s" "$RAID/p.img" "$(raid_len "$s")" >> "$RAID/write.out" 2>&1 \
+        || raid_out "refused D1 $s writing P failed: $(tail -1 "$RAID/write.out")"
+      raid_wait "$RAID/d-ctl.sock" "d-$s"
+      raid_devs D1 "$s" "d-$s-" $(raid_roles "$s")
+      raid_out "status D1 $s written [$(raid_st "$RAID/d-ctl.sock" "d-$s")]"
+      raid_out "table D1 $s [$(timeout 10 "$DMNBD" --control "$RAID/d-ctl.sock" table "d-$s" 2>&1)]"
+    done
+    "$PY" "$HERE/raid.py" sha "$RAID/d.sock" $(raid_sets | sed 's/^/d-/') | sed 's/^d-\([^ ]*\) /sha D1 \1 /' >> "$RAID/dmnbd.out"
+    raid_stop "raid 1: dmnbd (the writer)"
+    log "raid 1: dmnbd wrote P on $(raid_sets | tr '\n' ' ')in $(awk -v a="$TR" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s: $(grep '^status D1 .* written' "$RAID/dmnbd.out" | sed 's/^status D1 //; s/ written / /' | tr '\n' ';')"
+  else
+    notok "raid 1: dmnbd did not start with the raid tables (see $RAID/server.log)"
+  fi
+  # the kernel assembles copies; d-* stay as dmnbd left them
+  for f in "$RAID"/d-*.img; do b=${f##*/}; cp "$f" "$RAID/dc-${b#d-}"; cp "$f" "$RAID/dg-${b#d-}"; done
+fi
+
 OUT_SIZE=0
 if [ "$RUN_ORACLE" = 1 ]; then
   OUT_SIZE=$("$PY" "$HERE/oracle.py" plan "$WORK" "$OUT_START" "${LISTS[@]}") || die "oracle.py plan failed"
@@ -377,10 +488,11 @@ MIR_L=${MIR_L:-0}
 MIR_REGION=${MIR_REGION:-0}
 MIR_D=$MIR_D
 MIR_M=$MIR_M
+RUN_RAID=$RUN_RAID
 export NBD_HOST NBD_PORT RUN_E2E RUN_ORACLE RUN_LW LW_SEQ ERR_OUT RUN_SNAP SNAP_SIZE
 export SNAP_D_SHA_S8 SNAP_D_SHA_S128 SNAP_D_SHA_BASE SNAP_D_STATUS_S8 SNAP_D_STATUS_S128
 export SNAP_C_SHA_S8 SNAP_C_SHA_S128 SNAP_C_SHA_BASE SNAP_C_STATUS_S8 SNAP_C_STATUS_S128
-export RUN_MIRROR MIR_L MIR_REGION MIR_D MIR_M
+export RUN_MIRROR MIR_L MIR_REGION MIR_D MIR_M RUN_RAID
 EOF
 
 # ------------------------------------------------------------ dmnbd
@@ -436,6 +548,15 @@ EOF
         [ -e "$f" ] || continue
         printf '  - name: %s\n    table: "0 %s linear %s 0"\n' "${p%%:*}-$r" $(($(stat -c %s "$f") / 512)) "$f" >> "$WORK/cfg.yaml"
       done
+    done
+  fi
+  if [ "$RUN_RAID" = 1 ]; then
+    local f b
+    # the guest's raw legs: dmnbd's copies (dc-), the kernel's (k-), scratch (t-)
+    for f in "$RAID"/dc-*.img "$RAID"/k-*.img "$RAID"/t-*.img; do
+      [ -e "$f" ] || continue
+      b=${f##*/}
+      printf '  - name: r-%s\n    table: "0 %s linear %s 0"\n' "${b%.img}" $(($(stat -c %s "$f") / 512)) "$f" >> "$WORK/cfg.yaml"
     done
   fi
   [ "$RUN_ORACLE" = 1 ] && "$PY" "$HERE/oracle.py" config "$WORK" >> "$WORK/cfg.yaml"
@@ -787,6 +908,42 @@ if [ "$RUN_MIRROR" = 1 ]; then
   "$PY" "$HERE/mirror.py" check "$WORK" "$C" > "$WORK/mirror.out" 2>&1
   tally "$WORK/mirror.out" mirror
   log "mirror: the host's part after the boot took $(awk -v a="$TM" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
+fi
+
+if [ "$RUN_RAID" = 1 ]; then
+  TR=$(date +%s.%N)
+  # D2: dmnbd assembles copies of the kernel's files (kr-*) with the same
+  # tables; Ddeg: the degraded tables over copies of its own files (dg-*).
+  # The first status is read as soon as the socket is up: a resync would
+  # show there or in the polls after it.
+  for f in "$RAID"/k-*.img; do b=${f##*/}; cp "$f" "$RAID/kr-${b#k-}"; done
+  KSETS=$(cat "$WORK/guest/etc/raid/ksets") DSETS=$(cd "$RAID/tab" && ls dg-*.degraded | sed 's/^dg-//; s/\.degraded$//')
+  {
+    printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$RAID/r.sock" "$RAID/r-ctl.sock"
+    for s in $KSETS; do printf '  - name: kr-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/kr-$s.table")"; done
+    for s in $DSETS; do printf '  - name: dg-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/dg-$s.degraded")"; done
+  } > "$RAID/r.yaml"
+  if raid_start "$RAID/r.yaml" "$RAID/r.sock"; then
+    for s in $KSETS; do raid_out "status D2 $s first [$(raid_st "$RAID/r-ctl.sock" "kr-$s")]"; done
+    for s in $DSETS; do raid_out "status Ddeg $s first [$(raid_st "$RAID/r-ctl.sock" "dg-$s")]"; done
+    for i in 01 02 03 04 05 06 07 08 09 10; do
+      sleep 0.2
+      for s in $KSETS; do raid_out "status D2 $s poll$i [$(raid_st "$RAID/r-ctl.sock" "kr-$s")]"; done
+    done
+    for s in $KSETS; do
+      raid_devs D2 "$s" "kr-$s-" $(raid_roles "$s")
+      raid_out "table D2 $s [$(timeout 10 "$DMNBD" --control "$RAID/r-ctl.sock" table "kr-$s" 2>&1)]"
+    done
+    "$PY" "$HERE/raid.py" sha "$RAID/r.sock" $(for s in $KSETS; do echo "kr-$s"; done) | sed 's/^kr-\([^ ]*\) /sha D2 \1 /' >> "$RAID/dmnbd.out"
+    "$PY" "$HERE/raid.py" sha "$RAID/r.sock" $(for s in $DSETS; do echo "dg-$s"; done) | sed 's/^dg-\([^ ]*\) /sha Ddeg \1 /' >> "$RAID/dmnbd.out"
+    raid_stop "raid 2: dmnbd (over the kernel's files)"
+  else
+    notok "raid 2: dmnbd did not start over the kernel's raid files (see $RAID/server.log)"
+  fi
+  sed 's/^/#   dmnbd raid| /' "$RAID/dmnbd.out" >&2
+  "$PY" "$HERE/raid.py" check "$WORK" "$C" > "$WORK/raid.out" 2>&1
+  tally "$WORK/raid.out" raid
+  log "raid: the host's part after the boot took $(awk -v a="$TR" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
 fi
 
 if stop_server; then ok "dmnbd stopped cleanly on SIGTERM"; else notok "dmnbd did not exit 0 on SIGTERM"; fi

@@ -1,0 +1,521 @@
+#!/usr/bin/python3
+"""raid.py - host side of the kernel test's raid check (run.sh, guest.sh).
+
+dmnbd's raid target and the kernel's dm-raid (dm-raid.c, md raid0/1/10 6.1)
+must agree on the superblock and bitmap format, the data layouts, and the
+status and table strings, in both directions.
+
+Sets (SETS; one table each, $M<i> $D<i> the metadata and data devices):
+  r1    raid1, 2 legs, region_size 1024
+  r10n  raid10 near, 4 legs, raid10_copies 2, chunk 128
+  r10f  raid10 far, r10o raid10 offset, as r10n otherwise
+  r0    raid0, 3 legs without metadata (- D<i>), chunk 128
+Files in WORK/raid/, named PREFIX-SET-ROLE.img (ROLE m0 d0 m1 ...):
+  d-    dmnbd writes pattern P (p.img) through its sets before the boot;
+        kept as they were when it stopped (the kernel gets copies: dc-)
+  k-    zeroed; the guest's kernel creates r1 and r10n over them (KSETS),
+        resyncs, writes pattern K (k.img = the guest's /etc/raid/k.bin)
+  kr-   copies of k- after the boot, assembled by dmnbd
+  dg-   copies of d- after the boot: dmnbd runs the degraded tables
+  t-    scratch for the kernel's table strings (step 4, TABLES4), zeroed
+        metadata before each table; dt<i>- dmnbd's, one set of files each
+
+  raid.py prepare WORK   the files above, WORK/raid/tab/PREFIX-SET.table
+        (tables with host paths; PREFIX-SET.degraded for d/dg), tab/dt<i>.table,
+        WORK/raid/sets ("SET LENGTH ROLES..."), and the guest's /etc/raid/
+        (k.bin, sets, ksets, SET.table, SET.degraded, tables: placeholders
+        $M0 $D0 ...); prints a summary
+  raid.py write SOCKET EXPORT FILE SECTORS   the first SECTORS of FILE to
+        EXPORT through libnbd, 1 MiB per request, then flush
+  raid.py sha SOCKET EXPORT...   "EXPORT SHA256" of each export (libnbd)
+  raid.py sb FILE        the superblock and bitmap header of a metadata file
+  raid.py check WORK CONSOLE   every comparison; "ok - ..." / "not ok - ..."
+        lines, a summary line "raid: ..."; exit 1 on a failure
+
+The kernel's side comes from the console (guest.sh raid()):
+  NBDVM-RAID dev STEP SET ROLE MAJ:MIN
+  NBDVM-RAID status STEP SET PHASE [LINE]   PHASE first|poll<i>|sync|written|
+                                            checking|checked
+  NBDVM-RAID table STEP SET [LINE]
+  NBDVM-RAID sha STEP SET HEX
+  NBDVM-RAID checkrun 1 all N               "data-check done" lines in dmesg
+STEP 1 (dmnbd's files), 1deg (degraded), 2 (the kernel writes), 4 (strings;
+SET is the table's number). dmnbd's side is WORK/raid/dmnbd.out in the same
+format without the prefix (run.sh; ROLE mapped to a path, STEP D1, D2, Ddeg,
+D4). Device names are mapped to their roles (M0 D0 ...) before comparing;
+otherwise the strings must be equal byte for byte.
+"""
+import hashlib
+import os
+import random
+import re
+import struct
+import sys
+
+SECTOR = 512
+META_BYTES = 1 << 20
+# name: (table after "0 L raid", L, number of legs, metadata?, data leg sectors);
+# the options in the order the kernel's table line prints them
+# (2 MiB sets: under TCG the guest moves only a few MB/s through nbd, and
+# every set is read, checked or written more than once)
+SETS = {
+    "r1": ("raid1 3 0 region_size 1024", 4096, 2, True, 4096),
+    "r10n": ("raid10 5 128 region_size 1024 raid10_copies 2", 4096, 4, True, 2048),
+    "r10f": ("raid10 7 128 region_size 1024 raid10_copies 2 raid10_format far", 4096, 4, True, 2048),
+    "r10o": ("raid10 7 128 region_size 1024 raid10_copies 2 raid10_format offset", 4096, 4, True, 2048),
+    "r0": ("raid0 1 128", 3840, 3, False, 1280),
+}
+# resync_max_sectors, the status' total: dev_sectors (raid0/1), array size (raid10)
+TOTAL = {"r1": 4096, "r10n": 4096, "r10f": 4096, "r10o": 4096, "r0": 1280}
+DEGRADED = {"r1": 1, "r10n": 1}     # the leg given as "- -"
+KSETS = ("r1", "r10n")              # the kernel creates these (step 2)
+CHECKED = ("r1", "r10n", "r10f", "r10o")   # "message 0 check" on dmnbd's files
+T_LEG = 2048                        # step 4 scratch legs (sectors)
+# (options in other orders than the kernel prints them, on purpose)
+TABLES4 = [
+    "0 2048 raid raid1 7 0 region_size 1024 write_mostly 1 max_write_behind 256 2 $M0 $D0 $M1 $D1",
+    "0 2048 raid raid1 8 0 nosync max_recovery_rate 50000 daemon_sleep 3000 min_recovery_rate 500 2 $M0 $D0 $M1 $D1",
+    "0 2048 raid raid10 7 128 raid10_copies 2 raid10_format near region_size 512 4 $M0 $D0 $M1 $D1 $M2 $D2 $M3 $D3",
+    "0 2048 raid raid10 5 64 raid10_copies 2 raid10_format far 4 $M0 $D0 $M1 $D1 $M2 $D2 $M3 $D3",
+    "0 2048 raid raid10 11 128 raid10_format offset daemon_sleep 2000 min_recovery_rate 1000 "
+    "max_recovery_rate 20000 region_size 2048 4 $M0 $D0 $M1 $D1 $M2 $D2 $M3 $D3",
+]
+T_ROLES = ["m0", "d0", "m1", "d1", "m2", "d2", "m3", "d3"]
+MAXSECTOR = (1 << 64) - 1
+
+
+def die(msg):
+    print(f"raid.py: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def labelled(tag, count, rng):
+    out = bytearray()
+    for s in range(count):
+        lab = f"{tag}:{s:06d}:".encode()
+        out += lab + rng.randbytes(SECTOR - len(lab))
+    return bytes(out)
+
+
+def roles(name):
+    n, meta = SETS[name][2], SETS[name][3]
+    return [r for i in range(n) for r in ((f"m{i}", f"d{i}") if meta else (f"d{i}",))]
+
+
+def table(name, degraded=False):
+    """the set's table, $M0 $D0 ... for the devices"""
+    spec, length, n, meta, _ = SETS[name]
+    legs = []
+    for i in range(n):
+        if degraded and DEGRADED.get(name) == i:
+            legs.append("- -")
+        else:
+            legs.append(f"{'$M%d' % i if meta else '-'} $D{i}")
+    return f"0 {length} raid {spec} {n} " + " ".join(legs)
+
+
+def subst(line, paths):
+    return re.sub(r"\$([MD]\d)", lambda m: paths[m.group(1).lower()], line)
+
+
+def write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def zeroed(path, size):
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+def cmd_prepare(work):
+    rdir = os.path.join(work, "raid")
+    tdir = os.path.join(rdir, "tab")
+    gdir = os.path.join(work, "guest", "etc", "raid")
+    for d in (rdir, tdir, gdir):
+        os.makedirs(d, exist_ok=True)
+    p = labelled("P", max(s[1] for s in SETS.values()), random.Random(2001))
+    k = labelled("K", max(SETS[s][1] for s in KSETS), random.Random(2002))
+    write(os.path.join(rdir, "p.img"), p)
+    write(os.path.join(rdir, "k.img"), k)
+    write(os.path.join(gdir, "k.bin"), k)
+
+    def files(prefix, name, rl, legsz):
+        paths = {}
+        for r in rl:
+            path = os.path.join(rdir, f"{prefix}-{name}-{r}.img" if name else f"{prefix}-{r}.img")
+            zeroed(path, META_BYTES if r[0] == "m" else legsz * SECTOR)
+            paths[r] = path
+        return paths
+
+    with open(os.path.join(rdir, "sets"), "w") as fs, open(os.path.join(gdir, "sets"), "w") as gs:
+        for name, (_, length, _, _, legsz) in SETS.items():
+            fs.write(f"{name} {length} {' '.join(roles(name))}\n")
+            gs.write(f"{name} {length} {' '.join(roles(name))}\n")
+            write(os.path.join(gdir, f"{name}.table"), (table(name) + "\n").encode())
+            prefixes = ["d", "dc", "dg"] + (["k", "kr"] if name in KSETS else [])
+            for pre in prefixes:
+                paths = files(pre, name, roles(name), legsz)
+                write(os.path.join(tdir, f"{pre}-{name}.table"), (subst(table(name), paths) + "\n").encode())
+                if name in DEGRADED:
+                    write(os.path.join(tdir, f"{pre}-{name}.degraded"),
+                          (subst(table(name, True), paths) + "\n").encode())
+            if name in DEGRADED:
+                write(os.path.join(gdir, f"{name}.degraded"), (table(name, True) + "\n").encode())
+    write(os.path.join(gdir, "ksets"), (" ".join(KSETS) + "\n").encode())
+    write(os.path.join(gdir, "checked"), (" ".join(CHECKED) + "\n").encode())
+    files("t", "", T_ROLES, T_LEG)
+    for i, t in enumerate(TABLES4, 1):
+        paths = files(f"dt{i}", "", T_ROLES, T_LEG)
+        write(os.path.join(tdir, f"dt{i}.table"), (subst(t, paths) + "\n").encode())
+    write(os.path.join(gdir, "tables"), "".join(t + "\n" for t in TABLES4).encode())
+    print(f"sets {' '.join(SETS)} (dmnbd writes P; the kernel reads, checks, and degraded "
+          f"{' '.join(DEGRADED)}), the kernel writes K on {' '.join(KSETS)}; {len(TABLES4)} table strings")
+
+
+def connect(sock, export):
+    import nbd
+    h = nbd.NBD()
+    h.set_export_name(export)
+    h.connect_unix(sock)
+    return h
+
+
+def cmd_write(sock, export, path, sectors):
+    data = read(path)[:sectors * SECTOR]
+    h = connect(sock, export)
+    if h.get_size() != len(data):
+        die(f"{export}: size {h.get_size()}, want {len(data)}")
+    step = 1 << 20
+    for off in range(0, len(data), step):
+        h.pwrite(data[off:off + step], off)
+    h.flush()
+    h.shutdown()
+
+
+def cmd_sha(sock, exports):
+    for e in exports:
+        try:
+            h = connect(sock, e)
+            size, s, off = h.get_size(), hashlib.sha256(), 0
+            while off < size:
+                n = min(1 << 20, size - off)
+                s.update(h.pread(n, off))
+                off += n
+            h.shutdown()
+            print(e, s.hexdigest())
+        except Exception as ex:   # noqa: BLE001 - reported as a missing sha
+            print(e, f"error:{type(ex).__name__}")
+
+
+# ------------------------------------------------------------------ superblock
+SB_FIELDS = [   # (name, offset, struct code), dm_raid_superblock (reference 3.2)
+    ("magic", 0, "I"), ("compat_features", 4, "I"), ("num_devices", 8, "I"),
+    ("array_position", 12, "I"), ("events", 16, "Q"), ("failed_devices", 24, "Q"),
+    ("disk_recovery_offset", 32, "Q"), ("array_resync_offset", 40, "Q"), ("level", 48, "I"),
+    ("layout", 52, "I"), ("stripe_sectors", 56, "I"), ("flags", 60, "I"),
+    ("reshape_position", 64, "Q"), ("new_level", 72, "I"), ("new_layout", 76, "I"),
+    ("new_stripe_sectors", 80, "I"), ("delta_disks", 84, "I"), ("array_sectors", 88, "Q"),
+    ("data_offset", 96, "Q"), ("new_data_offset", 104, "Q"), ("sectors", 112, "Q"),
+    ("extended_failed_devices", 120, "3Q"), ("incompat_features", 144, "I"),
+]
+BM_FIELDS = [   # md bitmap_super_t at byte 4096 (reference 3.4)
+    ("magic", 0, "I"), ("version", 4, "I"), ("uuid", 8, "16s"), ("events", 24, "Q"),
+    ("events_cleared", 32, "Q"), ("sync_size", 40, "Q"), ("state", 48, "I"), ("chunksize", 52, "I"),
+    ("daemon_sleep", 56, "I"), ("write_behind", 60, "I"), ("sectors_reserved", 64, "I"), ("nodes", 68, "I"),
+]
+BM_OFF, BITS_OFF = 4096, 4352
+# what must agree between two writers of the same table (events are counters)
+SB_SAME = [f for f, _, _ in SB_FIELDS if f != "events"]
+BM_SAME = [f for f, _, _ in BM_FIELDS if f not in ("events", "events_cleared")] + ["dirty_bits", "sb_tail_zero"]
+
+
+def fmt(v):
+    if isinstance(v, bytes):
+        return "0" if not any(v) else v.hex()
+    if isinstance(v, tuple):
+        return ",".join(fmt(x) for x in v)
+    if v == MAXSECTOR:
+        return "max"
+    return f"{v:#x}" if v > 0xffff else str(v)
+
+
+def decode(buf):
+    """superblock and bitmap fields of a metadata device's bytes"""
+    sb = {}
+    for name, off, code in SB_FIELDS:
+        v = struct.unpack_from("<" + code, buf, off)
+        sb[name] = v[0] if len(v) == 1 else v
+    sb["sb_tail_zero"] = int(not any(buf[148:SECTOR]))
+    bm = {}
+    for name, off, code in BM_FIELDS:
+        bm[name] = struct.unpack_from("<" + code, buf, BM_OFF + off)[0]
+    chunk = bm["chunksize"] // SECTOR
+    n = -(-bm["sync_size"] // chunk) if chunk else 0
+    # the bits of the first bitmap page (bytes 4352-8191: the header's page)
+    page = int.from_bytes(buf[BITS_OFF:BM_OFF + 4096], "little")
+    n = min(n, (4096 - (BITS_OFF - BM_OFF)) * 8)
+    bm["dirty_bits"] = bin(page & ((1 << n) - 1)).count("1")
+    # set bits past the last chunk mean nothing (the kernel sets the whole
+    # page of a new bitmap and clears only the chunks): printed, not compared
+    bm["bits_past_end"] = bin(page >> n).count("1")
+    bm["sb_tail_zero"] = sb.pop("sb_tail_zero")
+    return sb, bm
+
+
+def describe(buf, fields=None):
+    sb, bm = decode(buf)
+    a = " ".join(f"{k}={fmt(v)}" for k, v in sb.items() if fields is None or k in fields)
+    b = " ".join(f"{k}={fmt(v)}" for k, v in bm.items() if fields is None or k in fields)
+    return f"sb[{a}] bitmap[{b}]"
+
+
+def cmd_sb(path):
+    print(describe(read(path)))
+
+
+# ------------------------------------------------------------------ check
+def parse_out(text, prefix):
+    """-> {(step, set): {"dev": {dev: role}, "status": {phase: line}, ...}}"""
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        rest = line[len(prefix):]
+        m = re.match(r"dev (\S+) (\S+) (\S+) (\S+)$", rest)
+        if m:
+            out.setdefault((m.group(1), m.group(2)), {}).setdefault("dev", {})[m.group(4)] = m.group(3)
+            continue
+        m = re.match(r"status (\S+) (\S+) (\S+) \[(.*)\]$", rest)
+        if m:
+            out.setdefault((m.group(1), m.group(2)), {}).setdefault("status", {})[m.group(3)] = m.group(4)
+            continue
+        m = re.match(r"table (\S+) (\S+) \[(.*)\]$", rest)
+        if m:
+            out.setdefault((m.group(1), m.group(2)), {})["table"] = m.group(3)
+            continue
+        m = re.match(r"(sha|checkrun|refused) (\S+) (\S+) (.*)$", rest)
+        if m:
+            out.setdefault((m.group(2), m.group(3)), {})[m.group(1)] = m.group(4)
+    return out
+
+
+def norm(line, devs):
+    if line is None:
+        return None
+    return " ".join(("$" + devs[t].upper()) if t in devs else t for t in line.split(" "))
+
+
+def status_fields(line):
+    """0 L raid TYPE N HEALTH P/T ACTION MISMATCH DOFF JOURNAL -> dict, or None"""
+    w = (line or "").split()
+    if len(w) != 11 or w[2] != "raid" or "/" not in w[6]:
+        return None
+    a, _, b = w[6].partition("/")
+    return {"type": w[3], "n": w[4], "health": w[5], "done": a, "total": b, "action": w[7],
+            "mismatch": w[8], "doff": w[9], "journal": w[10]}
+
+
+def clean_idle(line, length, n, total, health=None):
+    """the status of an assembled, in-sync, idle set"""
+    f = status_fields(line)
+    want_h = health or "A" * n
+    return (f is not None and line.split()[1] == str(length) and f["n"] == str(n) and f["health"] == want_h
+            and f["done"] == str(total) and f["total"] == str(total) and f["action"] == "idle"
+            and f["mismatch"] == "0" and f["doff"] == "0" and f["journal"] == "-")
+
+
+def cmd_check(work, console):
+    rdir = os.path.join(work, "raid")
+    text = open(console, errors="replace").read()
+    k = parse_out(text, "NBDVM-RAID ")
+    dpath = os.path.join(rdir, "dmnbd.out")
+    d = parse_out(open(dpath).read() if os.path.exists(dpath) else "", "")
+    fails = passes = 0
+
+    def report(ok, msg):
+        nonlocal fails, passes
+        print(("ok - " if ok else "not ok - ") + msg, flush=True)
+        fails += not ok
+        passes += bool(ok)
+
+    def get(src, step, name):
+        """a step's lines, device names mapped to roles"""
+        s = src.get((step, name))
+        if s is None:
+            return None
+        devs = s.get("dev", {}) or src.get((step, "t"), {}).get("dev", {})
+        o = dict(s)
+        o["status"] = {ph: norm(v, devs) for ph, v in s.get("status", {}).items()}
+        if "table" in s:
+            o["table"] = norm(s["table"], devs)
+        return o
+
+    def same(what, got, want, gname, wname):
+        eq = got is not None and got == want
+        report(eq, f"{what}: {gname} [{got}] {'=' if eq else '!='} {wname} [{want}]")
+
+    def f(name):
+        p = os.path.join(rdir, name)
+        return read(p) if os.path.exists(p) else None
+
+    psha = hashlib.sha256
+    pat, kpat = f("p.img"), f("k.img")
+
+    # ---- 1 and 3: dmnbd wrote P, the kernel assembles its files
+    for name, (spec, length, n, meta, _) in SETS.items():
+        tag = f"raid 1 [{name}: {table(name)}]"
+        ks, ds = get(k, "1", name), get(d, "D1", name)
+        want_sha = psha(pat[:length * SECTOR]).hexdigest()
+        if ds is None:
+            report(False, f"{tag}: no dmnbd lines (dmnbd refused the table or did not run; see raid/server.log)")
+        else:
+            report(clean_idle(ds["status"].get("written"), length, n, TOTAL[name]),
+                   f"{tag}: dmnbd in sync and idle after writing P [{ds['status'].get('written')}]")
+            same(f"{tag}: dmnbd's sha256 of P", (ds.get("sha") or "")[:16], want_sha[:16], "dmnbd", "pattern")
+        if ks is None or "refused" in ks:
+            report(False, f"{tag}: the kernel did not assemble dmnbd's files"
+                   + (f": {ks['refused']}" if ks and "refused" in ks else " (no lines)"))
+            continue
+        st = ks["status"]
+        first = st.get("first")
+        report(clean_idle(first, length, n, TOTAL[name]),
+               f"{tag}: the kernel's first status is all A, {TOTAL[name]}/{TOTAL[name]} idle 0 0 - [{first}]")
+        polls = [v for ph, v in sorted(st.items()) if ph.startswith("poll")]
+        moved = [v for v in polls if v != first]
+        report(bool(polls) and not moved,
+               f"{tag}: the kernel started no resync ({len(polls)} polls over {len(polls) * 0.2:.1f} s all equal the first"
+               + (f"; differed: {sorted(set(moved))}" if moved else "") + ")")
+        if ds is not None:
+            same(f"{tag}: status", first, ds["status"].get("written"), "kernel", "dmnbd")
+        report(ks.get("sha") == want_sha, f"{tag}: the kernel reads P ({(ks.get('sha') or 'nothing')[:16]}, want {want_sha[:16]})")
+        if ks.get("table") != table(name):
+            print(f"# {tag}: the kernel's table differs from the line given: [{ks.get('table')}]")
+        if ds is not None:
+            same(f"{tag}: table", ds.get("table"), ks.get("table"), "dmnbd", "kernel")
+        if name in CHECKED:
+            # ran: its status right after the message shows "check", or dmesg
+            # has a "data-check done" line for every set checked (the md name
+            # is "mdX" for every dm-raid set, so the lines do not say which)
+            ck = st.get("checked")
+            seen = (k.get(("1", "all"), {}).get("checkrun") or "0").split()[0]
+            running = status_fields(st.get("checking")) or {}
+            report((running.get("action") == "check" or seen == str(len(CHECKED))) and clean_idle(ck, length, n, TOTAL[name]),
+                   f"raid 3 [{name}]: the kernel's check of dmnbd's copies ran (status right after the message "
+                   f"[{st.get('checking')}]; {seen} 'data-check done' lines in dmesg for {len(CHECKED)} sets) "
+                   f"and found 0 mismatches: [{ck}]")
+        if name in DEGRADED:
+            leg = DEGRADED[name]
+            health = "".join("-" if i == leg else "A" for i in range(n))
+            kg, dg = get(k, "1deg", name), get(d, "Ddeg", name)
+            gtag = f"raid 1 degraded [{name}: {table(name, True)}]"
+            if kg is None or "refused" in kg:
+                report(False, f"{gtag}: the kernel did not assemble it"
+                       + (f": {kg['refused']}" if kg and "refused" in kg else " (no lines)"))
+            else:
+                kst = kg["status"].get("first")
+                report(status_fields(kst) is not None and status_fields(kst)["health"] == health,
+                       f"{gtag}: the kernel shows leg {leg} missing ({health}) [{kst}]")
+                report(kg.get("sha") == want_sha, f"{gtag}: the kernel reads P without leg {leg} "
+                       f"({(kg.get('sha') or 'nothing')[:16]}, want {want_sha[:16]})")
+            if dg is None:
+                report(False, f"{gtag}: no dmnbd lines (dmnbd over copies of its files)")
+            else:
+                same(f"{gtag}: status", dg["status"].get("first"), (kg or {}).get("status", {}).get("first"),
+                     "dmnbd", "kernel")
+                report(dg.get("sha") == want_sha, f"{gtag}: dmnbd reads P without leg {leg} "
+                       f"({(dg.get('sha') or 'nothing')[:16]}, want {want_sha[:16]})")
+
+    # ---- 2: the kernel writes K, dmnbd assembles its files
+    for name in KSETS:
+        spec, length, n, meta, _ = SETS[name]
+        tag = f"raid 2 [{name}]"
+        ks, ds = get(k, "2", name), get(d, "D2", name)
+        want_sha = psha(kpat[:length * SECTOR]).hexdigest()
+        if ks is None or "refused" in ks:
+            report(False, f"{tag}: the kernel did not create it"
+                   + (f": {ks['refused']}" if ks and "refused" in ks else " (no lines)"))
+            continue
+        st = ks["status"]
+        report(clean_idle(st.get("sync"), length, n, TOTAL[name]),
+               f"{tag}: the kernel's resync over zeroed metadata finished [{st.get('sync')}] (first [{st.get('first')}])")
+        report(ks.get("sha") == want_sha, f"{tag}: the kernel wrote and reads K ({(ks.get('sha') or 'nothing')[:16]}, want {want_sha[:16]})")
+        if ds is None:
+            report(False, f"{tag}: no dmnbd lines (dmnbd over the kernel's files; see raid/server.log)")
+        else:
+            dfirst = ds["status"].get("first")
+            print(f"# {tag}: status kernel [{st.get('written')}]")
+            print(f"# {tag}: status dmnbd  [{dfirst}]")
+            report(clean_idle(dfirst, length, n, TOTAL[name]),
+                   f"{tag}: dmnbd's first status over the kernel's files is all A, {TOTAL[name]}/{TOTAL[name]} idle 0 0 - [{dfirst}]")
+            same(f"{tag}: status", dfirst, st.get("written"), "dmnbd", "kernel")
+            polls = [v for ph, v in sorted(ds["status"].items()) if ph.startswith("poll")]
+            moved = [v for v in polls if v != dfirst]
+            report(bool(polls) and not moved, f"{tag}: dmnbd started no resync ({len(polls)} polls all equal the first"
+                   + (f"; differed: {sorted(set(moved))}" if moved else "") + ")")
+            same(f"{tag}: table", ds.get("table"), ks.get("table"), "dmnbd", "kernel")
+            report(ds.get("sha") == want_sha, f"{tag}: dmnbd reads K from the kernel's legs "
+                   f"({(ds.get('sha') or 'nothing')[:16]}, want {want_sha[:16]})")
+        # superblocks and bitmaps: the kernel's (k-), dmnbd's for the same
+        # table (d-, as dmnbd stopped), and the kernel's after dmnbd ran (kr-)
+        for i in range(n):
+            kb, db, rb = f(f"k-{name}-m{i}.img"), f(f"d-{name}-m{i}.img"), f(f"kr-{name}-m{i}.img")
+            if kb is None or not any(kb[:8]):
+                report(False, f"{tag} meta {i}: the kernel wrote no superblock")
+                continue
+            print(f"# {tag} meta {i}: kernel {describe(kb)}")
+            if db is not None:
+                print(f"# {tag} meta {i}: dmnbd  {describe(db)}")
+            for who, other in (("dmnbd's own (d-, same table)", db), ("dmnbd's over the kernel's (kr-, after SIGTERM)", rb)):
+                if other is None:
+                    report(False, f"{tag} meta {i}: {who} file missing")
+                    continue
+                for part, fields, idx in (("superblock", SB_SAME, 0), ("bitmap header", BM_SAME, 1)):
+                    kv, ov = decode(kb)[idx], decode(other)[idx]
+                    diff = [x for x in fields if kv.get(x) != ov.get(x)]
+                    report(not diff, f"{tag} meta {i}: {part} fields of {who} equal the kernel's"
+                           + (f" ({' '.join(f'{x}={fmt(kv[x])}' for x in fields if x in kv)})" if not diff else
+                              ": " + "; ".join(f"{x}: dmnbd {fmt(ov[x])}, kernel {fmt(kv[x])}" for x in diff)))
+
+    # ---- 4: table strings
+    for i, t in enumerate(TABLES4, 1):
+        tag = f"raid 4.{i} [{t}]"
+        ks, ds = get(k, "4", str(i)), get(d, "D4", str(i))
+        if ks is None or "refused" in ks:
+            report(False, f"{tag}: the kernel refused it: {(ks or {}).get('refused', 'no lines')}")
+            continue
+        if ds is None or "refused" in ds:
+            report(False, f"{tag}: dmnbd refused it: {(ds or {}).get('refused', 'no lines')}")
+            continue
+        print(f"# {tag}: kernel status [{ks['status'].get('first')}], dmnbd status [{ds['status'].get('first')}]")
+        if ks.get("table") != t:
+            print(f"# {tag}: the kernel's table differs from the line given: [{ks.get('table')}]")
+        same(f"{tag}: table", ds.get("table"), ks.get("table"), "dmnbd", "kernel")
+    print(f"raid: {passes} checks pass, {fails} fail")
+    return 1 if fails else 0
+
+
+def main(argv):
+    if len(argv) == 3 and argv[1] == "prepare":
+        cmd_prepare(argv[2])
+    elif len(argv) == 6 and argv[1] == "write":
+        cmd_write(argv[2], argv[3], argv[4], int(argv[5]))
+    elif len(argv) >= 4 and argv[1] == "sha":
+        cmd_sha(argv[2], argv[3:])
+    elif len(argv) == 3 and argv[1] == "sb":
+        cmd_sb(argv[2])
+    elif len(argv) == 4 and argv[1] == "check":
+        return cmd_check(argv[2], argv[3])
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
