@@ -94,11 +94,14 @@ void RaidTarget::start_needed_action(std::optional<SyncAction> requested) {
   options.max_rate =
       uint64_t(params_.max_recovery_rate ? params_.max_recovery_rate : kDefaultMaxRecoveryRate) * 2;
   options.on_done = [this, action, generation, executor](Status st) {
+    // The state at once (the status never shows a finished action running),
+    // the superblocks and what comes next in the background.
+    if (!end_action(action, generation, st)) return;
     {
       std::lock_guard lk(background_mutex_);
       ++finishing_;
     }
-    asio::co_spawn(executor, finish_action(action, generation, st), asio::detached);
+    asio::co_spawn(executor, finish_action(), asio::detached);
   };
   job_ = std::make_unique<BackgroundJob>(
       [this](uint64_t, const CancelToken& cancel) { return sync_step(cancel); }, options);
@@ -290,33 +293,39 @@ Task<bool> RaidTarget::recover_step(uint64_t s, uint64_t count, const CancelToke
   co_return true;
 }
 
-// The job ended by itself: md_reap_sync_thread() and what follows.
-Task<void> RaidTarget::finish_action(SyncAction action, uint64_t generation, Status st) {
-  if (generation == job_generation_ && action_ == action) {
-    if (st) {
-      spdlog::error("raid: {} aborted: {}", action_name(action), st.message());
-    } else {
-      spdlog::info("raid: {} done", action_name(action));
-      if (action == SyncAction::resync || action == SyncAction::repair)
-        recovery_cp_ = format::kMaxSector;
-      if (action == SyncAction::recover) {
-        std::lock_guard lk(mutex_);
-        for (auto& d : devs_) {
-          if (!d->usable() || d->in_sync) continue;
-          d->in_sync = true;
-          d->recovery_offset = format::kMaxSector;
-          d->partial = false;
-        }
+// The job ended by itself: md_reap_sync_thread(). False if it was stopped
+// meanwhile (its report is late).
+bool RaidTarget::end_action(SyncAction action, uint64_t generation, Status st) {
+  if (generation != job_generation_ || action_ != action) return false;
+  if (st) {
+    spdlog::error("raid: {} aborted: {}", action_name(action), st.message());
+  } else {
+    spdlog::info("raid: {} done", action_name(action));
+    if (action == SyncAction::resync || action == SyncAction::repair)
+      recovery_cp_ = format::kMaxSector;
+    if (action == SyncAction::recover) {
+      std::lock_guard lk(mutex_);
+      for (auto& d : devs_) {
+        if (!d->usable() || d->in_sync) continue;
+        d->in_sync = true;
+        d->recovery_offset = format::kMaxSector;
+        d->partial = false;
       }
-      if (bitmap_ && !degraded() && recovery_cp_ == format::kMaxSector) bitmap_->clear_needed();
     }
-    action_ = SyncAction::idle;
-    Status sb = co_await commit_superblocks();
-    if (sb) spdlog::error("raid: writing the superblocks failed: {}", sb.message());
-    raise_event_();
-    start_needed_action();
-    bitmap_daemon_.schedule();
+    if (bitmap_ && !degraded() && recovery_cp_ == format::kMaxSector) bitmap_->clear_needed();
   }
+  action_ = SyncAction::idle;
+  return true;
+}
+
+// What follows an action's end: the superblocks record it, an event, the
+// next action if one is needed, and the bits of what is in sync now clear.
+Task<void> RaidTarget::finish_action() {
+  Status sb = co_await commit_superblocks();
+  if (sb) spdlog::error("raid: writing the superblocks failed: {}", sb.message());
+  raise_event_();
+  start_needed_action();
+  bitmap_daemon_.schedule();
   std::vector<std::function<void()>> idle;
   {
     std::lock_guard lk(background_mutex_);

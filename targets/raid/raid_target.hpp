@@ -121,7 +121,8 @@ class RaidTarget final : public Target {
   // By value: GCC 12 and coroutine parameters that are references to temporaries.
   Task<bool> copy_chunk(uint64_t count, DeviceSector from, std::vector<DeviceSector> to,
                         const CancelToken& cancel);
-  Task<void> finish_action(SyncAction action, uint64_t generation, Status st);
+  bool end_action(SyncAction action, uint64_t generation, Status st);
+  Task<void> finish_action();
   Task<void> stop_action(bool interrupted);
   bool needs_recovery() const;
   uint64_t recovery_start() const;
