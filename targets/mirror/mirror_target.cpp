@@ -151,13 +151,7 @@ class MirrorTarget final : public Target {
     if (recovery_) co_await recovery_->stop();
   }
 
-  // The last clean regions reach the log (the kernel's last kmirrord pass
-  // and the log's postsuspend flush).
-  Task<void> postsuspend() override {
-    rh_->clear_clean_regions();
-    Status st = co_await log_->flush();
-    if (st) spdlog::warn("mirror: log postsuspend failed: {}", st.message());
-  }
+  Task<void> postsuspend() override { co_await write_clean_regions(); }
 
   Task<void> resume() override {
     release_held_writes(false);
@@ -178,6 +172,9 @@ class MirrorTarget final : public Target {
     if (recovery_) co_await recovery_->stop();
     co_await clear_pass_.stop();
     co_await kcopyd_.drain();
+    // A table can go without a suspend first (a server stopping with no
+    // client): what a suspend writes is written here then.
+    co_await write_clean_regions();
   }
 
   uint64_t max_io_len() const override { return log_->region_size(); }
@@ -192,6 +189,14 @@ class MirrorTarget final : public Target {
   }
 
  private:
+  // The last clean regions reach the log (the kernel's last kmirrord pass
+  // and the log's postsuspend flush).
+  Task<void> write_clean_regions() {
+    rh_->clear_clean_regions();
+    Status st = co_await log_->flush();
+    if (st) spdlog::warn("mirror: log postsuspend failed: {}", st.message());
+  }
+
   // ---- Constructor parts (create_dirty_log(), parse_features()).
   void parse_log(const TargetContext& ctx, TargetArgs args) {
     uint32_t params = 0;
