@@ -10,10 +10,11 @@
 namespace dmnbd::raid {
 namespace {
 
-constexpr std::chrono::milliseconds kJiffy{
-    4};  // md counts daemon_sleep in jiffies; Debian's HZ is 250
+// md counts daemon_sleep in jiffies; Debian's kernels tick at HZ=250.
+constexpr std::chrono::milliseconds kJiffy{4};
 
-bool is_mismatch_free(const format::Superblock& sb) {
+// FEATURE_FLAG_SUPPORTS_V190 is the only compatible feature there is.
+bool known_compat_features(const format::Superblock& sb) {
   return sb.compat_features == 0 || sb.compat_features == format::kFeatureV190;
 }
 
@@ -179,7 +180,7 @@ Task<void> RaidTarget::analyse_superblocks() {
   for (unsigned i = 0; i < devs_.size(); ++i) {
     RaidDevice& d = *devs_[i];
     if (!d.meta || !d.data || d.first_use) continue;
-    if (!is_mismatch_free(d.sb))
+    if (!known_compat_features(d.sb))
       throw TargetError("Unable to assemble array: Unknown flag(s) in compatible feature flags");
     if (d.sb.incompat_features)
       throw TargetError("Unable to assemble array: No incompatible feature flags supported yet");
@@ -206,7 +207,7 @@ Task<void> RaidTarget::analyse_superblocks() {
 void RaidTarget::validate_freshest(const format::Superblock& sb) {
   const char* invalid = "Unable to assemble array: Invalid superblocks";
   events_ = sb.events ? sb.events : 1;
-  if (!is_mismatch_free(sb))
+  if (!known_compat_features(sb))
     throw TargetError("Unable to assemble array: Unknown flag(s) in compatible feature flags");
   if (sb.incompat_features)
     throw TargetError("Unable to assemble array: No incompatible feature flags supported yet");
