@@ -94,9 +94,13 @@ std::vector<const DeviceSpec*> creation_order(const Config& cfg) {
     } catch (const TableError&) {
       // Reported with its line when the device is created.
     }
+    // Any argument that names a configured device may be a reference to it.
+    // Its own name is not: a device named like a word of its table (raid1,
+    // core, sync) would be its own cycle.
     for (const auto& line : lines)
       for (const auto& arg : line.args)
-        if (auto it = by_name.find(arg); it != by_name.end()) visit(*it->second);
+        if (auto it = by_name.find(arg); it != by_name.end() && arg != spec.name)
+          visit(*it->second);
     state[spec.name] = 2;
     path.pop_back();
     order.push_back(&spec);

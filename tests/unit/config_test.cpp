@@ -162,5 +162,19 @@ TEST(DeviceSet, RefusesStackingCycles) {
   EXPECT_EQ(msg, "c.yaml:2: device a: stacked devices form a cycle: a -> b -> a");
 }
 
+// A device named like a word of its own table is no reference to itself.
+TEST(DeviceSet, ADeviceNamedLikeAWordOfItsTableLoads) {
+  test::TempDir dir;
+  DeviceManager manager(dir.path());
+  run_blocking(build_devices(
+      parse_config(
+          "files:\n  - { path: a.img, size: 1MiB }\n  - { path: b.img, size: 1MiB }\n"
+          "devices:\n  - {name: raid1, table: '0 2048 raid raid1 1 0 2 - a.img - b.img'}\n",
+          "c.yaml", dir.path()),
+      manager));
+  ASSERT_NE(manager.find("raid1"), nullptr);
+  EXPECT_EQ(manager.find("raid1")->size_bytes(), 2048u * 512);
+}
+
 }  // namespace
 }  // namespace dmnbd
