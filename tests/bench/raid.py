@@ -87,19 +87,28 @@ def spread_bench(args):
             kits.append(kit)
             uris.append(f"nbd://127.0.0.1:{port}/")
         sectors = SPREAD_MB * 2048
+        m2 = metas(args, "spread-meta-r1-", 2)
         servers = [
             bench.dmnbd_devices(args, "one-leg", [("d", f"0 {sectors} linear {uris[0]} 0")], "d"),
+            bench.dmnbd_devices(args, "raid1", [
+                ("r", raid_table(sectors, "raid1", "0 nosync", m2, uris[2:]))], "r"),
             bench.dmnbd_devices(args, "raid10-near4", [
                 ("r", raid_table(2 * sectors, "raid10", "128 nosync", m, uris))], "r")]
         rt = [f"--runtime={args.runtime}", "--time_based", "--ramp_time=1",
-              f"--size={SPREAD_MB}m", "--iodepth=32"]
-        results = bench.run_set(args, servers, [("spread", "randread", rt)], rounds=args.rounds)
+              f"--size={SPREAD_MB}m"]
+        jobs = [("spread", "randread", rt + ["--iodepth=32"]),
+                ("write-1m", "write", rt + ["--bs=1m", "--iodepth=4"])]
+        results = bench.run_set(args, servers, jobs, rounds=args.rounds)
     finally:
         for k in kits:
             k.stop()
     one, r10 = results[("spread", "one-leg")]["iops"], results[("spread", "raid10-near4")]["iops"]
     print(f"\nspread: 4k random reads, legs capped at {LEG_RATE}bit/s each: one leg {one:.0f} IOPS, "
           f"raid10 near over 4 legs {r10:.0f} IOPS ({r10 / one:.2f}x)")
+    w1 = results[("write-1m", "one-leg")]["iops"]
+    print("1 MiB writes to the same capped legs (each copy goes to its own leg, side by side): "
+          + ", ".join(f"{n} {results[('write-1m', n)]['iops'] / w1:.2f}x"
+                      for n in ("raid1", "raid10-near4")) + f" of one leg's {w1:.0f} IOPS")
 
 
 def resync_bench(args):

@@ -39,14 +39,15 @@ WORK/mirror/dmnbd.skip, when present, says why dmnbd's parts did not run.
 Device names are compared after mapping both to their roles (LEG0 LEG1 LEG2
 LOG).
 """
-import hashlib
 import os
 import random
 import re
 import struct
 import sys
 
-SECTOR = 512
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vmfiles import SECTOR, connect, labelled, read, write, write_export  # noqa: E402
+
 L = 8064                 # mirror sectors: 16 regions, the last one 384 sectors
 REGION = 512
 REGIONS = -(-L // REGION)
@@ -72,14 +73,6 @@ TABLES3 = [
 def die(msg):
     print(f"mirror.py: {msg}", file=sys.stderr)
     sys.exit(2)
-
-
-def labelled(tag, count, rng):
-    out = bytearray()
-    for s in range(count):
-        lab = f"{tag}:{s:06d}:".encode()
-        out += lab + rng.randbytes(SECTOR - len(lab))
-    return bytes(out)
 
 
 def region_range(r, length=L, region=REGION):
@@ -116,16 +109,6 @@ def make_log(base, regions, dirty):
             bm[r // 8] |= 1 << (r % 8)
     log[LOG_OFFSET:LOG_OFFSET + len(bm)] = bm
     return bytes(log)
-
-
-def write(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def cmd_prepare(work):
@@ -168,15 +151,8 @@ def cmd_stitch(dev):
 
 
 def cmd_write(sock, export, path):
-    import nbd
-    data = read(path)
-    h = nbd.NBD()
-    h.set_export_name(export)
-    h.connect_unix(sock)
-    step = 1 << 20
-    for off in range(0, len(data), step):
-        h.pwrite(data[off:off + step], off)
-    h.flush()
+    h = connect(sock, export)
+    write_export(h, read(path))
     h.shutdown()
 
 

@@ -52,7 +52,9 @@ import re
 import struct
 import sys
 
-SECTOR = 512
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vmfiles import SECTOR, connect, labelled, read, write, write_export  # noqa: E402
+
 META_BYTES = 1 << 20
 # name: (table after "0 L raid", L, number of legs, metadata?, data leg sectors);
 # the options in the order the kernel's table line prints them
@@ -89,14 +91,6 @@ def die(msg):
     sys.exit(2)
 
 
-def labelled(tag, count, rng):
-    out = bytearray()
-    for s in range(count):
-        lab = f"{tag}:{s:06d}:".encode()
-        out += lab + rng.randbytes(SECTOR - len(lab))
-    return bytes(out)
-
-
 def roles(name):
     n, meta = SETS[name][2], SETS[name][3]
     return [r for i in range(n) for r in ((f"m{i}", f"d{i}") if meta else (f"d{i}",))]
@@ -116,16 +110,6 @@ def table(name, degraded=False):
 
 def subst(line, paths):
     return re.sub(r"\$([MD]\d)", lambda m: paths[m.group(1).lower()], line)
-
-
-def write(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def zeroed(path, size):
@@ -178,23 +162,12 @@ def cmd_prepare(work):
           f"{' '.join(DEGRADED)}), the kernel writes K on {' '.join(KSETS)}; {len(TABLES4)} table strings")
 
 
-def connect(sock, export):
-    import nbd
-    h = nbd.NBD()
-    h.set_export_name(export)
-    h.connect_unix(sock)
-    return h
-
-
 def cmd_write(sock, export, path, sectors):
     data = read(path)[:sectors * SECTOR]
     h = connect(sock, export)
     if h.get_size() != len(data):
         die(f"{export}: size {h.get_size()}, want {len(data)}")
-    step = 1 << 20
-    for off in range(0, len(data), step):
-        h.pwrite(data[off:off + step], off)
-    h.flush()
+    write_export(h, data)
     h.shutdown()
 
 
