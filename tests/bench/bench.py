@@ -284,6 +284,35 @@ def nbdcopy_seconds(args, src, dst, sectors):
         s.stop()
 
 
+class CappedLegs:
+    """nbdkit file servers over `files`, each capped at `rate` bits per second
+    by its rate filter: legs that behave like disks (or machines) with a
+    bandwidth of their own. A context manager; .uris are their exports."""
+
+    def __init__(self, args, files, rate):
+        self.args, self.files, self.rate, self.kits, self.uris = args, files, rate, [], []
+
+    def __enter__(self):
+        log = open(os.path.join(self.args.dir, "servers.log"), "a")
+        try:
+            for leg in self.files:
+                port = free_port()
+                kit = Server("nbdkit-rate", ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port),
+                                             "--filter=rate", "file", leg, f"rate={self.rate}"],
+                             f"nbd://127.0.0.1:{port}/")
+                kit.start(log, port)
+                self.kits.append(kit)
+                self.uris.append(kit.uri)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for k in self.kits:
+            k.stop()
+
+
 def fresh_file(path, size_mb):
     if os.path.exists(path):
         os.remove(path)

@@ -9,6 +9,9 @@ tmpfs.
   randwrite: 4 KiB random writes at depth 16 (every leg, and the disk log's
              mark/clear of each region)
   write-1m:  1 MiB sequential writes at depth 4
+  capped:    4 KiB random writes and 1 MiB writes where each leg is an nbdkit
+             file server capped at LEG_RATE by its rate filter (legs that are
+             disks): the mirror over two such legs against linear over one
   resync:    a full resync of a new disk log over LEG_MB, against nbdcopy of
              the same bytes from one leg to the other
   remote-leg: dmnbd linear over nbd://127.0.0.1 onto the nbdkit-file server,
@@ -25,6 +28,8 @@ import bench  # noqa: E402  (its server and fio helpers)
 LEG_MB = 256
 SECTORS = LEG_MB * 2048
 REGION = 1024  # sectors: lvcreate --type mirror's default 512 KiB
+CAPPED_MB = 64
+LEG_RATE = "160M"  # bits per second (nbdkit-rate-filter): 20 MB/s per leg
 
 
 def servers_for(args, legs):
@@ -45,6 +50,28 @@ def servers_for(args, legs):
            bench.dmnbd_devices(args, "remote-leg", [
                ("r", f"0 {SECTORS} linear nbd://127.0.0.1:{port}/ 0")], "r")]
     return out
+
+
+def capped_bench(args):
+    """The mirror against one leg where the legs have a bandwidth of their own."""
+    files = [os.path.join(args.dir, f"capped{i}.img") for i in (0, 1)]
+    for f in files:
+        bench.fresh_file(f, CAPPED_MB)
+    log = os.path.join(args.dir, "capped-log.img")
+    bench.fresh_file(log, 1)
+    sectors = CAPPED_MB * 2048
+    with bench.CappedLegs(args, files, LEG_RATE) as capped:
+        a, b = capped.uris
+        servers = [
+            bench.dmnbd_devices(args, "one-leg", [("d", f"0 {sectors} linear {a} 0")], "d"),
+            bench.dmnbd_devices(args, "mirror-disk", [
+                ("m", f"0 {sectors} mirror disk 3 {log} {REGION} nosync 2 {a} 0 {b} 0")], "m")]
+        rt = [f"--runtime={args.runtime}", "--time_based", "--ramp_time=1", f"--size={CAPPED_MB}m"]
+        jobs = [("randwrite", "randwrite", rt), ("write-1m", "write", rt + ["--bs=1m", "--iodepth=4"])]
+        results = bench.run_set(args, servers, jobs, rounds=args.rounds)
+    print(f"\ncapped legs ({LEG_RATE}bit/s each), mirror (disk log) over two against one leg: " +
+          ", ".join(f"{job} {results[(job, 'mirror-disk')]['iops'] / results[(job, 'one-leg')]['iops']:.2f}x"
+                    for job, _, _ in jobs))
 
 
 def resync_bench(args, legs):
@@ -92,6 +119,7 @@ def main():
           "directly: " + ", ".join(
               f"{job} {results[(job, 'remote-leg')]['iops'] / results[(job, 'nbdkit-file')]['iops']:.2f}x"
               for job, _, _ in jobs))
+    capped_bench(args)
     resync, copy = resync_bench(args, legs)
     print(f"\nresync of {LEG_MB} MiB (new disk log): {resync:.0f} MiB/s; nbdcopy of the same "
           f"bytes leg to leg: {copy:.0f} MiB/s ({resync / copy:.2f}x)")

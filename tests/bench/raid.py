@@ -75,17 +75,8 @@ def local_bench(args):
 def spread_bench(args):
     l = legs(args, "spread", 4, SPREAD_MB)
     m = metas(args, "spread-meta", 4)
-    log = open(os.path.join(args.dir, "servers.log"), "a")
-    kits, uris = [], []
-    try:
-        for leg in l:
-            port = bench.free_port()
-            kit = bench.Server("nbdkit-rate", ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port),
-                                               "--filter=rate", "file", leg, f"rate={LEG_RATE}"],
-                               f"nbd://127.0.0.1:{port}/")
-            kit.start(log, port)
-            kits.append(kit)
-            uris.append(f"nbd://127.0.0.1:{port}/")
+    with bench.CappedLegs(args, l, LEG_RATE) as capped:
+        uris = capped.uris
         sectors = SPREAD_MB * 2048
         m2 = metas(args, "spread-meta-r1-", 2)
         servers = [
@@ -99,12 +90,11 @@ def spread_bench(args):
         jobs = [("spread", "randread", rt + ["--iodepth=32"]),
                 ("write-1m", "write", rt + ["--bs=1m", "--iodepth=4"])]
         results = bench.run_set(args, servers, jobs, rounds=args.rounds)
-    finally:
-        for k in kits:
-            k.stop()
-    one, r10 = results[("spread", "one-leg")]["iops"], results[("spread", "raid10-near4")]["iops"]
+    one = results[("spread", "one-leg")]["iops"]
     print(f"\nspread: 4k random reads, legs capped at {LEG_RATE}bit/s each: one leg {one:.0f} IOPS, "
-          f"raid10 near over 4 legs {r10:.0f} IOPS ({r10 / one:.2f}x)")
+          + ", ".join(f"{n} {results[('spread', n)]['iops']:.0f} IOPS "
+                      f"({results[('spread', n)]['iops'] / one:.2f}x)"
+                      for n in ("raid1", "raid10-near4")))
     w1 = results[("write-1m", "one-leg")]["iops"]
     print("1 MiB writes to the same capped legs (each copy goes to its own leg, side by side): "
           + ", ".join(f"{n} {results[('write-1m', n)]['iops'] / w1:.2f}x"
