@@ -331,7 +331,8 @@ TEST_F(RaidTest, TableLinesAreTheKernels) {
     auto table = test::open_table("0 " + std::to_string(len) + " raid " + args, resolver_);
     EXPECT_EQ(table->table_text(), "0 " + std::to_string(len) + " raid " + want + "\n") << args;
     // Loaded, not resumed: frozen, as the kernel keeps it until the first resume.
-    EXPECT_NE(table->status_text().find(" frozen 0 0 -"), std::string::npos) << table->status_text();
+    EXPECT_NE(table->status_text().find(" frozen 0 0 -"), std::string::npos)
+        << table->status_text();
     run_sync(table->teardown());
   }
 }
