@@ -10,6 +10,7 @@
 #     prints one line per CMD: "ok" (read: "ok <first 8 bytes hex> <sha1>") or the
 #     errno name (EIO, ...)
 #   fbytes OFF LEN                      hex of LEN bytes of disk.img at OFF
+#   kill_under_fio EXPORT SIZE          kill -9 of the server under fio's random writes
 #   $TARGETS_DIR/regions.py             region checks for the resync tests (its docstring)
 
 # The directory of these scripts (regions.py), whatever the caller's cwd.
@@ -33,6 +34,19 @@ YAML
 }
 
 dm() { timeout 60 "$DMNBD" --control "$WORK/ctl.sock" "$@"; }
+
+# kill_under_fio EXPORT SIZE: fio's 4 KiB random writes over the first SIZE of
+# EXPORT at depth 32, and kill -9 of the server 1.5 s into them; the sockets
+# it leaves are removed, for dmnbd_start to bring it back.
+kill_under_fio() {
+  timeout 60 fio --name=kill --ioengine=nbd --uri="nbd+unix:///$1?socket=$WORK/nbd.sock" \
+    --rw=randwrite --bs=4k --size="$2" --iodepth=32 --time_based --runtime=30 > "$WORK/kill.log" 2>&1 &
+  local fio_pid=$!
+  sleep 1.5
+  kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
+  wait "$fio_pid"
+  rm -f "$WORK/nbd.sock" "$WORK/ctl.sock"
+}
 
 nbdio() { timeout 60 "$PY" "$WORK/io.py" "$WORK/nbd.sock" "$EXPORT" "$@"; }
 

@@ -111,13 +111,7 @@ dm remove ms
 # ---- 3. kill -9 under load
 dm reload mi --table "0 $SECTORS mirror disk 2 $WORK/log.img 1024 2 l0 0 l1 0" || fail "reload mi failed"
 wait_in_sync
-timeout 60 fio --name=kill --ioengine=nbd --uri="nbd+unix:///mi?socket=$WORK/nbd.sock" \
-  --rw=randwrite --bs=4k --size=32m --iodepth=32 --time_based --runtime=30 > "$WORK/kill.log" 2>&1 &
-FIO_PID=$!
-sleep 1.5
-kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
-wait "$FIO_PID"
-rm -f "$WORK/nbd.sock" "$WORK/ctl.sock"
+kill_under_fio mi 32m
 # The log as the kill left it: the dirty regions, and one clean region made
 # to differ on leg 1 (a resync of it would undo that).
 read -r DIRTY CLEAN < <("$PY" - "$WORK/log.img" <<'PYEOF'

@@ -128,13 +128,7 @@ for i in 0 1; do truncate -s 0 meta$i.img; truncate -s 1M meta$i.img; done
 dm reload r --table "$TABLE1" || fail "reload r as raid1 failed"
 wait_idle
 sleep 0.5  # the resync's bits are cleared after 2 daemon periods (200 ms)
-timeout 60 fio --name=kill --ioengine=nbd --uri="nbd+unix:///r?socket=$WORK/nbd.sock" \
-  --rw=randwrite --bs=4k --size=16m --iodepth=32 --time_based --runtime=30 > "$WORK/kill.log" 2>&1 &
-FIO_PID=$!
-sleep 1.5
-kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
-wait "$FIO_PID"
-rm -f "$WORK/nbd.sock" "$WORK/ctl.sock"
+kill_under_fio r 16m
 read -r DIRTY CLEAN < <("$PY" - "$WORK/meta0.img" <<'PYEOF'
 import sys
 m = open(sys.argv[1], "rb").read()
