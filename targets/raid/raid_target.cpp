@@ -21,9 +21,7 @@ bool known_compat_features(const format::Superblock& sb) {
 }  // namespace
 
 RaidTarget::RaidTarget(const TargetContext& ctx, TargetArgs args)
-    : length_(ctx.length),
-      raise_event_(ctx.raise_event),
-      params_(parse_raid_table(args, ctx.length)) {
+    : raise_event_(ctx.raise_event), params_(parse_raid_table(args, ctx.length)) {
   if (params_.type->level == 5 || params_.type->level == 6)
     throw TargetError(std::string("raid type ") + params_.type->name +
                       " is not supported yet (raid0, raid1 and raid10 are)");

@@ -128,7 +128,6 @@ class RaidTarget final : public Target {
   uint64_t recovery_start() const;
   std::optional<unsigned> first_in_sync_copy(const Copies& copies, unsigned excluding) const;
 
-  const uint64_t length_;
   const std::function<void()> raise_event_;
   RaidParams params_;
   std::vector<std::unique_ptr<RaidDevice>> devs_;

@@ -201,18 +201,6 @@ WriteIntentBitmap::Cleared WriteIntentBitmap::clear_idle(Clock::duration min_idl
   return out;
 }
 
-bool WriteIntentBitmap::has_idle_dirty() const {
-  std::lock_guard lk(mutex_);
-  for (const auto& [r, e] : entries_)
-    if (!e.pending && !needed_[r]) return true;
-  return false;
-}
-
-bool WriteIntentBitmap::test(uint64_t r) const {
-  std::lock_guard lk(mutex_);
-  return bit(r);
-}
-
 bool WriteIntentBitmap::needed(uint64_t r) const {
   std::lock_guard lk(mutex_);
   return r < regions_ && needed_[r];
@@ -262,11 +250,6 @@ uint64_t WriteIntentBitmap::dirty_count() const {
   uint64_t n = 0;
   for (uint64_t r = 0; r < regions_; ++r) n += bit(r);
   return n;
-}
-
-uint64_t WriteIntentBitmap::events() const {
-  std::lock_guard lk(mutex_);
-  return header_.events;
 }
 
 void WriteIntentBitmap::set_events(uint64_t events, bool array_clean) {

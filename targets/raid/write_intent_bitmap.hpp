@@ -49,8 +49,6 @@ class WriteIntentBitmap {
   uint32_t region_sectors() const { return options_.region_sectors; }
   uint64_t region_of(uint64_t sector) const { return sector >> region_shift_; }
   uint64_t region_start(uint64_t r) const { return r << region_shift_; }
-  // Bytes of the metadata device the bitmap needs, from byte 4096.
-  uint64_t image_bytes() const { return image_.size(); }
 
   // Flushes the data legs before cleared bits are written.
   void set_legs_flush(std::function<Task<Status>()> legs_flush) {
@@ -95,10 +93,8 @@ class WriteIntentBitmap {
     std::optional<Clock::time_point> next;
   };
   Cleared clear_idle(Clock::duration min_idle, bool keep_dirty);
-  bool has_idle_dirty() const;
 
   // ---- Resync and recovery.
-  bool test(uint64_t r) const;  // the bit
   bool needed(uint64_t r) const;
   void set_needed_where_dirty(uint64_t from_region);
   void set_all_needed(uint64_t from_region);
@@ -109,7 +105,6 @@ class WriteIntentBitmap {
   uint64_t dirty_count() const;
 
   // ---- Commits: the changed pages to every active metadata device.
-  uint64_t events() const;
   void set_events(uint64_t events, bool array_clean);  // md_bitmap_update_sb()
   Task<Status> flush();                                // writes whatever changed, and waits for it
 
