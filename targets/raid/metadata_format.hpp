@@ -23,7 +23,6 @@ inline constexpr uint32_t kFlagReshapeActive = 0x1;       // SB_FLAG_RESHAPE_ACT
 inline constexpr uint64_t kMaxSector = ~uint64_t(0);      // MaxSector: "done", "in sync"
 inline constexpr size_t kSuperblockBytes = 148;
 inline constexpr size_t kLogicalBlock = 512;
-inline constexpr unsigned kMaxFailedBits = 256;  // failed_devices + extended
 
 inline constexpr uint32_t kBitmapMagic = 0x6D746962;  // BITMAP_MAGIC, "bitm" on disk
 inline constexpr uint32_t kBitmapVersion = 4;         // BITMAP_MAJOR_HI: little-endian bits

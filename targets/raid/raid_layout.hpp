@@ -60,14 +60,11 @@ class Geometry {
   static Geometry raid10(unsigned disks, uint32_t chunk, Raid10Layout layout,
                          uint64_t device_sectors);
 
-  Level level() const { return level_; }
   unsigned disks() const { return disks_; }
   uint32_t chunk() const { return chunk_; }  // 0 for raid1
-  const Raid10Layout& raid10() const { return r10_; }
   uint64_t array_sectors() const { return array_sectors_; }
   // What each device holds of the array, from its data offset.
   uint64_t used_device_sectors() const { return used_device_sectors_; }
-  uint64_t stride() const { return stride_; }  // raid10: sectors between far copies
 
   // The copies of array sector `x` (one for raid0). Every sector up to the
   // end of x's chunk (to_chunk_end) lies right after these on each device.

@@ -40,7 +40,6 @@ void RaidTarget::open_devices(const TargetContext& ctx) {
   for (unsigned i = 0; i < params_.disks(); ++i) {
     auto dev = std::make_unique<RaidDevice>();
     const DevicePair& pair = params_.devices[i];
-    dev->meta_name = pair.meta;
     dev->data_name = pair.data;
     dev->write_mostly = params_.write_mostly[i];
     auto open = [&](const std::string& name, const char* error) {

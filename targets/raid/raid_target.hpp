@@ -40,7 +40,7 @@ namespace dmnbd::raid {
 enum class SyncAction { idle, resync, recover, check, repair };
 
 struct RaidDevice {
-  std::string meta_name, data_name;  // empty for "-"
+  std::string data_name;  // empty for "-"
   std::shared_ptr<BlockDevice> meta, data;
   bool write_mostly = false;
   bool first_use = false;  // a new superblock (no valid one, or rebuild)

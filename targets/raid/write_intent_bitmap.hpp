@@ -48,7 +48,6 @@ class WriteIntentBitmap {
   uint64_t regions() const { return regions_; }
   uint32_t region_sectors() const { return options_.region_sectors; }
   uint64_t region_of(uint64_t sector) const { return sector >> region_shift_; }
-  uint64_t region_start(uint64_t r) const { return r << region_shift_; }
 
   // Flushes the data legs before cleared bits are written.
   void set_legs_flush(std::function<Task<Status>()> legs_flush) {
