@@ -125,38 +125,36 @@ Task<JobStep> RaidTarget::sync_step(const CancelToken& cancel) {
     co_return JobStep{ok(), count};
   }
   const uint64_t total = resync_max_sectors();
-  while (true) {
-    if (position_ >= total) co_return JobStep{ok(), 0};
-    uint64_t r = position_ / region_sectors_;
-    // A resync with a bitmap skips the regions it says are in sync.
-    if (action == SyncAction::resync && bitmap_) {
-      r = bitmap_->next_needed(r);
-      if (r >= bitmap_->regions()) {
-        position_ = total;
-        co_return JobStep{ok(), 0};
-      }
+  if (position_ >= total) co_return JobStep{ok(), 0};
+  uint64_t r = position_ / region_sectors_;
+  // A resync with a bitmap skips the regions it says are in sync.
+  if (action == SyncAction::resync && bitmap_) {
+    r = bitmap_->next_needed(r);
+    if (r >= bitmap_->regions()) {
+      position_ = total;
+      co_return JobStep{ok(), 0};
     }
-    const uint64_t start = std::max<uint64_t>(r * region_sectors_, position_);
-    const uint64_t end = std::min<uint64_t>((r + 1) * region_sectors_, total);
-    co_await barrier_.lock_sync(r);
-    bool done = false;
-    if (action == SyncAction::resync)
-      done = co_await resync_region(start, end, cancel);
-    else
-      done = co_await compare_region(start, end, action == SyncAction::repair, cancel);
-    barrier_.unlock_sync(r);
-    if (!done) co_return JobStep{errno_status(EIO), 0};
-    if (cancel.cancelled()) co_return JobStep{ok(), 0};
-    if (bitmap_ && action != SyncAction::check) bitmap_->end_sync(r);
-    position_ = end;
-    co_return JobStep{ok(), end - start};
   }
+  const uint64_t start = std::max<uint64_t>(r * region_sectors_, position_);
+  const uint64_t end = std::min<uint64_t>((r + 1) * region_sectors_, total);
+  co_await barrier_.lock_sync(r);
+  bool done = false;
+  if (action == SyncAction::resync)
+    done = co_await resync_region(start, end, cancel);
+  else
+    done = co_await compare_region(start, end, action == SyncAction::repair, cancel);
+  barrier_.unlock_sync(r);
+  if (!done) co_return JobStep{errno_status(EIO), 0};
+  if (cancel.cancelled()) co_return JobStep{ok(), 0};
+  if (bitmap_ && action != SyncAction::check) bitmap_->end_sync(r);
+  position_ = end;
+  co_return JobStep{ok(), end - start};
 }
 
 // The first copy on a device in sync (raid1: not write-mostly if it can).
 std::optional<unsigned> RaidTarget::first_in_sync_copy(const Copies& copies,
                                                        unsigned excluding) const {
-  std::optional<unsigned> pick, write_mostly;
+  std::optional<unsigned> write_mostly;
   for (unsigned k = 0; k < copies.size(); ++k) {
     const RaidDevice& d = *devs_[copies[k].dev];
     if (copies[k].dev == excluding || !d.usable() || !d.in_sync) continue;
@@ -166,7 +164,7 @@ std::optional<unsigned> RaidTarget::first_in_sync_copy(const Copies& copies,
     }
     return k;
   }
-  return pick ? pick : write_mostly;
+  return write_mostly;
 }
 
 // kcopyd from one copy to others (at most eight at a time); a device that
@@ -336,16 +334,16 @@ Task<void> RaidTarget::finish_action() {
 
 // The running action stops where it is (md's MD_RECOVERY_INTR): a resync
 // resumes from there, a recovering device keeps its recovery_offset.
-Task<void> RaidTarget::stop_action(bool interrupted) {
+Task<void> RaidTarget::stop_action() {
   if (!job_) co_return;
   co_await job_->stop();
   const SyncAction action = action_;
   const uint64_t pos = position_;
   ++job_generation_;
-  if (interrupted && (action == SyncAction::resync || action == SyncAction::repair) &&
+  if ((action == SyncAction::resync || action == SyncAction::repair) &&
       recovery_cp_ != format::kMaxSector && pos > recovery_cp_)
     recovery_cp_ = pos;
-  if (interrupted && action == SyncAction::recover)
+  if (action == SyncAction::recover)
     for (auto& d : devs_)
       if (d->usable() && !d->in_sync && d->recovery_offset < pos) d->recovery_offset = pos;
   action_ = SyncAction::idle;

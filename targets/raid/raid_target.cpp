@@ -493,7 +493,7 @@ Task<void> RaidTarget::attempt_restore_of_faulty_devices() {
 }
 
 Task<void> RaidTarget::presuspend() {
-  co_await stop_action(true);
+  co_await stop_action();
 }
 
 Task<void> RaidTarget::postsuspend() {
@@ -504,7 +504,7 @@ Task<void> RaidTarget::postsuspend() {
 // stopped (where it got to is kept), every idle region's bit is cleared, and
 // the superblocks record it all. Once until the next resume.
 Task<void> RaidTarget::stop_writes() {
-  co_await stop_action(true);
+  co_await stop_action();
   co_await bitmap_daemon_.stop();
   if (std::exchange(writes_stopped_, true) || !preresumed_) co_return;
   if (bitmap_) {
@@ -599,9 +599,8 @@ Task<std::string> RaidTarget::message(std::vector<std::string> words) {
       throw TargetError("Invalid argument");
   }
   frozen_ = frozen;
-  if (requested || (!idle && !frozen))
-    if (action_ != SyncAction::idle) throw TargetError("Device or resource busy");
-  if (idle || frozen) co_await stop_action(true);
+  if (!idle && !frozen && action_ != SyncAction::idle) throw TargetError("Device or resource busy");
+  if (idle || frozen) co_await stop_action();
   if (!frozen) start_needed_action(requested);
   co_return std::string();
 }

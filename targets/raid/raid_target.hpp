@@ -123,7 +123,7 @@ class RaidTarget final : public Target {
                         const CancelToken& cancel);
   bool end_action(SyncAction action, uint64_t generation, Status st);
   Task<void> finish_action();
-  Task<void> stop_action(bool interrupted);
+  Task<void> stop_action();
   bool needs_recovery() const;
   uint64_t recovery_start() const;
   std::optional<unsigned> first_in_sync_copy(const Copies& copies, unsigned excluding) const;
