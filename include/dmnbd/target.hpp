@@ -75,6 +75,9 @@ class Target {
 
   // STATUSTYPE_TABLE: the arguments that rebuild this target (re-loadable).
   virtual std::string table() const = 0;
+  // The same as `dmsetup table` shows it without --showkeys: a target whose
+  // arguments hold a key shows it masked. What every user-facing output uses.
+  virtual std::string table_masked() const { return table(); }
   // STATUSTYPE_INFO: what `dmsetup status` prints after the target name.
   virtual std::string status() const { return {}; }
 
@@ -98,6 +101,12 @@ class Target {
   // dtr, but allowed to wait, so a target writes its last metadata or stops
   // its background work here and its destructor only frees memory.
   virtual Task<void> teardown() { co_return; }
+
+  // The smallest unit of I/O, in bytes (the kernel's io_hints raising
+  // logical_block_size): the Device turns requests that are not whole units
+  // into read-modify-write of whole units, so map() never sees a bio that
+  // starts or ends inside one. A power of two, 512 by default.
+  virtual uint32_t logical_block_size() const { return 512; }
 
   // Largest bio, in sectors, that may reach map(); bios are split so that none
   // crosses a multiple of it. 0 means no limit.

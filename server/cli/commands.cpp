@@ -271,12 +271,13 @@ std::function<int()> add_control_commands(CLI::App& app) {
           json req{{"cmd", cmd}};
           if (!o->name.empty()) req["name"] = o->name;
           if (o->inactive) req["inactive"] = true;
+          if (o->showkeys) req["showkeys"] = true;
           return req;
         },
         show_printers.at(cmd));
     sub->add_option("name", o->name, "Device name (default: all)");
     if (std::string(cmd) == "table") {
-      sub->add_flag("--showkeys", o->showkeys, "Show keys (no target here hides any yet)");
+      sub->add_flag("--showkeys", o->showkeys, "Show crypt keys instead of zeroes");
       sub->add_flag("--inactive", o->inactive, "Show the inactive table");
     }
   }

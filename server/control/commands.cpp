@@ -55,11 +55,13 @@ json info_of(const Device& d) {
 }
 
 // The text a table or status line shows: the live table, or for `table
-// --inactive`, the inactive one.
-json table_lines(const Device& d, bool status, bool inactive) {
-  auto table = inactive ? d.inactive_table() : d.live_table();
+// --inactive`, the inactive one; keys masked unless the request asks for
+// them (`table --showkeys`).
+json table_lines(const Device& d, bool status, const json& req) {
+  auto table = flag(req, "inactive") ? d.inactive_table() : d.live_table();
   if (!table) return json::array();
-  return lines_of(status ? table->status_text() : table->table_text());
+  const auto keys = flag(req, "showkeys") ? Table::Keys::shown : Table::Keys::hidden;
+  return lines_of(status ? table->status_text() : table->table_text(keys));
 }
 
 Task<json> wait_for_event(DeviceManager& devices, const json& req) {
@@ -139,7 +141,7 @@ Task<json> verb_rename(DeviceManager& devices, const json& req, Name name) {
 json table_or_status(DeviceManager& devices, const json& req, bool status) {
   json out = json::array();
   for (const auto& d : selected(devices, req))
-    out.push_back({{"name", d->name()}, {"lines", table_lines(*d, status, flag(req, "inactive"))}});
+    out.push_back({{"name", d->name()}, {"lines", table_lines(*d, status, req)}});
   return json{{"ok", true}, {"devices", out}};
 }
 

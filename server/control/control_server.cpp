@@ -14,6 +14,13 @@
 namespace dmnbd::control {
 namespace {
 
+// A string field of a request for the log, whatever the client sent.
+std::string field_text(const json& request, const char* key) {
+  if (!request.is_object()) return "?";
+  auto it = request.find(key);
+  return it != request.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
 constexpr size_t kMaxRequestBytes = 1 << 20;  // tables are text; 1 MiB is plenty
 constexpr auto kTuple = asio::as_tuple(asio::use_awaitable);
 
@@ -118,10 +125,12 @@ Task<void> ControlServer::serve(std::shared_ptr<Socket> socket) {
     if (request.is_discarded()) {
       response = error_response(EINVAL, "malformed JSON");
     } else {
-      spdlog::debug("control: {}", line);
+      // Only the verb and the device: tables and messages may hold keys.
+      const std::string what = field_text(request, "cmd") + " " + field_text(request, "name");
+      spdlog::debug("control: {}", what);
       response = co_await execute(devices_, request);
       if (!response.value("ok", false))
-        spdlog::warn("control: {} failed: {}", line.substr(0, 200), response.value("error", ""));
+        spdlog::warn("control: {} failed: {}", what, response.value("error", ""));
     }
     if (!co_await reply(response)) co_return;
   }

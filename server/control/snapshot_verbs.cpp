@@ -140,7 +140,7 @@ SnapshotStack find_stack(DeviceManager& devices, const std::string& name) {
   auto siblings = lines_on(devices, "snapshot", stack.real);
   std::erase_if(siblings, [&](const auto& d) { return d->name() == name; });
   if (auto real = devices.find(stack.real); siblings.empty() && real && real->live_table())
-    stack.real_table_if_last = real->live_table()->table_text();
+    stack.real_table_if_last = real->live_table()->table_text(Table::Keys::shown);
   return stack;
 }
 
@@ -213,7 +213,7 @@ Task<json> snapshot_create(DeviceManager& devices, const json& req) {
     throw ControlError(EEXIST, real + ": Device or resource busy (exists)");
 
   const std::string sectors = std::to_string(origin->sectors());
-  const std::string real_table = live->table_text();
+  const std::string real_table = live->table_text(Table::Keys::shown);
   const std::string snapshot_table =
       "0 " + sectors + " snapshot " + real + " " + cow + " " + store + " " + std::to_string(chunk);
   const std::string origin_table = "0 " + sectors + " snapshot-origin " + real;
@@ -317,7 +317,9 @@ Task<json> snapshot_merge(DeviceManager& devices, const json& req) {
   if (restore) finish.push_back(remove_step(devices, real));
   co_await run_steps("snapshot merge", finish);
   spdlog::info("snapshot {}: merged into {}", name, origin_name);
-  co_return json{{"ok", true}, {"table", after_table}};
+  // The origin's table as `table` shows it: keys masked.
+  const std::string shown = devices.get(origin_name)->live_table()->table_text();
+  co_return json{{"ok", true}, {"table", shown}};
 }
 
 }  // namespace dmnbd::control

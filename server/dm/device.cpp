@@ -8,17 +8,16 @@
 namespace dmnbd {
 namespace {
 
-constexpr uint64_t kSectorMask = kSectorSize - 1;
-
-bool aligned(uint64_t v) {
-  return (v & kSectorMask) == 0;
-}
-uint64_t round_down(uint64_t v) {
-  return v & ~kSectorMask;
-}
-uint64_t round_up(uint64_t v) {
-  return (v + kSectorMask) & ~kSectorMask;
-}
+// The table's logical block (Target::logical_block_size, 512 bytes unless a
+// target asks for more): requests that are not whole blocks are read aside
+// or read-modify-written, so targets only ever see whole blocks.
+struct Blocks {
+  uint64_t size;
+  explicit Blocks(const Table& table) : size(table.logical_block_size()) {}
+  bool aligned(uint64_t v) const { return (v & (size - 1)) == 0; }
+  uint64_t down(uint64_t v) const { return v & ~(size - 1); }
+  uint64_t up(uint64_t v) const { return (v + size - 1) & ~(size - 1); }
+};
 
 }  // namespace
 
@@ -169,6 +168,11 @@ bool Device::depends_on(const BlockDevice& other) const {
   return false;
 }
 
+uint32_t Device::logical_block_size() const {
+  std::shared_ptr<Table> table = live_table();
+  return table ? table->logical_block_size() : kSectorSize;
+}
+
 Status Device::check_range(const Table* table, uint64_t offset, uint64_t length,
                            bool writes) const {
   if (writes && read_only_) return errno_status(EPERM);
@@ -276,7 +280,35 @@ Task<Status> Device::submit_in(Bio bio) {
   if (bio.op == BioOp::flush) co_return co_await flush_table(*table);
   if (bio.op != BioOp::read && read_only_) co_return errno_status(EPERM);
   if (bio.end() > table->sectors() || bio.end() < bio.sector) co_return errno_status(EIO);
+  const Blocks blocks(*table);
+  if (!blocks.aligned(bio.sector << kSectorShift) || !blocks.aligned(bio.bytes()))
+    co_return co_await submit_unaligned(*table, bio);
   co_return co_await route(*table, bio, nullptr);
+}
+
+// A bio from a device stacked on this one that is not whole blocks of this
+// table (the kernel would have stacked the block size upwards): read aside,
+// read-modify-write, or trimmed to whole blocks.
+Task<Status> Device::submit_unaligned(const Table& table, Bio bio) {
+  const Blocks blocks(table);
+  const uint64_t offset = bio.sector << kSectorShift, end = offset + bio.bytes();
+  switch (bio.op) {
+    case BioOp::read:
+      co_return co_await read_aside(table, offset, bio.data);
+    case BioOp::write:
+      co_return co_await write_unaligned(table, offset, bio.data, bio.flags);
+    case BioOp::write_zeroes: {
+      std::vector<std::byte> zeroes(bio.bytes());
+      co_return co_await write_unaligned(table, offset, zeroes, bio.flags);
+    }
+    default: {  // discard: advisory, only the whole blocks inside
+      if (blocks.down(end) <= blocks.up(offset)) co_return ok();
+      Bio inside = bio;
+      inside.sector = blocks.up(offset) >> kSectorShift;
+      inside.sectors = (blocks.down(end) - blocks.up(offset)) >> kSectorShift;
+      co_return co_await route(table, inside, nullptr);
+    }
+  }
 }
 
 Task<SuspendGate::Pass> Device::enter_gate(bool requeued) {
@@ -333,7 +365,8 @@ Task<Status> Device::read(uint64_t offset, std::span<std::byte> buf,
   auto pass = co_await gate_.enter();
   std::shared_ptr<Table> table = live_table();
   if (Status st = check_range(table.get(), offset, buf.size(), false)) co_return st;
-  if (aligned(offset) && aligned(buf.size())) {
+  const Blocks blocks(*table);
+  if (blocks.aligned(offset) && blocks.aligned(buf.size())) {
     Bio bio{.op = BioOp::read,
             .sector = offset >> kSectorShift,
             .sectors = buf.size() >> kSectorShift,
@@ -344,14 +377,21 @@ Task<Status> Device::read(uint64_t offset, std::span<std::byte> buf,
     if (view && view->pieces.size() > pieces_before) view->holds.push_back(std::move(pass));
     co_return st;
   }
-  // A client that ignored the advertised block size: read whole sectors aside.
-  const uint64_t first = round_down(offset);
-  std::vector<std::byte> whole(round_up(offset + buf.size()) - first);
+  // A client that ignored the advertised block size.
+  co_return co_await read_aside(*table, offset, buf);
+}
+
+// Reads the whole blocks around [offset, offset + buf.size()) aside and
+// copies out the part asked for.
+Task<Status> Device::read_aside(const Table& table, uint64_t offset, std::span<std::byte> buf) {
+  const Blocks blocks(table);
+  const uint64_t first = blocks.down(offset);
+  std::vector<std::byte> whole(blocks.up(offset + buf.size()) - first);
   Bio bio{.op = BioOp::read,
           .sector = first >> kSectorShift,
           .sectors = whole.size() >> kSectorShift,
           .data = whole};
-  if (Status st = co_await route(*table, bio, nullptr)) co_return st;
+  if (Status st = co_await route(table, bio, nullptr)) co_return st;
   std::memcpy(buf.data(), whole.data() + (offset - first), buf.size());
   co_return ok();
 }
@@ -361,7 +401,9 @@ Task<Status> Device::map_write(uint64_t offset, uint64_t length, MappedView& vie
   SuspendGate::Pass pass(&gate_);
   std::shared_ptr<Table> table = live_table();
   if (Status st = check_range(table.get(), offset, length, true)) co_return st;
-  if (!aligned(offset) || !aligned(length) || length == 0) co_return errno_status(EAGAIN);
+  const Blocks blocks(*table);
+  if (!blocks.aligned(offset) || !blocks.aligned(length) || length == 0)
+    co_return errno_status(EAGAIN);
   const DirectAccess how{.write = true, .view = &view};
   Status st =
       co_await direct_access_in(*table, offset >> kSectorShift, length >> kSectorShift, how);
@@ -384,7 +426,8 @@ Task<Status> Device::write(uint64_t offset, std::span<std::byte> buf, uint32_t f
 Task<Status> Device::write_in(uint64_t offset, std::span<std::byte> buf, uint32_t flags) {
   std::shared_ptr<Table> table = live_table();
   if (Status st = check_range(table.get(), offset, buf.size(), true)) co_return st;
-  if (!aligned(offset) || !aligned(buf.size()))
+  const Blocks blocks(*table);
+  if (!blocks.aligned(offset) || !blocks.aligned(buf.size()))
     co_return co_await write_unaligned(*table, offset, buf, flags);
   Bio bio{.op = BioOp::write,
           .sector = offset >> kSectorShift,
@@ -399,20 +442,22 @@ Task<Status> Device::write_in(uint64_t offset, std::span<std::byte> buf, uint32_
 Task<Status> Device::write_unaligned(const Table& table, uint64_t offset, std::span<std::byte> buf,
                                      uint32_t flags) {
   auto guard = co_await rmw_mutex_.lock();
-  const uint64_t first = round_down(offset);
-  const uint64_t last = round_up(offset + buf.size());
+  const Blocks blocks(table);
+  const uint64_t first = blocks.down(offset);
+  const uint64_t last = blocks.up(offset + buf.size());
   std::vector<std::byte> whole(last - first);
-  auto read_sector = [&](uint64_t byte_pos) -> Task<Status> {
+  auto read_block = [&](uint64_t byte_pos) -> Task<Status> {
     Bio rd{.op = BioOp::read,
            .sector = byte_pos >> kSectorShift,
-           .sectors = 1,
-           .data = std::span(whole).subspan(byte_pos - first, kSectorSize)};
+           .sectors = blocks.size >> kSectorShift,
+           .data = std::span(whole).subspan(byte_pos - first, blocks.size)};
     co_return co_await route(table, rd, nullptr);
   };
-  if (!aligned(offset))
-    if (Status st = co_await read_sector(first)) co_return st;
-  if (!aligned(offset + buf.size()) && (last - kSectorSize != first || aligned(offset)))
-    if (Status st = co_await read_sector(last - kSectorSize)) co_return st;
+  if (!blocks.aligned(offset))
+    if (Status st = co_await read_block(first)) co_return st;
+  if (!blocks.aligned(offset + buf.size()) &&
+      (last - blocks.size != first || blocks.aligned(offset)))
+    if (Status st = co_await read_block(last - blocks.size)) co_return st;
   std::memcpy(whole.data() + (offset - first), buf.data(), buf.size());
   Bio wr{.op = BioOp::write,
          .sector = first >> kSectorShift,
@@ -428,7 +473,8 @@ Task<Status> Device::discard(uint64_t offset, uint64_t length, uint32_t flags) {
   std::shared_ptr<Table> table = live_table();
   if (read_only_) co_return errno_status(EPERM);
   if (Status st = check_range(table.get(), offset, length, false)) co_return st;
-  const uint64_t first = round_up(offset), last = round_down(offset + length);
+  const Blocks blocks(*table);
+  const uint64_t first = blocks.up(offset), last = blocks.down(offset + length);
   if (last <= first) co_return ok();
   Bio bio{.op = BioOp::discard,
           .sector = first >> kSectorShift,
@@ -448,9 +494,10 @@ Task<Status> Device::write_zeroes(uint64_t offset, uint64_t length, uint32_t fla
 Task<Status> Device::write_zeroes_in(uint64_t offset, uint64_t length, uint32_t flags) {
   std::shared_ptr<Table> table = live_table();
   if (Status st = check_range(table.get(), offset, length, true)) co_return st;
-  const uint64_t first = round_up(offset), last = round_down(offset + length);
-  if (first >= last || !aligned(offset) || !aligned(offset + length)) {
-    // Partial sectors are written as zero bytes, which is never fast.
+  const Blocks blocks(*table);
+  const uint64_t first = blocks.up(offset), last = blocks.down(offset + length);
+  if (first >= last || !blocks.aligned(offset) || !blocks.aligned(offset + length)) {
+    // Partial blocks are written as zero bytes, which is never fast.
     if (flags & kBioFastZero) co_return errno_status(ENOTSUP);
   }
   if (first < last) {
@@ -492,7 +539,7 @@ Task<Status> Device::block_status_bytes(uint64_t offset, uint64_t length, size_t
   std::shared_ptr<Table> table = live_table();
   if (Status st = check_range(table.get(), offset, length, false)) co_return st;
   const uint64_t first = offset >> kSectorShift;
-  const uint64_t count = (round_up(offset + length) >> kSectorShift) - first;
+  const uint64_t count = ((offset + length + kSectorSize - 1) >> kSectorShift) - first;
   ExtentList sectors;
   if (Status st = co_await block_status_in(*table, first, count, sectors)) co_return st;
   uint64_t skip = offset - (first << kSectorShift);  // an unaligned start trims the first extent

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <optional>
 
+#include "dmnbd/secret_bytes.hpp"
+
 namespace dmnbd {
 namespace {
 
@@ -103,7 +105,15 @@ std::shared_ptr<Table> Table::build(std::string_view text, DeviceResolver& resol
                                     std::function<bool()> noflush_suspending) {
   auto table = std::make_shared<Table>();
   NamingResolver naming(resolver);
-  const std::vector<TableLine> lines = parse_table_text(text);
+  std::vector<TableLine> lines = parse_table_text(text);
+  // The words may hold keys: wiped once the targets have what they need.
+  struct WipeWords {
+    std::vector<TableLine>& lines;
+    ~WipeWords() {
+      for (auto& line : lines)
+        for (auto& word : line.args) wipe_memory(word.data(), word.size());
+    }
+  } wipe_words{lines};
   if (lines.empty()) throw TableError(0, "table is empty");
   for (const TableLine& line : lines) {
     const TargetType* type = TargetRegistry::instance().find(line.type);
@@ -124,7 +134,23 @@ std::shared_ptr<Table> Table::build(std::string_view text, DeviceResolver& resol
       throw TableError(line.line, line.type + ": " + e.what());
     }
   }
+  check_block_alignment(*table);
   return table;
+}
+
+// dm-table.c validate_hardware_logical_block_alignment(): every line starts
+// and ends on a whole logical block of the table.
+void Table::check_block_alignment(Table& table) {
+  uint32_t block = kSectorSize;
+  for (const Entry& e : table.entries_) block = std::max(block, e.target->logical_block_size());
+  table.logical_block_size_ = block;
+  const uint64_t mask = (block >> kSectorShift) - 1;
+  for (const Entry& e : table.entries_)
+    if ((e.begin | e.length) & mask)
+      throw TableError(e.line, e.type + ": (start sect " + std::to_string(e.begin) + " len " +
+                                   std::to_string(e.length) +
+                                   ") not aligned to h/w logical block size " +
+                                   std::to_string(block));
 }
 
 Task<void> Table::open() {
@@ -157,9 +183,11 @@ const Table::Entry* Table::find_entry(uint64_t sector) const {
   return sector < sectors() ? &find(sector) : nullptr;
 }
 
-std::string Table::table_text() const {
+std::string Table::table_text(Keys keys) const {
   std::string out;
-  for (const auto& e : entries_) out += join_line(e.begin, e.length, e.type, e.target->table());
+  for (const auto& e : entries_)
+    out += join_line(e.begin, e.length, e.type,
+                     keys == Keys::shown ? e.target->table() : e.target->table_masked());
   return out;
 }
 

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/read.hpp>
@@ -198,7 +199,11 @@ Task<void> Handshake::send_info(uint32_t option, const InfoRequest& req, const D
       if (device.description().empty()) continue;
       e.bytes(device.description());
     } else if (type == kInfoBlockSize) {
-      e.u32(kMinBlockSize).u32(kPreferredBlockSize).u32(kMaxPayload);
+      // A table with larger logical blocks (crypt sector_size, verity) raises
+      // both: smaller requests still work, through read-modify-write.
+      const uint32_t block = device.logical_block_size();
+      e.u32(std::max(kMinBlockSize, block)).u32(std::max(kPreferredBlockSize, block));
+      e.u32(kMaxPayload);
     }
     co_await send_option_reply(option, kRepInfo,
                                {reinterpret_cast<char*>(info.data()), info.size()});

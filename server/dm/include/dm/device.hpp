@@ -41,6 +41,9 @@ class Device final : public BlockDevice, public std::enable_shared_from_this<Dev
   // Size of the live table; 0 when there is none.
   uint64_t sectors() const override;
   uint64_t size_bytes() const { return sectors() << kSectorShift; }
+  // The live table's logical block size (512 without a table): the smallest
+  // I/O its targets take whole; anything smaller is read-modify-written.
+  uint32_t logical_block_size() const;
   std::shared_ptr<Table> live_table() const { return live_.load(); }
   std::shared_ptr<Table> inactive_table() const;
 
@@ -130,6 +133,8 @@ class Device final : public BlockDevice, public std::enable_shared_from_this<Dev
   // resume; the entry points go round again while a target requeues.
   Task<SuspendGate::Pass> enter_gate(bool requeued);
   Task<Status> submit_in(Bio bio);
+  Task<Status> submit_unaligned(const Table& table, Bio bio);
+  Task<Status> read_aside(const Table& table, uint64_t offset, std::span<std::byte> buf);
   Task<Status> write_in(uint64_t offset, std::span<std::byte> buf, uint32_t flags);
   Task<Status> write_zeroes_in(uint64_t offset, uint64_t length, uint32_t flags);
   Task<Status> flush_in();

@@ -73,12 +73,21 @@ class Table {
   // calls it before it lets go of a table.
   Task<void> teardown();
 
-  // `dmsetup table` and `dmsetup status` lines, newline-terminated.
-  std::string table_text() const;
+  // `dmsetup table` and `dmsetup status` lines, newline-terminated. Keys are
+  // masked, as dmsetup shows them without --showkeys, unless `keys` is
+  // shown: for --showkeys, and for copying a table inside dmnbd.
+  enum class Keys { hidden, shown };
+  std::string table_text(Keys keys = Keys::hidden) const;
   std::string status_text() const;
 
+  // The largest of the targets' logical block sizes (bytes).
+  uint32_t logical_block_size() const { return logical_block_size_; }
+
  private:
+  static void check_block_alignment(Table& table);
+
   std::vector<Entry> entries_;
+  uint32_t logical_block_size_ = 512;
   std::atomic<bool> torn_down_ = false;
 };
 
