@@ -100,29 +100,15 @@ class CryptTarget final : public Target {
   }
 
   Task<std::string> message(std::vector<std::string> words) override {
-    std::string answer;
-    bool understood = words.size() >= 2 && same_word(words[0], "key");
-    if (understood && !suspended_)
-      throw TargetError("not suspended during key manipulation.");
-    if (understood && words.size() == 3 && same_word(words[1], "set")) {
-      // The key size may not change.
-      KeyArgument arg;
-      try {
-        arg = crypt::parse_key_size(words[2]);
-      } catch (const TargetError&) {
-        arg.size = key_arg_.size + 1;
+    // The words may hold a key: wiped however the message ends.
+    struct Wipe {
+      std::vector<std::string>& words;
+      ~Wipe() {
+        for (auto& w : words) wipe_memory(w.data(), w.size());
       }
-      wipe_memory(words[2].data(), words[2].size());  // the words are logged nowhere
-      if (arg.size != key_arg_.size) throw TargetError("the key size may not be changed");
-      key_arg_ = arg;
-      set_key(words[2]);
-    } else if (understood && words.size() == 2 && same_word(words[1], "wipe")) {
-      wipe_key();
-    } else {
-      throw TargetError("unrecognised message received.");
-    }
-    for (auto& w : words) wipe_memory(w.data(), w.size());
-    co_return answer;
+    } wipe{words};
+    key_message(words);
+    co_return std::string();
   }
 
   Task<void> postsuspend() override {
@@ -178,6 +164,33 @@ class CryptTarget final : public Target {
       } else {
         throw TargetError("Invalid feature arguments");
       }
+    }
+  }
+
+  // `key set <key>` and `key wipe`, only while suspended.
+  void key_message(const std::vector<std::string>& words) {
+    const bool about_key = words.size() >= 2 && same_word(words[0], "key");
+    if (about_key && !suspended_) throw TargetError("not suspended during key manipulation.");
+    if (about_key && words.size() == 3 && same_word(words[1], "set")) {
+      KeyArgument arg;
+      try {
+        arg = crypt::parse_key_size(words[2]);
+      } catch (const TargetError&) {
+        arg.size = key_arg_.size + 1;
+      }
+      if (arg.size != key_arg_.size) throw TargetError("the key size may not be changed");
+      const KeyArgument old = key_arg_;
+      key_arg_ = arg;
+      try {
+        set_key(words[2]);
+      } catch (const TargetError&) {
+        key_arg_ = old;  // the old key stays, as it does in the kernel
+        throw;
+      }
+    } else if (about_key && words.size() == 2 && same_word(words[1], "wipe")) {
+      wipe_key();
+    } else {
+      throw TargetError("unrecognised message received.");
     }
   }
 
