@@ -27,9 +27,10 @@ SecretBytes::SecretBytes(size_t size) : size_(size) {
   if (mlock(p, mapped_) != 0) {
     static std::atomic<bool> warned = false;
     if (!warned.exchange(true))
-      spdlog::warn("cannot lock key memory in RAM ({}): keys may be swapped out; raise "
-                   "RLIMIT_MEMLOCK (ulimit -l) to prevent it",
-                   std::strerror(errno));
+      spdlog::warn(
+          "cannot lock key memory in RAM ({}): keys may be swapped out; raise "
+          "RLIMIT_MEMLOCK (ulimit -l) to prevent it",
+          std::strerror(errno));
   }
 }
 

@@ -24,8 +24,8 @@ class CipherContext {
  public:
   CipherContext() = default;
   // nullptr when OpenSSL refuses the key (wrong length, XTS halves equal).
-  static std::unique_ptr<CipherContext> make(const EVP_CIPHER* cipher,
-                                             std::span<const uint8_t> key, bool encrypt);
+  static std::unique_ptr<CipherContext> make(const EVP_CIPHER* cipher, std::span<const uint8_t> key,
+                                             bool encrypt);
   ~CipherContext();
   CipherContext(const CipherContext&) = delete;
   CipherContext& operator=(const CipherContext&) = delete;

@@ -44,8 +44,7 @@ SecretBytes read_keyring(const std::string& ref, size_t size) {
     refuse("a keyring key is :<size>:<type>:<description>");
   const std::string type = ref.substr(0, colon), description = ref.substr(colon + 1);
   if (type == "logon" || type == "encrypted" || type == "trusted")
-    refuse("the kernel gives no process the payload of a " + type +
-           " key; load it as a user key");
+    refuse("the kernel gives no process the payload of a " + type + " key; load it as a user key");
   if (type != "user") refuse("unknown key type " + type);
   // The process's keyrings first (as the kernel's request_key searches), then
   // the user keyring, where `keyctl add user NAME DATA @u` puts one.

@@ -13,8 +13,8 @@
 namespace dmnbd::crypt {
 
 struct KeyArgument {
-  size_t size = 0;       // bytes
-  std::string keyring;   // "<type>:<description>" for a keyring key, else empty
+  size_t size = 0;      // bytes
+  std::string keyring;  // "<type>:<description>" for a keyring key, else empty
 };
 
 // get_key_size(): throws TargetError("Cannot parse key size").

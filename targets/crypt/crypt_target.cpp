@@ -60,8 +60,8 @@ class CryptTarget final : public Target {
     // The options come first: the cipher needs the sector size.
     if (args.size() > 5) parse_options(args.subspan(5), ctx.length);
     cipher_string_ = args[0];
-    sector_crypt_ = std::make_unique<SectorCrypt>(crypt::parse_cipher_spec(args[0]),
-                                                  sector_size_, iv_large_sectors_);
+    sector_crypt_ = std::make_unique<SectorCrypt>(crypt::parse_cipher_spec(args[0]), sector_size_,
+                                                  iv_large_sectors_);
     set_key(args[1]);
     const uint64_t step = sector_size_ >> kSectorShift;
     if (!scan_u64(args[2], iv_offset_) || (iv_offset_ & (step - 1)))
@@ -241,7 +241,8 @@ class CryptTarget final : public Target {
     const auto* from = reinterpret_cast<const uint8_t*>(in);
     auto* to = reinterpret_cast<uint8_t*>(out);
     const uint64_t cc_sector = sector + iv_offset_;
-    if (bytes < kOffloadBytes) co_return sector_crypt_->convert(encrypt, cc_sector, from, to, bytes);
+    if (bytes < kOffloadBytes)
+      co_return sector_crypt_->convert(encrypt, cc_sector, from, to, bytes);
     const size_t units = bytes / sector_size_;
     const size_t parts = std::min(cpu_pool_threads(), bytes / kPartBytes);
     const size_t units_per_part = (units + parts - 1) / parts;
@@ -263,8 +264,8 @@ class CryptTarget final : public Target {
     Bio ciphertext = bio.at(start_ + bio.sector);
     ciphertext.reads_zero = nullptr;  // zeroes below are not zeroes here
     if (Status st = co_await dev_->submit(ciphertext)) co_return st;
-    const bool good = co_await convert(false, bio.sector, bio.data.data(), bio.data.data(),
-                                       bio.data.size());
+    const bool good =
+        co_await convert(false, bio.sector, bio.data.data(), bio.data.data(), bio.data.size());
     co_return good ? ok() : errno_status(EIO);
   }
 

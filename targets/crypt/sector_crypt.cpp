@@ -127,8 +127,9 @@ std::unique_ptr<SectorCrypt::Contexts> SectorCrypt::key_contexts(
   }
   if (iv_mode_ == IvMode::eboiv) {
     if (algorithm_.block_size() != iv_size_)
-      throw TargetError("Error creating IV (Block size of EBOIV cipher does not match IV size "
-                        "of block cipher)");
+      throw TargetError(
+          "Error creating IV (Block size of EBOIV cipher does not match IV size "
+          "of block cipher)");
     c->iv.push_back(algorithm_.keyed_block_cipher(key.subspan(0, subkey_size)));
   }
   return c;
@@ -174,8 +175,7 @@ void SectorCrypt::give_back(std::unique_ptr<Contexts> contexts) const {
   if (contexts->generation == key_generation_) free_.push_back(std::move(contexts));
 }
 
-void SectorCrypt::make_iv(const Contexts& c, uint64_t cc_sector, size_t subkey,
-                          uint8_t* iv) const {
+void SectorCrypt::make_iv(const Contexts& c, uint64_t cc_sector, size_t subkey, uint8_t* iv) const {
   const uint64_t s = iv_large_sectors_ ? cc_sector >> sector_shift_ : cc_sector;
   std::memset(iv, 0, iv_size_);
   auto* at = reinterpret_cast<std::byte*>(iv);

@@ -71,7 +71,7 @@ class SectorCrypt {
   bool iv_large_sectors_ = false;
 
   mutable std::mutex mutex_;
-  std::unique_ptr<Contexts> prototype_;              // keyed; nullptr: no key
+  std::unique_ptr<Contexts> prototype_;  // keyed; nullptr: no key
   mutable std::vector<std::unique_ptr<Contexts>> free_;
   uint64_t key_generation_ = 0;
 };

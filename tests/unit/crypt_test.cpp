@@ -56,10 +56,8 @@ class CryptTest : public ::testing::Test {
   }
   std::string error_of(const std::string& text) { return test::build_error(text, resolver_); }
   static Status write(Target& t, uint64_t sector, std::span<std::byte> data) {
-    return run_sync(t.map({.op = BioOp::write,
-                           .sector = sector,
-                           .sectors = data.size() / 512,
-                           .data = data}));
+    return run_sync(
+        t.map({.op = BioOp::write, .sector = sector, .sectors = data.size() / 512, .data = data}));
   }
   static Status read(Target& t, uint64_t sector, std::span<std::byte> data) {
     return run_sync(
@@ -91,7 +89,8 @@ struct KnownAnswer {
 // with the plaintext (cryptsetup 2.6.1, its own userspace IV generators):
 // the sha256 of the first 16 KiB of the data segment.
 const KnownAnswer kAnswers[] = {
-    {"aes-xts-plain64", 64, 512, "4fbcfb1790598e8a4b63e7d10ba8259f13eccd20c8d65fa0b214a5337511fcfd"},
+    {"aes-xts-plain64", 64, 512,
+     "4fbcfb1790598e8a4b63e7d10ba8259f13eccd20c8d65fa0b214a5337511fcfd"},
     {"aes-xts-plain64", 32, 4096,
      "0775cf5d4e53bcdda6e02cedcd07ace5e969aa99f97afa201693293c27d49ec8"},
     {"aes-cbc-essiv:sha256", 32, 512,
@@ -101,14 +100,16 @@ const KnownAnswer kAnswers[] = {
     {"aes-xts-essiv:sha256", 64, 512,
      "99af9dd09a69c70c00cf6d469173641af75e4125dd78832d79b9379c66a0eccc"},
     {"aes-cbc-plain", 16, 512, "6ebeb832d1d0f4733f64ca14b62d664f5dffb699c65cdceeba3ada7ddc66956a"},
-    {"aes-cbc-plain64", 24, 512, "d5457b71b3dd9477d2f4c93ba24acb2abd7cbadbe1913155d99959a138d6229f"},
+    {"aes-cbc-plain64", 24, 512,
+     "d5457b71b3dd9477d2f4c93ba24acb2abd7cbadbe1913155d99959a138d6229f"},
     {"aes-cbc-plain64be", 32, 512,
      "c3883fc235cdde1f90616dc3bd3dc1ff9dc60d1ccc11961037feb1592f0375f1"},
     {"aes-cbc-benbi", 32, 512, "7bbc267b976ef84b07d5b997d4a184c583cb2d4a527a53eecc9dc5c4f680fd67"},
     {"aes-cbc-null", 32, 512, "06a8ed066e268a99b156a5c3f4927fab69abfc0d9921589be3f0ac9fa0c8ddf7"},
     {"aes-ecb", 32, 512, "1e34ed9de1aed7efcdd3d1f825b03ec511bccfdaf5ead6e50491bf2fe5109aa9"},
     {"aes-cbc-eboiv", 32, 512, "c519decd1a4cf10b1ffc751db34f777a4b2150c7a359d3da96d0b2db028cb24e"},
-    {"aes-ctr-plain64", 32, 512, "1da09cbd4ee66fbc9b8f376028b77d246c06a00716d7cf9de911ac1b4963c10e"},
+    {"aes-ctr-plain64", 32, 512,
+     "1da09cbd4ee66fbc9b8f376028b77d246c06a00716d7cf9de911ac1b4963c10e"},
     {"camellia-cbc-plain64", 32, 512,
      "8243bcb17d26b0936987f1cf85e597f9b62888b2e6c2e84e8545475105f858fa"},
 };
@@ -118,8 +119,8 @@ TEST_F(CryptTest, EachCipherAndIvModeMatchesCryptsetup) {
     SCOPED_TRACE(std::string(v.cipher) + " " + std::to_string(v.key_bytes) + " " +
                  std::to_string(v.sector_size));
     make_zero_file("v.img", 16384);
-    std::string line = "0 32 crypt " + std::string(v.cipher) + " " + pattern_key(v.key_bytes) +
-                       " 0 v.img 0";
+    std::string line =
+        "0 32 crypt " + std::string(v.cipher) + " " + pattern_key(v.key_bytes) + " 0 v.img 0";
     if (v.sector_size != 512) line += " 1 sector_size:" + std::to_string(v.sector_size);
     auto table = build(line);
     Target& t = *table->entries()[0].target;
@@ -218,8 +219,9 @@ TEST_F(CryptTest, TableLinesInTheKernelsOrderAndMaskedAsDmsetupShowsThem) {
   auto table = build("0 8 crypt aes-xts-plain64 " + k64 +
                      " 16 c.img 8 4 iv_large_sectors sector_size:4096 allow_discards "
                      "no_read_workqueue\n");
-  const std::string rest = " 16 c.img 8 4 allow_discards no_read_workqueue sector_size:4096 "
-                           "iv_large_sectors\n";
+  const std::string rest =
+      " 16 c.img 8 4 allow_discards no_read_workqueue sector_size:4096 "
+      "iv_large_sectors\n";
   EXPECT_EQ(table->table_text(Table::Keys::shown), "0 8 crypt aes-xts-plain64 " + k64 + rest);
   EXPECT_EQ(table->table_text(), "0 8 crypt aes-xts-plain64 " + std::string(128, '0') + rest);
   EXPECT_EQ(table->status_text(), "0 8 crypt\n");
@@ -333,10 +335,8 @@ TEST_F(CryptTest, WriteZeroesWritesEncryptedZeroesAndDiscardsNeedAllowDiscards) 
   const auto disk = file();
   EXPECT_FALSE(std::all_of(disk.begin(), disk.begin() + 4096 * 512,
                            [](std::byte b) { return b == std::byte{0}; }));
-  EXPECT_EQ(run_sync(t.map({.op = BioOp::write_zeroes,
-                            .sector = 0,
-                            .sectors = 8,
-                            .flags = kBioFastZero})),
+  EXPECT_EQ(run_sync(t.map(
+                {.op = BioOp::write_zeroes, .sector = 0, .sectors = 8, .flags = kBioFastZero})),
             errno_status(EOPNOTSUPP));
   // Without allow_discards a discard leaves the ciphertext alone.
   ASSERT_FALSE(run_sync(t.map({.op = BioOp::discard, .sector = 0, .sectors = 4096})));
@@ -353,8 +353,8 @@ TEST_F(CryptTest, LargeRequestsOnTheCpuPoolGiveTheSameBytes) {
   std::vector<std::byte> plain = pattern_plaintext(3 << 20);
   ASSERT_FALSE(write(*whole->entries()[0].target, 8, plain));
   for (size_t at = 0; at < plain.size(); at += 16384)
-    ASSERT_FALSE(write(*pieces->entries()[0].target, 8 + at / 512,
-                       std::span(plain).subspan(at, 16384)));
+    ASSERT_FALSE(
+        write(*pieces->entries()[0].target, 8 + at / 512, std::span(plain).subspan(at, 16384)));
   EXPECT_EQ(file(), file("small.img"));
   std::vector<std::byte> back(plain.size());
   ASSERT_FALSE(read(*whole->entries()[0].target, 8, back));
@@ -365,8 +365,7 @@ TEST_F(CryptTest, LargeRequestsOnTheCpuPoolGiveTheSameBytes) {
 // units for smaller requests; the target never sees less.
 TEST_F(CryptTest, RequestsSmallerThanTheSectorSizeAreReadModifyWritten) {
   auto device = test::make_device(
-      "0 64 crypt aes-xts-plain64 " + pattern_key(64) + " 0 c.img 0 1 sector_size:4096",
-      resolver_);
+      "0 64 crypt aes-xts-plain64 " + pattern_key(64) + " 0 c.img 0 1 sector_size:4096", resolver_);
   EXPECT_EQ(device->logical_block_size(), 4096u);
   std::vector<std::byte> plain = pattern_plaintext(32768);
   ASSERT_FALSE(run_sync(device->write(0, plain, 0)));
