@@ -53,9 +53,8 @@ TEST(CpuPoolTest, PartsRunSideBySide) {
 
 TEST(CpuPoolTest, ZeroPartsReturnAtOnce) {
   bool ran = false;
-  test::run_sync([&]() -> Task<void> {
-    co_await run_on_cpu_pool(0, [&](size_t) { ran = true; });
-  }());
+  test::run_sync(
+      [&]() -> Task<void> { co_await run_on_cpu_pool(0, [&](size_t) { ran = true; }); }());
   EXPECT_FALSE(ran);
 }
 
