@@ -1,11 +1,15 @@
 #include "config/config.hpp"
 
+#include <sys/stat.h>
 #include <yaml-cpp/yaml.h>
 
 #include <charconv>
+#include <cstdio>
 #include <fstream>
 #include <set>
 #include <sstream>
+
+#include "dm/table.hpp"
 
 namespace dmnbd {
 namespace {
@@ -230,13 +234,51 @@ Config parse_config(const std::string& yaml_text, const std::string& source,
   return cfg;
 }
 
+namespace {
+
+// The first device whose table holds a crypt key itself (hex), not a
+// reference to one in the kernel keyring.
+const DeviceSpec* device_with_inline_key(const Config& cfg) {
+  for (const DeviceSpec& d : cfg.devices) {
+    std::vector<TableLine> lines;
+    try {
+      lines = parse_table_text(d.table);
+    } catch (const TableError&) {
+      continue;  // the table's own error comes when it is built
+    }
+    for (const TableLine& line : lines)
+      if (line.type == "crypt" && line.args.size() > 1 && line.args[1] != "-" &&
+          !line.args[1].starts_with(':'))
+        return &d;
+  }
+  return nullptr;
+}
+
+// A config that holds a key is as secret as the key: like ssh with a private
+// key, refuse one that other users can read.
+void refuse_readable_key(const Config& cfg, const std::filesystem::path& path) {
+  const DeviceSpec* d = device_with_inline_key(cfg);
+  struct stat st {};
+  if (!d || stat(path.c_str(), &st) != 0 || !(st.st_mode & (S_IRGRP | S_IROTH))) return;
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+  fail(cfg, d->line,
+       "device '" + d->name + "' has a crypt key in its table and the config is readable by "
+           "other users (mode " + mode + "): chmod 600 " + path.string() +
+           ", or keep the key in the kernel keyring (:<bytes>:user:<description>)");
+}
+
+}  // namespace
+
 Config load_config_file(const std::filesystem::path& path) {
   std::ifstream in(path);
   if (!in) throw ConfigError(path.string() + ": cannot read the config file");
   std::stringstream text;
   text << in.rdbuf();
   std::filesystem::path base = std::filesystem::absolute(path).parent_path();
-  return parse_config(text.str(), path.string(), base);
+  Config cfg = parse_config(text.str(), path.string(), base);
+  refuse_readable_key(cfg, path);
+  return cfg;
 }
 
 }  // namespace dmnbd

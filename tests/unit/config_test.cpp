@@ -178,3 +178,39 @@ TEST(DeviceSet, ADeviceNamedLikeAWordOfItsTableLoads) {
 
 }  // namespace
 }  // namespace dmnbd
+
+namespace dmnbd {
+namespace {
+
+// A config whose crypt table holds its key must not be readable by others;
+// one that names a keyring key may be.
+TEST(Config, AnInlineCryptKeyNeedsAConfigOnlyItsOwnerReads) {
+  test::TempDir dir;
+  const auto path = dir / "c.yaml";
+  auto write = [&](const std::string& key, fs::perms perms) {
+    std::ofstream(path) << "devices:\n  - name: secret\n    table: '0 8 crypt aes-cbc-plain " +
+                               key + " 0 a.img 0'\n";
+    fs::permissions(path, perms);
+  };
+  const std::string hex(64, 'a');
+  write(hex, fs::perms::owner_read | fs::perms::owner_write | fs::perms::others_read);
+  try {
+    load_config_file(path);
+    ADD_FAILURE() << "loaded";
+  } catch (const ConfigError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(":2: device 'secret' has a crypt key in its table and the config is "
+                       "readable by other users (mode 0604): chmod 600 "),
+              std::string::npos)
+        << msg;
+    EXPECT_EQ(msg.find(hex), std::string::npos) << "the key is in the error";
+  }
+  write(hex, fs::perms::owner_read | fs::perms::owner_write);
+  EXPECT_NO_THROW(load_config_file(path));
+  write(":32:user:my-key", fs::perms::owner_read | fs::perms::owner_write |
+                               fs::perms::group_read | fs::perms::others_read);
+  EXPECT_NO_THROW(load_config_file(path));
+}
+
+}  // namespace
+}  // namespace dmnbd
