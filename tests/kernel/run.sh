@@ -560,6 +560,7 @@ EOF
     done
   fi
   [ "$RUN_ORACLE" = 1 ] && "$PY" "$HERE/oracle.py" config "$WORK" >> "$WORK/cfg.yaml"
+  chmod 600 "$WORK/cfg.yaml"  # the oracle's crypt tables hold keys
   return 0
 }
 # Start dmnbd; an oracle table it refuses (exit 2, "device oracle-NAME: ...")
