@@ -263,8 +263,10 @@ void refuse_readable_key(const Config& cfg, const std::filesystem::path& path) {
   char mode[8];
   std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
   fail(cfg, d->line,
-       "device '" + d->name + "' has a crypt key in its table and the config is readable by "
-           "other users (mode " + mode + "): chmod 600 " + path.string() +
+       "device '" + d->name +
+           "' has a crypt key in its table and the config is readable by "
+           "other users (mode " +
+           mode + "): chmod 600 " + path.string() +
            ", or keep the key in the kernel keyring (:<bytes>:user:<description>)");
 }
 

@@ -95,6 +95,14 @@ void check_device_areas(const Target& target, const NamingResolver& names) {
       throw TargetError(names.word_for(*area.device) + " too small for target: start=" +
                         std::to_string(area.start) + ", len=" + std::to_string(area.length) +
                         ", dev_size=" + std::to_string(size));
+    // The area must be whole logical blocks of the target (after io_hints).
+    const uint32_t block = target.logical_block_size();
+    const uint64_t mask = (block >> kSectorShift) - 1;
+    for (const auto& [what, value] : {std::pair{"start", area.start}, {"len", area.length}})
+      if (value & mask)
+        throw TargetError(std::string(what) + "=" + std::to_string(value) +
+                          " not aligned to h/w logical block size " + std::to_string(block) +
+                          " of " + names.word_for(*area.device));
   }
 }
 

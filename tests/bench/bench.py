@@ -256,6 +256,7 @@ def dmnbd_devices(args, name, devices, export):
                 "devices:\n")
         for dev, table in devices:
             f.write(f'  - name: {dev}\n    table: "{table}"\n')
+    os.chmod(cfg, 0o600)  # a crypt table holds its key
     return Server(name, [args.dmnbd, "serve", cfg, "--log-level", "warn"],
                         f"nbd://127.0.0.1:{port}/{export}"), port
 

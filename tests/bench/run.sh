@@ -9,6 +9,7 @@
 #   bash tests/bench/run.sh snapshot         # the snapshot benchmark (snapshot.py)
 #   bash tests/bench/run.sh mirror           # the mirror benchmark (mirror.py)
 #   bash tests/bench/run.sh raid             # the raid benchmark (raid.py)
+#   bash tests/bench/run.sh crypt            # the crypt and LUKS benchmark (crypt.py)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -25,6 +26,6 @@ fi
 cleanup() { [ "$mounted" = 1 ] && umount "$dir"; }
 trap cleanup EXIT
 script=bench.py
-case ${1:-} in snapshot|mirror|raid) script=$1.py; shift;; esac
+case ${1:-} in snapshot|mirror|raid|crypt) script=$1.py; shift;; esac
 # The system python: fast to start, and the one with Debian's packages.
 /usr/bin/python3 "$here/$script" --dir "$dir" --dmnbd "$root/build/dmnbd" "$@"

@@ -207,8 +207,8 @@ TEST(Config, AnInlineCryptKeyNeedsAConfigOnlyItsOwnerReads) {
   }
   write(hex, fs::perms::owner_read | fs::perms::owner_write);
   EXPECT_NO_THROW(load_config_file(path));
-  write(":32:user:my-key", fs::perms::owner_read | fs::perms::owner_write |
-                               fs::perms::group_read | fs::perms::others_read);
+  write(":32:user:my-key", fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                               fs::perms::others_read);
   EXPECT_NO_THROW(load_config_file(path));
 }
 

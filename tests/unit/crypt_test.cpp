@@ -382,6 +382,10 @@ TEST_F(CryptTest, RequestsSmallerThanTheSectorSizeAreReadModifyWritten) {
   EXPECT_EQ(error_of("0 1 zero\n1 8 crypt aes-xts-plain64 " + pattern_key(64) +
                      " 0 c.img 0 1 sector_size:4096"),
             "zero: (start sect 0 len 1) not aligned to h/w logical block size 4096");
+  // And the area of the device under it must be whole units too.
+  EXPECT_EQ(
+      error_of("0 8 crypt aes-xts-plain64 " + pattern_key(64) + " 0 c.img 3 1 sector_size:4096"),
+      "crypt: start=3 not aligned to h/w logical block size 4096 of c.img");
 }
 
 }  // namespace
