@@ -20,9 +20,10 @@
 // with EOPNOTSUPP, as dm does for a target with no discard bios; flushes
 // succeed and reach no device (verity has no flush bios).
 //
-// Bios must be aligned to data_block_size: the kernel's device advertises it
-// as its logical block size, so it never sees others; until dmnbd's devices
-// advertise one, unaligned bios fail with EIO as the kernel's "unaligned io".
+// The data block size is the device's logical block size (verity_io_hints):
+// the Device reads smaller or unaligned requests as whole blocks, each one
+// checked; a bio that reaches map() unaligned anyway fails with EIO, as the
+// kernel's "unaligned io".
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -109,6 +110,8 @@ class VerityTarget final : public Target {
   }
 
   Task<Status> flush() override { co_return ok(); }
+
+  uint32_t logical_block_size() const override { return 1u << geo_.data_block_bits; }
 
   std::string table() const override { return verity_table_line(p_); }
   std::string status() const override { return hash_failed_.load() ? "C" : "V"; }

@@ -704,6 +704,17 @@ TEST_F(VerityTest, ADeviceServesItThroughTheCore) {
   EXPECT_EQ(std::memcmp(buf.data(), data_.data(), buf.size()), 0);
   // Deps: both files.
   EXPECT_EQ(device->dependencies(false).size(), 2u);
+  // The data block is the device's logical block: a 512-byte read inside a
+  // block reads (and checks) the whole block.
+  EXPECT_EQ(device->logical_block_size(), 4096u);
+  std::vector<std::byte> small(512);
+  EXPECT_FALSE(
+      run_sync(device->submit({.op = BioOp::read, .sector = 83, .sectors = 1, .data = small})));
+  EXPECT_EQ(std::memcmp(small.data(), &data_[83 * 512], 512), 0);
+  flip_byte(dir_ / "data.img", 10 * 4096 + 4000);  // sector 87, block 10
+  EXPECT_EQ(
+      run_sync(device->submit({.op = BioOp::read, .sector = 80, .sectors = 1, .data = small})),
+      errno_status(EIO));
 }
 
 }  // namespace
