@@ -3,7 +3,7 @@
 # nbd-client / dmsetup / e2fsprogs, the host-built static /sbin/blkprobe).
 # Parameters come from /etc/nbdvm.env (written by run.sh):
 #   NBD_HOST NBD_PORT   where dmnbd answers (QEMU forwards it to the host's socket)
-#   RUN_E2E RUN_ORACLE RUN_LW RUN_SNAP RUN_MIRROR RUN_RAID  1 or 0
+#   RUN_E2E RUN_ORACLE RUN_LW RUN_SNAP RUN_MIRROR RUN_CRYPT RUN_RAID  1 or 0
 #   LW_SEQ              the log-writes sequence (run.sh's LW_SEQ; the host runs
 #                       the same one against dmnbd's log-writes)
 #   ERR_OUT             byte offset in /dev/vda for the copy of the error device
@@ -18,6 +18,7 @@
 # Snapshot sequences: /etc/snap/ops, ops2, data.bin (snapshot.py prepare).
 # Mirror: /etc/mirror/a.bin (pattern A), leg1s.table, tables (mirror.py prepare).
 # Raid: /etc/raid/ (raid.py prepare; see raid() below).
+# Crypt: /etc/crypt/ (cryptvols.py prepare; see crypt() below).
 # Oracle plan: /etc/oracle/backing ("LETTER /dev/nbdN EXPORT" per line),
 # /etc/oracle/plan ("NAME OUT_OFFSET" per line), /etc/oracle/NAME.table.
 # Output protocol (serial console, parsed by run.sh / oracle.py):
@@ -30,6 +31,7 @@
 #   NBDVM-SNAP sha|status|merge <dev> …      the kernel's snapshot after a sequence
 #   NBDVM-MIRROR dev|status|table|polls …    the kernel's mirror (mirror.py check)
 #   NBDVM-RAID dev|status|table|sha|…        the kernel's raid (raid.py check)
+#   NBDVM-CRYPT sha|wrote|verity|vstatus …   LUKS and verity (cryptvols.py check)
 #   NBDVM-RESULT: PASS|FAIL
 export DM_DISABLE_UDEV=1
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
@@ -490,6 +492,57 @@ mirror() {
   echo "NBDVM-TIME mirror $t -> $(up) (1: $t -> $t1, 2: $t1 -> $t2, 3: $t2 -> $t3, detach: $t3 -> $(up))"
 }
 
+# ------------------------------------------------------------------ crypt
+# LUKS and verity (cryptvols.py): the kernel's `cryptsetup open` reads the
+# volumes dmnbd wrote (exports c-luks1, c-luks2, c-luks2k: the raw files) and
+# writes /etc/crypt/kdata.bin into c-kvol for dmnbd to read after the boot;
+# the kernel's dm-verity reads the trees of cv-data/cv-hash (good) and
+# cv-bad/cv-badhash (bytes flipped) with the tables of /etc/crypt/verity.
+crypt_out() { echo "NBDVM-CRYPT $*"; }
+crypt() {
+  t=$(up)
+  modprobe dm-crypt; modprobe dm-verity
+  mkdir -p /run/cryptsetup
+  n=70
+  # (attach sets d and e: the loop's names are its own)
+  for ce in luks1 luks2 luks2k kvol vdata vhash vbad vbadhash; do
+    if attach /dev/nbd$n "c-$ce" < /dev/null; then eval "cdev_$ce=/dev/nbd$n"; else res "crypt-attach-$ce" FAIL; fi
+    n=$((n + 1))
+  done
+  while read -r name want; do
+    cdev=$(eval "echo \$cdev_$name")
+    if chk "crypt-open-$name" cryptsetup open --key-file /etc/crypt/pw "$cdev" "k-$name" < /dev/null; then
+      # the plaintext's 8 MiB (a LUKS1 volume's data area is larger)
+      crypt_out sha "$name" "$(dd if="/dev/mapper/k-$name" bs=1M count=8 status=none < /dev/null | sha256sum | cut -d' ' -f1)"
+      chk "crypt-close-$name" cryptsetup close "k-$name" < /dev/null
+    fi
+  done < /etc/crypt/expect
+  if chk crypt-open-kvol cryptsetup open --key-file /etc/crypt/pw "$cdev_kvol" k-kvol < /dev/null; then
+    if dd if=/etc/crypt/kdata.bin of=/dev/mapper/k-kvol bs=1M oflag=direct conv=fsync status=none < /dev/null; then
+      crypt_out wrote kvol ok
+    else
+      crypt_out wrote kvol failed
+    fi
+    chk crypt-close-kvol cryptsetup close k-kvol < /dev/null
+  fi
+  while read -r name table; do
+    case $name in good) vd=$cdev_vdata vh=$cdev_vhash;; *) vd=$cdev_vbad vh=$cdev_vbadhash;; esac
+    echo "$table" | sed "s#@DATA@#$vd#; s#@HASH@#$vh#" > /tmp/verity.table
+    if chk "verity-create-$name" dmsetup create --readonly "v-$name" /tmp/verity.table < /dev/null; then
+      : > /tmp/verity.out
+      r=$(blkprobe copy "/dev/mapper/v-$name" /tmp/verity.out 0 < /dev/null)
+      crypt_out verity "$name" "$r" "$(sha /tmp/verity.out)"
+      crypt_out vstatus "$name" "$(dmsetup status "v-$name" < /dev/null)"
+      chk "verity-remove-$name" dmsetup remove "v-$name" < /dev/null
+    fi
+  done < /etc/crypt/verity
+  for ce in luks1 luks2 luks2k kvol vdata vhash vbad vbadhash; do
+    cdev=$(eval "echo \$cdev_$ce"); [ -n "$cdev" ] && detach "$cdev"
+  done
+  dmesg | grep -E 'device-mapper: (crypt|verity)' | tail -10 | sed 's/^/NBDVM-DMESG crypt /'
+  echo "NBDVM-TIME crypt $t -> $(up)"
+}
+
 # ------------------------------------------------------------------ raid
 # The kernel's dm-raid against dmnbd's raid (run.sh, raid.py). /etc/raid/:
 # sets ("SET LENGTH ROLES..."), SET.table and SET.degraded (placeholders $M0
@@ -678,6 +731,7 @@ raid() {
 [ "${RUN_LW:-1}" = 1 ] && logwrites
 [ "${RUN_SNAP:-1}" = 1 ] && snapshot
 [ "${RUN_MIRROR:-1}" = 1 ] && mirror
+[ "${RUN_CRYPT:-1}" = 1 ] && crypt
 [ "${RUN_RAID:-1}" = 1 ] && raid
 echo "NBDVM-TARGETS $(dmsetup targets | tr '\n' ' ')"
 # kernel messages were kept off the console (loglevel=3); show the interesting ones

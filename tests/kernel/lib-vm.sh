@@ -31,7 +31,7 @@ VM_MEM=${DMNBD_VM_MEM:-768M}
 VM_SMP=${DMNBD_VM_SMP:-2}
 VM_LIB_FILE=${BASH_SOURCE[0]}
 # Guest userland: these packages + their Depends closure.
-VM_GUEST_PKGS="busybox-static nbd-client dmsetup e2fsprogs kmod"
+VM_GUEST_PKGS="busybox-static nbd-client dmsetup e2fsprogs kmod cryptsetup-bin"
 # Packages of that closure the initramfs never needs.
 VM_SKIP_RE='^(debconf|cdebconf|dpkg|install-info|tar|readline-common|libdebian-installer4|libnewt0\.52|libslang2|libtextwrap1|perl-base|debianutils|base-files|sensible-utils|gcc-12-base|logsave)$'
 
@@ -120,7 +120,7 @@ vm_prepare() {
       cp -Ln "$lib" "$st/lib/x86_64-linux-gnu/" 2>/dev/null || true
     done
   }
-  for p in nbd-client dmsetup mke2fs e2fsck debugfs kmod; do _vm_copy_bin $p; done
+  for p in nbd-client dmsetup mke2fs e2fsck debugfs kmod cryptsetup veritysetup; do _vm_copy_bin $p; done
   cp -L "$ld" "$st/lib64/"
   cp -a "$root/etc/mke2fs.conf" "$st/etc/" 2>/dev/null || true
   for p in modprobe insmod rmmod lsmod depmod modinfo; do ln -s kmod "$st/sbin/$p"; done

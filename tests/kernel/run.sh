@@ -2,7 +2,7 @@
 # run.sh - dmnbd under the REAL Linux kernel: nbd client, ext4 and device-mapper
 # in a QEMU guest booted from Debian's own kernel package (ctest: kernel.vm).
 #
-#   bash tests/kernel/run.sh [--tables FILE]... [--only e2e|oracle|logwrites|snapshot|mirror|raid] [--keep]
+#   bash tests/kernel/run.sh [--tables FILE]... [--only e2e|oracle|logwrites|snapshot|mirror|crypt|raid] [--keep]
 #
 # One guest boot runs everything:
 #  e2e     nbd-client attach (1 and 2 connections), mkfs.ext4, mount, write,
@@ -35,6 +35,14 @@
 #          the kernel's files; both must match the model (legs, log bytes).
 #          Status and table strings of core/disk logs, sync/nosync and the
 #          features are compared for the same tables.
+#  crypt   LUKS and verity (cryptvols.py): dmnbd writes a plaintext into LUKS1,
+#          LUKS2 (argon2id) and LUKS2 4 KiB-sector volumes made by cryptsetup
+#          luksFormat, through the crypt table of each volume key; the guest's
+#          `cryptsetup open` reads it back; the kernel writes into a fourth
+#          volume and dmnbd reads it after the boot. The kernel's dm-verity and
+#          dmnbd's read the same veritysetup trees (one intact, one with flipped
+#          data and hash bytes; also ignore_corruption): the same unreadable
+#          sectors and the same bytes elsewhere.
 #  raid    dmnbd's raid and the kernel's dm-raid (raid.py): dmnbd writes a
 #          pattern through raid1, raid10 near/far/offset (with metadata) and
 #          raid0 (without) before the boot; the kernel assembles copies of its
@@ -59,7 +67,7 @@ DMNBD=${DMNBD:-$HERE/../../build/dmnbd}
 PY=/usr/bin/python3
 TEST_NAME=kernel.vm
 LISTS=("$HERE/oracle-tables.txt")
-RUN_E2E=1 RUN_ORACLE=1 RUN_LW=1 RUN_SNAP=1 RUN_MIRROR=1 RUN_RAID=1
+RUN_E2E=1 RUN_ORACLE=1 RUN_LW=1 RUN_SNAP=1 RUN_MIRROR=1 RUN_CRYPT=1 RUN_RAID=1
 KEEP=${KEEP_WORK:-0}
 IFS=: read -r -a _extra <<< "${DMNBD_ORACLE_TABLES:-}"
 for f in "${_extra[@]}"; do [ -n "$f" ] && LISTS+=("$f"); done
@@ -67,12 +75,12 @@ while [ $# -gt 0 ]; do
   case $1 in
     --tables) LISTS+=("$2"); shift 2;;
     --only) case $2 in
-              e2e|oracle|logwrites|snapshot|mirror|raid)
-                RUN_E2E=0 RUN_ORACLE=0 RUN_LW=0 RUN_SNAP=0 RUN_MIRROR=0 RUN_RAID=0
+              e2e|oracle|logwrites|snapshot|mirror|crypt|raid)
+                RUN_E2E=0 RUN_ORACLE=0 RUN_LW=0 RUN_SNAP=0 RUN_MIRROR=0 RUN_CRYPT=0 RUN_RAID=0
                 case $2 in
-                  e2e) RUN_E2E=1;; oracle) RUN_ORACLE=1;; logwrites) RUN_LW=1;; snapshot) RUN_SNAP=1;; mirror) RUN_MIRROR=1;; raid) RUN_RAID=1;;
+                  e2e) RUN_E2E=1;; oracle) RUN_ORACLE=1;; logwrites) RUN_LW=1;; snapshot) RUN_SNAP=1;; mirror) RUN_MIRROR=1;; crypt) RUN_CRYPT=1;; raid) RUN_RAID=1;;
                 esac;;
-              *) echo "--only e2e|oracle|logwrites|snapshot|mirror|raid" >&2; exit 2;;
+              *) echo "--only e2e|oracle|logwrites|snapshot|mirror|crypt|raid" >&2; exit 2;;
             esac; shift 2;;
     --keep) KEEP=1; shift;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0;;
@@ -352,6 +360,28 @@ if [ "$RUN_MIRROR" = 1 ]; then
   fi
 fi
 
+# crypt (cryptvols.py; guest.sh crypt()): dmnbd writes each volume's
+# plaintext before the boot through a dmnbd of its own.
+CRYPT=$WORK/crypt
+if [ "$RUN_CRYPT" = 1 ]; then
+  "$PY" "$HERE/cryptvols.py" prepare "$WORK" > "$WORK/crypt-prepare.out" 2>&1 \
+    || die "cryptvols.py prepare failed: $(tail -3 "$WORK/crypt-prepare.out")"
+  {
+    printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$CRYPT/w.sock" "$CRYPT/w-ctl.sock"
+    while read -r name table; do printf '  - name: %s\n    table: "%s"\n' "$name" "$table"; done < "$CRYPT/tables"
+  } > "$CRYPT/w.yaml"
+  chmod 600 "$CRYPT/w.yaml"
+  if stage_serve "$CRYPT/w.yaml" "$CRYPT/w.sock" "$CRYPT/server.log" crypt; then
+    for v in luks1 luks2 luks2k; do
+      timeout 120 nbdcopy "$CRYPT/$v.plain" "nbd+unix:///c-$v-plain?socket=$CRYPT/w.sock"
+      check "crypt: dmnbd wrote the plaintext into $v through its crypt table" test $? = 0
+    done
+    if stop_pid "$SERVED_PID"; then ok "crypt: dmnbd (the writer) stopped cleanly"; else notok "crypt: dmnbd (the writer) did not exit 0"; fi
+  else
+    notok "crypt: dmnbd did not start with the crypt tables (see $CRYPT/server.log)"
+  fi
+fi
+
 # raid (raid.py; guest.sh raid()): files RAID/PREFIX-SET-ROLE.img. d-*: dmnbd
 # writes pattern P through its raid sets here, before the boot (D1), and its
 # table strings for step 4 go over dt<i>-* (D4); the guest's kernel gets
@@ -488,11 +518,12 @@ MIR_L=${MIR_L:-0}
 MIR_REGION=${MIR_REGION:-0}
 MIR_D=$MIR_D
 MIR_M=$MIR_M
+RUN_CRYPT=$RUN_CRYPT
 RUN_RAID=$RUN_RAID
 export NBD_HOST NBD_PORT RUN_E2E RUN_ORACLE RUN_LW LW_SEQ ERR_OUT RUN_SNAP SNAP_SIZE
 export SNAP_D_SHA_S8 SNAP_D_SHA_S128 SNAP_D_SHA_BASE SNAP_D_STATUS_S8 SNAP_D_STATUS_S128
 export SNAP_C_SHA_S8 SNAP_C_SHA_S128 SNAP_C_SHA_BASE SNAP_C_STATUS_S8 SNAP_C_STATUS_S128
-export RUN_MIRROR MIR_L MIR_REGION MIR_D MIR_M RUN_RAID
+export RUN_MIRROR MIR_L MIR_REGION MIR_D MIR_M RUN_CRYPT RUN_RAID
 EOF
 
 # ------------------------------------------------------------ dmnbd
@@ -557,6 +588,12 @@ EOF
       [ -e "$f" ] || continue
       b=${f##*/}
       printf '  - name: r-%s\n    table: "0 %s linear %s 0"\n' "${b%.img}" $(($(stat -c %s "$f") / 512)) "$f" >> "$WORK/cfg.yaml"
+    done
+  fi
+  if [ "$RUN_CRYPT" = 1 ]; then
+    for e in luks1 luks2 luks2k kvol vdata vhash vbad vbadhash; do
+      f=$CRYPT/$e.img
+      printf '  - name: c-%s\n    table: "0 %s linear %s 0"\n' "$e" $(($(stat -c %s "$f") / 512)) "$f" >> "$WORK/cfg.yaml"
     done
   fi
   [ "$RUN_ORACLE" = 1 ] && "$PY" "$HERE/oracle.py" config "$WORK" >> "$WORK/cfg.yaml"
@@ -909,6 +946,29 @@ if [ "$RUN_MIRROR" = 1 ]; then
   "$PY" "$HERE/mirror.py" check "$WORK" "$C" > "$WORK/mirror.out" 2>&1
   tally "$WORK/mirror.out" mirror
   log "mirror: the host's part after the boot took $(awk -v a="$TM" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
+fi
+
+if [ "$RUN_CRYPT" = 1 ]; then
+  # dmnbd reads the kernel's kvol through its crypt table, and the verity
+  # trees through its verity tables (read-only devices).
+  {
+    printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$CRYPT/r.sock" "$CRYPT/r-ctl.sock"
+    grep '^c-kvol-plain ' "$CRYPT/tables" | while read -r name table; do
+      printf '  - name: %s\n    table: "%s"\n' "$name" "$table"; done
+    while read -r name table; do
+      case $name in good) d=vdata h=vhash;; *) d=vbad h=vbadhash;; esac
+      printf '  - name: cv-%s\n    read_only: true\n    table: "%s"\n' "$name" \
+        "$(echo "$table" | sed "s#@DATA@#$CRYPT/$d.img#; s#@HASH@#$CRYPT/$h.img#")"
+    done < "$CRYPT/verity"
+  } > "$CRYPT/r.yaml"
+  chmod 600 "$CRYPT/r.yaml"
+  if stage_serve "$CRYPT/r.yaml" "$CRYPT/r.sock" "$CRYPT/server.log" crypt; then
+    "$PY" "$HERE/cryptvols.py" check "$WORK" "$CRYPT/r.sock" "$C" > "$WORK/crypt.out" 2>&1
+    tally "$WORK/crypt.out" crypt
+    if stop_pid "$SERVED_PID"; then ok "crypt: dmnbd (the reader) stopped cleanly"; else notok "crypt: dmnbd (the reader) did not exit 0"; fi
+  else
+    notok "crypt: dmnbd did not start over the kernel's files (see $CRYPT/server.log)"
+  fi
 fi
 
 if [ "$RUN_RAID" = 1 ]; then
