@@ -14,6 +14,8 @@
 
 #include <gtest/gtest.h>
 
+#include "config/config.hpp"
+#include "config/device_set.hpp"
 #include "dm/table.hpp"
 #include "test_support.hpp"
 
@@ -240,6 +242,54 @@ TEST_F(LuksTest, KeyFilesAreReadWholeAndMustBePrivate) {
   ::close(fds[0]);
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(line.bytes().data()), line.size()),
             "pass word");
+}
+
+// A `luks:` device entry: its paths resolve against the config, the device
+// maps the plaintext, and its errors name the entry's line.
+TEST_F(LuksTest, ConfigEntries) {
+  format("vol.img", CRYPT_LUKS2, 32 << 20, 4096);
+  const std::string pw = (dir_ / "pw").string();
+  std::ofstream(pw, std::ios::binary) << kPassphrase;
+  ::chmod(pw.c_str(), 0600);
+  const std::string yaml =
+      "devices:\n"
+      "  - name: secret\n"
+      "    read_only: true\n"
+      "    luks: { file: vol.img, key_file: pw }\n";
+  DeviceManager manager(dir_.path());
+  run_blocking(build_devices(parse_config(yaml, "c.yaml", dir_.path()), manager));
+  auto device = manager.get("secret");
+  EXPECT_TRUE(device->read_only());
+  EXPECT_EQ(device->live_table()->table_text(Table::Keys::shown),
+            "0 32768 crypt aes-xts-plain64 " + hex_of(known_key()) + " 0 " +
+                (dir_ / "vol.img").string() + " 32768 1 sector_size:4096\n");
+  run_blocking(manager.teardown_all());
+
+  auto error_of = [&](const std::string& text) {
+    try {
+      DeviceManager other(dir_.path());
+      run_blocking(build_devices(parse_config(text, "c.yaml", dir_.path()), other));
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(error_of("devices:\n  - name: s\n    table: '0 8 zero'\n    luks: { file: v }\n"),
+            "c.yaml:4: a device entry has 'table' or 'luks', not both");
+  EXPECT_EQ(error_of("devices:\n  - name: s\n    luks: { file: vol.img }\n"),
+            "c.yaml:3: 'luks' needs 'file' and 'key_file'");
+  EXPECT_EQ(error_of("devices:\n  - name: s\n    luks: { file: vol.img, key_file: pw, x: 1 }\n"),
+            "c.yaml:3: unknown key 'x' in luks");
+  std::ofstream(dir_ / "bad", std::ios::binary) << "wrong";
+  ::chmod((dir_ / "bad").c_str(), 0600);
+  EXPECT_EQ(
+      error_of("devices:\n  - name: s\n    luks: { file: vol.img, key_file: bad }\n"),
+      "c.yaml:3: device s: no key slot matches the passphrase for " + (dir_ / "vol.img").string());
+  ::chmod(pw.c_str(), 0604);
+  EXPECT_EQ(error_of(yaml), "c.yaml:4: device secret: key file " + pw +
+                                ": permissions 0604 are too open: group and others must have no "
+                                "access (chmod 600 " +
+                                pw + ")");
 }
 
 }  // namespace
