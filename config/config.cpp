@@ -144,6 +144,25 @@ void parse_limits(Config& cfg, const YAML::Node& limits) {
   count("max_connections", cfg.limits.max_connections, 1);
 }
 
+// luks: { file: PATH, key_file: PATH, allow_discards: false }
+LuksSpec parse_luks(const Config& cfg, const YAML::Node& luks) {
+  if (!luks.IsMap()) fail(cfg, line_of(luks), "'luks' needs 'file' and 'key_file'");
+  check_keys(cfg, luks, {"file", "key_file", "allow_discards"}, "luks");
+  if (!luks["file"] || !luks["key_file"])
+    fail(cfg, line_of(luks), "'luks' needs 'file' and 'key_file'");
+  LuksSpec spec{.file = resolve(cfg, scalar(cfg, luks["file"], "file")),
+                .key_file = resolve(cfg, scalar(cfg, luks["key_file"], "key_file")),
+                .line = line_of(luks)};
+  if (luks["allow_discards"]) {
+    try {
+      spec.allow_discards = luks["allow_discards"].as<bool>();
+    } catch (const YAML::Exception&) {
+      fail(cfg, line_of(luks["allow_discards"]), "allow_discards must be true or false");
+    }
+  }
+  return spec;
+}
+
 }  // namespace
 
 Config parse_config(const std::string& yaml_text, const std::string& source,
@@ -210,9 +229,12 @@ Config parse_config(const std::string& yaml_text, const std::string& source,
     fail(cfg, devices ? line_of(devices) : 1, "'devices' must be a non-empty list");
   std::set<std::string> names;
   for (const auto& d : devices) {
-    if (!d.IsMap()) fail(cfg, line_of(d), "a device entry needs 'name' and 'table'");
-    check_keys(cfg, d, {"name", "description", "read_only", "table"}, "a device entry");
-    if (!d["name"] || !d["table"]) fail(cfg, line_of(d), "a device entry needs 'name' and 'table'");
+    if (!d.IsMap()) fail(cfg, line_of(d), "a device entry needs 'name' and 'table' (or 'luks')");
+    check_keys(cfg, d, {"name", "description", "read_only", "table", "luks"}, "a device entry");
+    if (!d["name"] || (!d["table"] && !d["luks"]))
+      fail(cfg, line_of(d), "a device entry needs 'name' and 'table' (or 'luks')");
+    if (d["table"] && d["luks"])
+      fail(cfg, line_of(d["luks"]), "a device entry has 'table' or 'luks', not both");
     DeviceSpec spec{.name = scalar(cfg, d["name"], "name"), .line = line_of(d)};
     if (spec.name.empty() || spec.name.size() > 127 ||
         spec.name.find_first_of("/ \t\n") != std::string::npos)
@@ -227,8 +249,12 @@ Config parse_config(const std::string& yaml_text, const std::string& source,
         fail(cfg, line_of(d["read_only"]), "read_only must be true or false");
       }
     }
-    spec.table = scalar(cfg, d["table"], "table");
-    spec.table_first_line = first_content_line(yaml_text, d["table"]);
+    if (d["luks"]) {
+      spec.luks = parse_luks(cfg, d["luks"]);
+    } else {
+      spec.table = scalar(cfg, d["table"], "table");
+      spec.table_first_line = first_content_line(yaml_text, d["table"]);
+    }
     cfg.devices.push_back(std::move(spec));
   }
   return cfg;

@@ -11,6 +11,7 @@
 #include <functional>
 
 #include "dm/table.hpp"
+#include "luks/luks_volume.hpp"
 
 namespace dmnbd {
 namespace {
@@ -109,6 +110,21 @@ std::vector<const DeviceSpec*> creation_order(const Config& cfg) {
   return order;
 }
 
+// The crypt table of a `luks` entry: the key file's passphrase unlocks the
+// volume (the PBKDF runs here, once, at start-up).
+LuksTable open_luks(const Config& cfg, const DeviceSpec& spec) {
+  const LuksSpec& luks = *spec.luks;
+  try {
+    const SecretBytes passphrase = read_key_file(luks.key_file, true);
+    const LuksOptions options{.allow_discards = luks.allow_discards};
+    LuksTable table = luks_table(luks.file, passphrase.bytes(), options);
+    spdlog::info("device {}: LUKS volume {} unlocked", spec.name, luks.file.string());
+    return table;
+  } catch (const LuksError& e) {
+    throw ConfigError(at(cfg, luks.line) + "device " + spec.name + ": " + e.what());
+  }
+}
+
 }  // namespace
 
 Task<void> build_devices(const Config& config, DeviceManager& manager) {
@@ -118,8 +134,16 @@ Task<void> build_devices(const Config& config, DeviceManager& manager) {
     try {
       // Named: no temporaries with destructors in a co_await (GCC 12).
       const CreateOptions options{.description = spec->description, .read_only = spec->read_only};
-      co_await manager.create(spec->name, spec->table, options);
+      if (spec->luks) {
+        const LuksTable table = open_luks(config, *spec);
+        co_await manager.create(spec->name, table.text(), options);
+      } else {
+        co_await manager.create(spec->name, spec->table, options);
+      }
     } catch (const TableError& e) {
+      if (spec->luks)  // the table is ours, not the user's: name the volume
+        throw ConfigError(at(config, spec->luks->line) + "device " + spec->name + ": LUKS volume " +
+                          spec->luks->file.string() + ": " + e.reason());
       const int line =
           e.line() ? spec->table_first_line + static_cast<int>(e.line()) - 1 : spec->line;
       throw ConfigError(at(config, line) + "device " + spec->name + ": " +

@@ -10,7 +10,10 @@
 
 #include "cli.hpp"
 #include "control_client.hpp"
+#include "dmnbd/secret_bytes.hpp"
 #include "dmnbd/target.hpp"
+#include "luks/luks_volume.hpp"
+#include "luks_passphrase.hpp"
 
 namespace dmnbd::cli {
 namespace {
@@ -30,7 +33,59 @@ struct Options {
   std::string origin, cow;
   uint64_t cow_size = 0, chunk = 8;
   bool transient = false;
+  // luks open
+  std::string volume, key_file;
+  bool allow_discards = false;
 };
+
+// A request the CLI itself refuses after asking the server (exit status 1).
+struct Refused : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::filesystem::path control_socket(const Options& o);
+
+// Every string of a request zeroed once it is sent: a table may hold a key.
+void wipe_strings(json& value) {
+  if (value.is_string()) {
+    auto& text = value.get_ref<std::string&>();
+    wipe_memory(text.data(), text.size());
+  } else if (value.is_structured()) {
+    for (auto& item : value) wipe_strings(item);
+  }
+}
+
+// `luks open`: cryptsetup's part is done here, in the CLI, as cryptsetup does
+// it before it hands the table to the kernel: the PBKDF runs in this process
+// and the passphrase never leaves it; the server gets the table, as `create`.
+json luks_open_request(const Options& o) {
+  const SecretBytes passphrase = read_luks_passphrase(o.key_file, o.volume);
+  const LuksOptions options{.allow_discards = o.allow_discards};
+  const LuksTable table = luks_table(o.volume, passphrase.bytes(), options);
+  json req{{"cmd", "create"},
+           {"name", o.name},
+           {"read_only", o.read_only},
+           {"description", o.description}};
+  req["table"] = table.text();  // one copy, wiped with the request
+  return req;
+}
+
+// `luks close`: like cryptsetup close, only a device whose table is crypt.
+json luks_close_request(const Options& o) {
+  const json query{{"cmd", "table"}, {"name", o.name}};
+  const json answer = call(control_socket(o), query);
+  if (!answer.value("ok", false)) throw Refused(answer.value("error", "failed"));
+  for (const auto& device : answer["devices"])
+    for (const auto& line : device["lines"]) {
+      std::istringstream words(line.get<std::string>());
+      std::string start, length, type;
+      words >> start >> length >> type;
+      if (type != "crypt")
+        throw Refused(o.name + " is not a crypt device (its table maps " +
+                      (type.empty() ? "nothing" : type) + ")");
+    }
+  return json{{"cmd", "remove"}, {"name", o.name}};
+}
 
 std::string read_table(const Options& o) {
   if (!o.table_text.empty()) return o.table_text;
@@ -173,6 +228,12 @@ std::filesystem::path default_control_path() {
   return default_data_dir() / "control.sock";
 }
 
+namespace {
+std::filesystem::path control_socket(const Options& o) {
+  return o.control.empty() ? default_control_path() : std::filesystem::path(o.control);
+}
+}  // namespace
+
 std::function<int()> add_control_commands(CLI::App& app) {
   auto o = std::make_shared<Options>();
   app.add_option("--control", o->control,
@@ -183,17 +244,21 @@ std::function<int()> add_control_commands(CLI::App& app) {
   // One row per verb: its subcommand, how its request is made, and how its
   // answer is printed (nothing, for the verbs dmsetup is silent about).
   using Printer = std::function<void(const json& response)>;
+  // `explain` rewords the server's refusal, for verbs whose request the CLI made.
+  using Explain = std::function<std::string(const std::string& error)>;
   struct Verb {
     CLI::App* sub;
     std::function<json()> request;
     Printer print;
+    Explain explain;
   };
   std::vector<Verb> verbs;
   auto verb_of = [&](
                      CLI::App& parent, const std::string& name, const std::string& help,
-                     std::function<json()> request, Printer print = [](const json&) {}) {
+                     std::function<json()> request, Printer print = [](const json&) {},
+                     Explain explain = nullptr) {
     CLI::App* sub = parent.add_subcommand(name, help);
-    verbs.push_back({sub, std::move(request), std::move(print)});
+    verbs.push_back({sub, std::move(request), std::move(print), std::move(explain)});
     return sub;
   };
   auto verb = [&](
@@ -364,19 +429,49 @@ std::function<int()> add_control_commands(CLI::App& app) {
       ->add_option("name", o->name, "The snapshot device")
       ->required();
 
+  // LUKS volumes, opened and closed as cryptsetup open and close do.
+  CLI::App* luks =
+      app.add_subcommand("luks", "Open or close a LUKS volume made by cryptsetup luksFormat");
+  luks->require_subcommand(1);
+  auto* luks_open = verb_of(
+      *luks, "open",
+      "Unlock the LUKS1/LUKS2 volume FILE and create device NAME with the crypt table "
+      "cryptsetup would load (the passphrase: --key-file, else typed, else one line of stdin)",
+      [o] { return luks_open_request(*o); }, [](const json&) {},
+      [o](const std::string& error) {
+        // The table is ours: a refusal of it is about the volume.
+        const std::string line_one = "line 1: ";
+        return error.starts_with(line_one) ? o->volume + ": " + error.substr(line_one.size())
+                                           : error;
+      });
+  luks_open->add_option("file", o->volume, "The LUKS volume (a file or block device)")->required();
+  luks_open->add_option("name", o->name, "Device (export) name")->required();
+  luks_open->add_option("--key-file,-d", o->key_file,
+                        "The passphrase: the whole file, newlines and all ('-': all of stdin)");
+  luks_open->add_flag("--readonly,-r", o->read_only, "A read-only device");
+  luks_open->add_flag("--allow-discards", o->allow_discards,
+                      "Pass discards down to FILE (allow_discards)");
+  luks_open->add_option("--description", o->description, "Description shown by NBD LIST");
+  verb_of(*luks, "close", "Remove crypt device NAME (refused for any other device)",
+          [o] { return luks_close_request(*o); })
+      ->add_option("name", o->name, "The crypt device")
+      ->required();
+
   return [o, verbs] {
-    for (const auto& [sub, make_request, print] : verbs) {
+    for (const auto& [sub, make_request, print, explain] : verbs) {
       if (!*sub) continue;
       const CLI::App* parent = sub->get_parent();
       const std::string cmd =
           (parent && parent->get_parent() ? parent->get_name() + " " : "") + sub->get_name();
       json response;
       try {
-        const json request = make_request();
-        const auto socket =
-            o->control.empty() ? default_control_path() : std::filesystem::path(o->control);
+        json request = make_request();
+        struct Wipe {
+          json& request;
+          ~Wipe() { wipe_strings(request); }
+        } wipe{request};
         try {
-          response = call(socket, request);
+          response = call(control_socket(*o), request);
         } catch (const Unreachable&) {
           if (cmd != "targets") throw;
           response = {{"ok", true}, {"targets", local_targets()}};  // same binary, same targets
@@ -384,13 +479,20 @@ std::function<int()> add_control_commands(CLI::App& app) {
       } catch (const Unreachable& e) {
         std::cerr << "dmnbd: " << e.what() << "\n";
         return 3;
+      } catch (const Refused& e) {
+        std::cerr << "dmnbd " << cmd << ": " << e.what() << "\n";
+        return 1;
+      } catch (const LuksError& e) {  // a wrong passphrase, not a LUKS volume, ...
+        std::cerr << "dmnbd " << cmd << ": " << e.what() << "\n";
+        return 1;
       } catch (const std::exception& e) {
         std::cerr << "dmnbd " << cmd << ": " << e.what() << "\n";
         return 2;
       }
       if (o->json_output) std::cout << response.dump(2) << "\n";
       if (!response.value("ok", false)) {
-        std::cerr << "dmnbd " << cmd << ": " << response.value("error", "failed") << "\n";
+        const std::string error = response.value("error", "failed");
+        std::cerr << "dmnbd " << cmd << ": " << (explain ? explain(error) : error) << "\n";
         return 1;
       }
       if (!o->json_output) print(response);

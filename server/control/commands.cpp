@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "dm/table.hpp"
+#include "dmnbd/secret_bytes.hpp"
 #include "dmnbd/target.hpp"
 #include "request_fields.hpp"
 #include "snapshot_verbs.hpp"
@@ -90,8 +91,16 @@ Task<json> wait_for_event(DeviceManager& devices, const json& req) {
 using Name = const std::string&;
 const json kOk{{"ok", true}};
 
+// A table's text may hold a key: wiped however the verb ends (a named local,
+// never a temporary).
+struct WipeText {
+  std::string& text;
+  ~WipeText() { wipe_memory(text.data(), text.size()); }
+};
+
 Task<json> verb_create(DeviceManager& devices, const json& req, Name name) {
-  const std::string table = opt_str(req, "table");
+  std::string table = opt_str(req, "table");
+  const WipeText wipe{table};
   const CreateOptions options{.description = opt_str(req, "description"),
                               .read_only = flag(req, "read_only"),
                               .no_table = flag(req, "notable")};
@@ -100,13 +109,15 @@ Task<json> verb_create(DeviceManager& devices, const json& req, Name name) {
 }
 
 Task<json> verb_load(DeviceManager& devices, const json& req, Name name) {
-  const std::string table = str(req, "table");
+  std::string table = str(req, "table");
+  const WipeText wipe{table};
   co_await devices.load(name, table);
   co_return kOk;
 }
 
 Task<json> verb_reload(DeviceManager& devices, const json& req, Name name) {
-  const std::string table = str(req, "table");
+  std::string table = str(req, "table");
+  const WipeText wipe{table};
   co_await devices.reload(name, table);
   co_return kOk;
 }

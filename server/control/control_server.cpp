@@ -10,6 +10,7 @@
 #include <boost/asio/write.hpp>
 
 #include "commands.hpp"
+#include "dmnbd/secret_bytes.hpp"
 
 namespace dmnbd::control {
 namespace {
@@ -29,6 +30,17 @@ constexpr auto kTuple = asio::as_tuple(asio::use_awaitable);
 // coroutine frame.
 json error_response(int err, const char* what) {
   return json{{"ok", false}, {"error", what}, {"errno", err}};
+}
+
+// Every string of a request zeroed once it is answered: tables and messages
+// may hold keys.
+void wipe_strings(json& value) {
+  if (value.is_string()) {
+    auto& text = value.get_ref<std::string&>();
+    wipe_memory(text.data(), text.size());
+  } else if (value.is_structured()) {
+    for (auto& item : value) wipe_strings(item);
+  }
 }
 
 bool peer_allowed(int fd) {
@@ -119,8 +131,10 @@ Task<void> ControlServer::serve(std::shared_ptr<Socket> socket) {
     }
     if (ec) co_return;
     std::string line = buffer.substr(0, n - 1);
+    wipe_memory(buffer.data(), n);  // the request's text may hold a key
     buffer.erase(0, n);
     json request = json::parse(line, nullptr, false);
+    wipe_memory(line.data(), line.size());
     json response;
     if (request.is_discarded()) {
       response = error_response(EINVAL, "malformed JSON");
@@ -129,6 +143,7 @@ Task<void> ControlServer::serve(std::shared_ptr<Socket> socket) {
       const std::string what = field_text(request, "cmd") + " " + field_text(request, "name");
       spdlog::debug("control: {}", what);
       response = co_await execute(devices_, request);
+      wipe_strings(request);
       if (!response.value("ok", false))
         spdlog::warn("control: {} failed: {}", what, response.value("error", ""));
     }

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -30,11 +31,21 @@ struct FileSpec {
   int line = 0;
 };
 
+// A LUKS volume made by `cryptsetup luksFormat` (the `luks` key): its table
+// is the one cryptsetup would load, built when the device is created.
+struct LuksSpec {
+  std::filesystem::path file;      // absolute
+  std::filesystem::path key_file;  // absolute; the passphrase, as cryptsetup --key-file reads it
+  bool allow_discards = false;
+  int line = 0;
+};
+
 struct DeviceSpec {
   std::string name;
   std::string description;
   bool read_only = false;
-  std::string table;
+  std::string table;  // empty with `luks`
+  std::optional<LuksSpec> luks;
   int line = 0;              // of the device entry
   int table_first_line = 0;  // config line of the table's first text line
 };
