@@ -3,12 +3,12 @@
 crypt()): LUKS volumes and verity trees, both ways.
 
 LUKS: `cryptsetup luksFormat` makes LUKS1 (pbkdf2), LUKS2 (argon2id, 32 MiB,
-512-byte sectors) and LUKS2 with 4 KiB sectors (pbkdf2) volumes; before the boot dmnbd writes a
-random plaintext into each through the crypt table of its volume key (run.sh,
-`tables`); the guest's kernel opens each with `cryptsetup open` and reads the
+512-byte sectors) and LUKS2 with 4 KiB sectors (pbkdf2) volumes; before the boot dmnbd opens
+each (a `luks:` device of its config, run.sh) and writes a random plaintext
+into it; the guest's kernel opens each with `cryptsetup open` and reads the
 plaintext back (sha256). The other way, the kernel writes a plaintext into a
-fourth volume (kvol) through `cryptsetup open`, and after the boot dmnbd reads
-it through its crypt table.
+fourth volume (kvol) through `cryptsetup open`, and after the boot dmnbd
+opens it and reads it.
 
 verity: `veritysetup format` over a random data file; a copy with bytes
 flipped in data blocks 3 and 1000 and in the level-0 hash block of blocks
@@ -17,13 +17,12 @@ verity tables over the same files and read every sector: the same error map
 and the same bytes elsewhere (blkprobe copy in the guest; libnbd bisected
 reads here, as oracle.py reads).
 
-  cryptvols.py prepare WORK   WORK/crypt/ (volumes, pw, plaintexts, `tables`:
-        NAME TABLE lines for dmnbd's writer, `verity`: NAME TABLE lines with
-        @DATA@ @HASH@ for the device paths) and WORK/guest/etc/crypt/
+  cryptvols.py prepare WORK   WORK/crypt/ (volumes, pw, plaintexts, `verity`:
+        NAME TABLE lines with @DATA@ @HASH@ for the device paths) and WORK/guest/etc/crypt/
         (pw, kdata.bin, verity: the same verity tables, expect: NAME SHA)
   cryptvols.py check WORK SOCKET CONSOLE   compares; "ok - ..." /
         "not ok - ..." lines and a summary line "crypt: ..."; exit 1 on a
-        failure. SOCKET serves c-kvol-plain (dmnbd's crypt table over the
+        failure. SOCKET serves c-kvol-plain (dmnbd's luks: device over the
         kernel's kvol) and cv-NAME (dmnbd's verity tables).
 """
 import hashlib
@@ -62,25 +61,6 @@ def run(*cmd):
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
-def crypt_table(vol, pw):
-    """The crypt table cryptsetup loads for a LUKS volume (its volume key)."""
-    dump = run("cryptsetup", "luksDump", "-q", "--dump-volume-key", "--key-file", pw, vol)
-    key = "".join(re.search(r"MK dump:(.*?)(?:\n\S|\Z)", dump, re.S).group(1).split())
-    info = run("cryptsetup", "luksDump", vol)
-    if "Version:       \t1" in info or re.search(r"Version:\s+1\b", info):
-        offset = int(re.search(r"Payload offset:\s*(\d+)", info).group(1))
-        cipher = re.search(r"Cipher name:\s*(\S+)", info).group(1) + "-" + \
-            re.search(r"Cipher mode:\s*(\S+)", info).group(1)
-        sector = 512
-    else:
-        offset = int(re.search(r"offset:\s*(\d+) \[bytes\]", info).group(1)) // 512
-        cipher = re.search(r"cipher:\s*(\S+)", info).group(1)
-        sector = int(re.search(r"sector:\s*(\d+) \[bytes\]", info).group(1))
-    sectors = DATA_MB * 2048
-    opts = "" if sector == 512 else f" 1 sector_size:{sector}"
-    return f"0 {sectors} crypt {cipher} {key} 0 {vol} {offset}{opts}"
-
-
 def prepare(work):
     d = os.path.join(work, "crypt")
     g = os.path.join(work, "guest", "etc", "crypt")
@@ -89,8 +69,9 @@ def prepare(work):
         os.makedirs(p)
     pw = os.path.join(d, "pw")
     write(pw, PASSPHRASE)
+    os.chmod(pw, 0o600)  # dmnbd refuses a key file others may read
     write(os.path.join(g, "pw"), PASSPHRASE)
-    tables, expect = [], []
+    expect = []
     for name, args in VOLUMES:
         vol = os.path.join(d, f"{name}.img")
         with open(vol, "wb") as f:
@@ -102,9 +83,6 @@ def prepare(work):
             write(os.path.join(g, "kdata.bin"), plain)  # the kernel writes this one
         else:
             expect.append(f"{name} {sha(plain)}")
-        tables.append(f"c-{name}-plain {crypt_table(vol, pw)}")
-    write(os.path.join(d, "tables"), ("\n".join(tables) + "\n").encode())
-    os.chmod(os.path.join(d, "tables"), 0o600)
     write(os.path.join(g, "expect"), ("\n".join(expect) + "\n").encode())
 
     data = bytearray(os.urandom(VERITY_BLOCKS * 4096))

@@ -37,7 +37,7 @@
 #          features are compared for the same tables.
 #  crypt   LUKS and verity (cryptvols.py): dmnbd writes a plaintext into LUKS1,
 #          LUKS2 (argon2id) and LUKS2 4 KiB-sector volumes made by cryptsetup
-#          luksFormat, through the crypt table of each volume key; the guest's
+#          luksFormat, each opened by dmnbd (a luks: device); the guest's
 #          `cryptsetup open` reads it back; the kernel writes into a fourth
 #          volume and dmnbd reads it after the boot. The kernel's dm-verity and
 #          dmnbd's read the same veritysetup trees (one intact, one with flipped
@@ -360,21 +360,23 @@ if [ "$RUN_MIRROR" = 1 ]; then
   fi
 fi
 
-# crypt (cryptvols.py; guest.sh crypt()): dmnbd writes each volume's
-# plaintext before the boot through a dmnbd of its own.
+# crypt (cryptvols.py; guest.sh crypt()): dmnbd opens each LUKS volume (a
+# luks: device) and writes its plaintext before the boot, in a dmnbd of its own.
 CRYPT=$WORK/crypt
 if [ "$RUN_CRYPT" = 1 ]; then
   "$PY" "$HERE/cryptvols.py" prepare "$WORK" > "$WORK/crypt-prepare.out" 2>&1 \
     || die "cryptvols.py prepare failed: $(tail -3 "$WORK/crypt-prepare.out")"
   {
     printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$CRYPT/w.sock" "$CRYPT/w-ctl.sock"
-    while read -r name table; do printf '  - name: %s\n    table: "%s"\n' "$name" "$table"; done < "$CRYPT/tables"
+    for v in luks1 luks2 luks2k; do
+      printf '  - name: c-%s-plain\n    luks: { file: %s, key_file: %s }\n' "$v" "$CRYPT/$v.img" "$CRYPT/pw"
+    done
   } > "$CRYPT/w.yaml"
   chmod 600 "$CRYPT/w.yaml"
   if stage_serve "$CRYPT/w.yaml" "$CRYPT/w.sock" "$CRYPT/server.log" crypt; then
     for v in luks1 luks2 luks2k; do
       timeout 120 nbdcopy "$CRYPT/$v.plain" "nbd+unix:///c-$v-plain?socket=$CRYPT/w.sock"
-      check "crypt: dmnbd wrote the plaintext into $v through its crypt table" test $? = 0
+      check "crypt: dmnbd opened $v (luks:) and wrote its plaintext" test $? = 0
     done
     if stop_pid "$SERVED_PID"; then ok "crypt: dmnbd (the writer) stopped cleanly"; else notok "crypt: dmnbd (the writer) did not exit 0"; fi
   else
@@ -953,8 +955,7 @@ if [ "$RUN_CRYPT" = 1 ]; then
   # trees through its verity tables (read-only devices).
   {
     printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$CRYPT/r.sock" "$CRYPT/r-ctl.sock"
-    grep '^c-kvol-plain ' "$CRYPT/tables" | while read -r name table; do
-      printf '  - name: %s\n    table: "%s"\n' "$name" "$table"; done
+    printf '  - name: c-kvol-plain\n    luks: { file: %s, key_file: %s }\n' "$CRYPT/kvol.img" "$CRYPT/pw"
     while read -r name table; do
       case $name in good) d=vdata h=vhash;; *) d=vbad h=vbadhash;; esac
       printf '  - name: cv-%s\n    read_only: true\n    table: "%s"\n' "$name" \
