@@ -34,4 +34,16 @@ class SecretBytes {
 // from, for copies of secrets outside SecretBytes (a key's hex text).
 void wipe_memory(void* data, size_t size);
 
+// Zeroes every string in a JSON tree (nlohmann::json) in place: a control
+// request's table or message may hold a key.
+template <typename Json>
+void wipe_strings(Json& value) {
+  if (value.is_string()) {
+    auto& text = value.template get_ref<typename Json::string_t&>();
+    wipe_memory(text.data(), text.size());
+  } else if (value.is_structured()) {
+    for (auto& item : value) wipe_strings(item);
+  }
+}
+
 }  // namespace dmnbd

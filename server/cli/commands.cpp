@@ -45,16 +45,6 @@ struct Refused : std::runtime_error {
 
 std::filesystem::path control_socket(const Options& o);
 
-// Every string of a request zeroed once it is sent: a table may hold a key.
-void wipe_strings(json& value) {
-  if (value.is_string()) {
-    auto& text = value.get_ref<std::string&>();
-    wipe_memory(text.data(), text.size());
-  } else if (value.is_structured()) {
-    for (auto& item : value) wipe_strings(item);
-  }
-}
-
 // `luks open`: cryptsetup's part is done here, in the CLI, as cryptsetup does
 // it before it hands the table to the kernel: the PBKDF runs in this process
 // and the passphrase never leaves it; the server gets the table, as `create`.

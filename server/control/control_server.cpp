@@ -32,17 +32,6 @@ json error_response(int err, const char* what) {
   return json{{"ok", false}, {"error", what}, {"errno", err}};
 }
 
-// Every string of a request zeroed once it is answered: tables and messages
-// may hold keys.
-void wipe_strings(json& value) {
-  if (value.is_string()) {
-    auto& text = value.get_ref<std::string&>();
-    wipe_memory(text.data(), text.size());
-  } else if (value.is_structured()) {
-    for (auto& item : value) wipe_strings(item);
-  }
-}
-
 bool peer_allowed(int fd) {
   ucred cred{};
   socklen_t len = sizeof cred;
