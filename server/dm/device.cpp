@@ -297,10 +297,8 @@ Task<Status> Device::submit_unaligned(const Table& table, Bio bio) {
       co_return co_await read_aside(table, offset, bio.data);
     case BioOp::write:
       co_return co_await write_unaligned(table, offset, bio.data, bio.flags);
-    case BioOp::write_zeroes: {
-      std::vector<std::byte> zeroes(bio.bytes());
-      co_return co_await write_unaligned(table, offset, zeroes, bio.flags);
-    }
+    case BioOp::write_zeroes:  // the whole blocks as write-zeroes, the ends as zero bytes
+      co_return co_await write_zeroes_in(offset, bio.bytes(), bio.flags);
     default: {  // discard: advisory, only the whole blocks inside
       if (blocks.down(end) <= blocks.up(offset)) co_return ok();
       Bio inside = bio;

@@ -286,10 +286,10 @@ class CryptTarget final : public Target {
   Task<Status> write_zeroes(Bio bio) {
     if (bio.flags & kBioFastZero) co_return errno_status(EOPNOTSUPP);
     const uint64_t chunk_sectors = kZeroChunkBytes >> kSectorShift;
+    // write() encrypts into a buffer of its own: these stay zeroes.
     auto zeroes = std::make_unique<std::byte[]>(kZeroChunkBytes);
     for (uint64_t done = 0; done < bio.sectors;) {
       const uint64_t n = std::min(chunk_sectors, bio.sectors - done);
-      std::fill_n(zeroes.get(), n << kSectorShift, std::byte{0});
       Bio part{.op = BioOp::write,
                .sector = bio.sector + done,
                .sectors = n,

@@ -390,3 +390,32 @@ TEST_F(CryptTest, RequestsSmallerThanTheSectorSizeAreReadModifyWritten) {
 
 }  // namespace
 }  // namespace dmnbd
+
+namespace dmnbd {
+namespace {
+
+// A device stacked on a crypt device with 4 KiB units may send it bios that
+// are no whole units: the crypt device reads, writes and zeroes them through
+// whole units.
+TEST_F(CryptTest, AStackedDeviceMayUseUnitsSmallerThanTheSectorSize) {
+  auto lower = test::make_device(
+      "0 64 crypt aes-xts-plain64 " + pattern_key(64) + " 0 c.img 0 1 sector_size:4096", resolver_,
+      false, "lower");
+  std::vector<std::byte> plain = pattern_plaintext(32768);
+  ASSERT_FALSE(run_sync(lower->write(0, plain, 0)));
+  resolver_.add("lower", lower);
+  auto upper = test::make_device("0 64 linear lower 0", resolver_, false, "upper");
+  ASSERT_FALSE(run_sync(upper->write_zeroes(512, 4608, 0)));  // sectors 1..9
+  std::fill(plain.begin() + 512, plain.begin() + 5120, std::byte{0});
+  std::vector<std::byte> patch(1024, std::byte{0x5c});
+  ASSERT_FALSE(run_sync(upper->write(6144, patch, 0)));  // sectors 12..13
+  std::copy(patch.begin(), patch.end(), plain.begin() + 6144);
+  std::vector<std::byte> back(32768), part(1536);
+  ASSERT_FALSE(run_sync(lower->read(0, back, nullptr)));
+  EXPECT_EQ(back, plain);
+  ASSERT_FALSE(run_sync(upper->read(5632, part, nullptr)));  // sectors 11..13
+  EXPECT_TRUE(std::equal(part.begin(), part.end(), plain.begin() + 5632));
+}
+
+}  // namespace
+}  // namespace dmnbd
