@@ -11,19 +11,29 @@ Task<Status> RaidTarget::map(Bio bio) {
   if (bio.end() > geometry_.array_sectors()) co_return errno_status(EIO);
   switch (bio.op) {
     case BioOp::read:
+      if (parity_) co_return co_await parity_read(bio);
       co_return co_await read(bio);
     case BioOp::flush:
       co_return co_await flush();
     default:
+      if (parity_) co_return co_await parity_write(bio);
       co_return co_await write(bio);
   }
 }
 
-// A read is a remap onto the copy read_balance() picks, so it may be served
-// in place (zero copy) as linear's is; a write never: it has every copy and
-// the bitmap to see to.
+// A read is a remap onto the copy read_balance() picks (raid4/5/6: the
+// data block's leg), so it may be served in place (zero copy) as linear's
+// is; a write never: it has every copy (or parity) and the bitmap to see to.
 Task<Status> RaidTarget::direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) {
   if (how.write || sector + count > geometry_.array_sectors()) co_return errno_status(EOPNOTSUPP);
+  if (parity_) {
+    // A read of one data block whose leg holds it.
+    const ParityGeometry::Location at = parity_->locate(sector);
+    if (at.sector % parity_->chunk() + count > parity_->chunk() || !holds(at.dev, at.sector, count))
+      co_return errno_status(EOPNOTSUPP);
+    const RaidDevice& d = *devs_[at.dev];
+    co_return co_await d.data->direct_access(d.data_offset + at.sector, count, how);
+  }
   const Copies copies = geometry_.copies(sector);
   const std::optional<DeviceSector> c = choose_read_copy(copies, count, sector);
   if (!c) co_return errno_status(EOPNOTSUPP);

@@ -113,7 +113,7 @@ Task<JobStep> RaidTarget::sync_step(const CancelToken& cancel) {
   const SyncAction action = action_;
   if (action == SyncAction::recover) {
     const uint64_t s = position_;
-    const uint64_t end = geometry_.used_device_sectors();
+    const uint64_t end = parity_ ? parity_->used_device_sectors() : geometry_.used_device_sectors();
     if (s >= end) co_return JobStep{ok(), 0};
     const uint64_t count = std::min<uint64_t>(region_sectors_, end - s);
     if (!co_await recover_step(s, count, cancel)) co_return JobStep{errno_status(EIO), 0};
@@ -126,6 +126,12 @@ Task<JobStep> RaidTarget::sync_step(const CancelToken& cancel) {
   }
   const uint64_t total = resync_max_sectors();
   if (position_ >= total) co_return JobStep{ok(), 0};
+  if (parity_ && parity_sync_impossible()) {
+    // md skips the rest at once: a raid4/5 missing a leg (raid6 two) has
+    // no parity left to check or make.
+    position_ = total;
+    co_return JobStep{ok(), 0};
+  }
   uint64_t r = position_ / region_sectors_;
   // A resync with a bitmap skips the regions it says are in sync.
   if (action == SyncAction::resync && bitmap_) {
@@ -139,7 +145,13 @@ Task<JobStep> RaidTarget::sync_step(const CancelToken& cancel) {
   const uint64_t end = std::min<uint64_t>((r + 1) * region_sectors_, total);
   co_await barrier_.lock_sync(r);
   bool done = false;
-  if (action == SyncAction::resync)
+  if (parity_)
+    done = co_await parity_sync_span(start, end,
+                                     action == SyncAction::resync   ? RowSync::resync
+                                     : action == SyncAction::repair ? RowSync::repair
+                                                                    : RowSync::check,
+                                     cancel);
+  else if (action == SyncAction::resync)
     done = co_await resync_region(start, end, cancel);
   else
     done = co_await compare_region(start, end, action == SyncAction::repair, cancel);
@@ -261,6 +273,7 @@ Task<bool> RaidTarget::compare_region(uint64_t start, uint64_t end, bool repair,
 // raid1/raid10 sync_request() for a recovery: device sectors [s, s + count)
 // of every device being recovered, from a copy in sync, region by region.
 Task<bool> RaidTarget::recover_step(uint64_t s, uint64_t count, const CancelToken& cancel) {
+  if (parity_) co_return co_await parity_recover_step(s, count, cancel);
   const uint64_t piece = params_.type->level == 10 ? geometry_.chunk() : count;
   for (unsigned dev = 0; dev < devs_.size(); ++dev) {
     RaidDevice& d = *devs_[dev];

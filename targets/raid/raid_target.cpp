@@ -12,6 +12,7 @@ namespace {
 
 // md counts daemon_sleep in jiffies; Debian's kernels tick at HZ=250.
 constexpr std::chrono::milliseconds kJiffy{4};
+constexpr uint64_t kMinRaid456JournalSpace = 4 * 2048;  // MIN_RAID456_JOURNAL_SPACE
 
 // FEATURE_FLAG_SUPPORTS_V190 is the only compatible feature there is.
 bool known_compat_features(const format::Superblock& sb) {
@@ -22,11 +23,9 @@ bool known_compat_features(const format::Superblock& sb) {
 
 RaidTarget::RaidTarget(const TargetContext& ctx, TargetArgs args)
     : raise_event_(ctx.raise_event), params_(parse_raid_table(args, ctx.length)) {
-  if (params_.type->level == 5 || params_.type->level == 6)
-    throw TargetError(std::string("raid type ") + params_.type->name +
-                      " is not supported yet (raid0, raid1 and raid10 are)");
   layout_ = params_.layout;
   open_devices(ctx);
+  if (params_.has(kJournalDev)) open_journal(ctx);
   set_sizes(ctx.length);
   has_metadata_ = params_.any_metadata();
   if (params_.has(kDaemonSleep) && params_.daemon_sleep)
@@ -59,6 +58,23 @@ void RaidTarget::open_devices(const TargetContext& ctx) {
   }
 }
 
+// The raid4/5/6 journal (md's raid5-cache) is checked as the kernel does,
+// and then refused: its log is md's own format, which dm-raid cannot even
+// find again after a reload (the superblock has no place for its tail).
+void RaidTarget::open_journal(const TargetContext& ctx) {
+  std::shared_ptr<BlockDevice> journal;
+  try {
+    journal = ctx.get_device(params_.journal_dev);
+  } catch (const TargetError& e) {
+    throw TargetError(std::string("raid4/5/6 journal device lookup failure (") + e.what() + ")");
+  }
+  if (journal->sectors() < kMinRaid456JournalSpace)
+    throw TargetError("No space for raid4/5/6 journal");
+  throw TargetError(
+      "raid4/5/6 journal devices are not supported by dmnbd (md's raid5-cache log); "
+      "leave journal_dev out");
+}
+
 // rs_set_dev_and_array_sectors() and md's own rounding (raid_layout.hpp).
 void RaidTarget::set_sizes(uint64_t length) {
   const unsigned disks = params_.disks();
@@ -85,12 +101,24 @@ void RaidTarget::set_sizes(uint64_t length) {
       if (length % data_stripes) throw TargetError(not_divisible);
       dev_sectors_ = length / data_stripes;
       array_sectors_ = dev_sectors_ * data_stripes;
-      geometry_ = Geometry::raid0(disks, params_.chunk, dev_sectors_);
+      if (params_.type->level == 0) {
+        geometry_ = Geometry::raid0(disks, params_.chunk, dev_sectors_);
+        break;
+      }
+      parity_.emplace(params_.type->level, layout_, disks, params_.chunk, dev_sectors_);
+      geometry_ = Geometry::raid0(data_stripes, params_.chunk, dev_sectors_);  // the array's size
       break;
   }
   for (const auto& d : devs_)
     if (d->data && d->data->sectors() < dev_sectors_)
       throw TargetError("Component device(s) too small");
+  // raid5_run() rounds dev_sectors down to whole chunks, and md_run() then
+  // refuses an array larger than that ("md: invalid array_size").
+  if (parity_ && parity_->array_sectors() < length) {
+    spdlog::error("raid: md: invalid array_size {} > default size {}", length,
+                  parity_->array_sectors());
+    throw TargetError("Failed to run raid array");
+  }
   // md rounds each device down to whole chunks: a tail past the array could
   // never be read or written (the kernel requeues such bios for ever).
   if (geometry_.array_sectors() < length)
@@ -115,8 +143,42 @@ Task<void> RaidTarget::open() {
     spdlog::error("raid: too few working devices ({} of {})", working, devs_.size());
     throw TargetError("Failed to run raid array");
   }
+  if (parity_) co_await run_parity_checks();
   if (bitmap_ == nullptr && has_metadata_ && level != 0) co_await load_bitmap();
   if (region_sectors_ == 0) region_sectors_ = params_.region_size;
+}
+
+// raid5_run()'s refusals, and the stripe cache dm-raid sets after it
+// (rs_set_raid456_stripe_cache(): at least one chunk's stripes, and md's
+// raid5_set_cache_size() range). dmnbd keeps no stripe cache of its own;
+// the value is kept for the table line.
+Task<void> RaidTarget::run_parity_checks() {
+  const unsigned disks = params_.disks();
+  if (params_.type->level == 6 && disks < 4) {
+    spdlog::error("raid: md/raid:mdX: not enough configured devices ({}, minimum 4)", disks);
+    throw TargetError("Failed to run raid array");
+  }
+  // md's degraded count: legs missing, failed, or not yet rebuilt.
+  unsigned in_sync = 0;
+  for (const auto& d : devs_) in_sync += d->usable() && d->in_sync;
+  if (in_sync + parity_->parity_disks() < disks) {
+    spdlog::error("raid: md/raid:mdX: not enough operational devices ({}/{} failed)",
+                  disks - in_sync, disks);
+    throw TargetError("Failed to run raid array");
+  }
+  if (degraded() && recovery_cp_ != format::kMaxSector) {
+    spdlog::error("raid: md/raid:mdX: cannot start dirty degraded array.");
+    throw TargetError("Failed to run raid array");
+  }
+  const uint32_t min_stripes = params_.chunk / 2;
+  if (params_.stripe_cache < min_stripes) {
+    spdlog::info("raid: Adjusting requested {} stripe cache entries to {} to suit stripe size",
+                 params_.stripe_cache, min_stripes);
+    params_.stripe_cache = min_stripes;
+  }
+  if (params_.stripe_cache <= 16 || params_.stripe_cache > 32768)
+    throw TargetError("Failed to set raid4/5/6 stripe cache size");
+  co_return;
 }
 
 // analyse_superblocks(), super_load(), super_init_validation(), super_validate().
@@ -281,6 +343,7 @@ void RaidTarget::validate_redundancy() const {
   for (unsigned i = 0; i < devs_.size(); ++i) count += lacking(i);
   const char* too_many = "Insufficient redundancy to activate array";
   if (params_.type->level == 1 && count >= devs_.size()) throw TargetError(too_many);
+  if (parity_ && count > parity_->parity_disks()) throw TargetError(too_many);
   if (params_.type->level != 10) return;
   const Raid10Layout l = Raid10Layout::from_md(layout_);
   const unsigned copies = std::max(l.near, l.far);
@@ -605,7 +668,10 @@ Task<std::string> RaidTarget::message(std::vector<std::string> words) {
   co_return std::string();
 }
 
+// raid4/5/6 take a row at a time (the kernel's max_io_len is a chunk, and
+// md's stripe cache gathers a row's chunks again: here they stay together).
 uint64_t RaidTarget::max_io_len() const {
+  if (parity_) return parity_->row_sectors();
   return params_.chunk ? params_.chunk : params_.region_size;
 }
 

@@ -29,12 +29,17 @@
 #include "dmnbd/kcopyd.hpp"
 #include "dmnbd/target.hpp"
 #include "metadata_format.hpp"
+#include "parity_layout.hpp"
+#include "parity_math.hpp"
 #include "raid_layout.hpp"
 #include "raid_params.hpp"
 #include "region_barrier.hpp"
+#include "stripe_lock.hpp"
 #include "write_intent_bitmap.hpp"
 
 namespace dmnbd::raid {
+
+struct WriteSegment;
 
 // md's sync actions, as dm-raid's status names them.
 enum class SyncAction { idle, resync, recover, check, repair };
@@ -81,6 +86,8 @@ class RaidTarget final : public Target {
  private:
   // ---- raid_target.cpp
   void open_devices(const TargetContext& ctx);
+  void open_journal(const TargetContext& ctx);
+  Task<void> run_parity_checks();
   void set_sizes(uint64_t length);
   Task<void> analyse_superblocks();
   void validate_freshest(const format::Superblock& sb);
@@ -111,6 +118,38 @@ class RaidTarget final : public Target {
   // The bitmap daemon's pass (md_bitmap_daemon_work()).
   Task<std::optional<DeferredPass::Clock::time_point>> clear_bitmap_bits();
 
+  // ---- parity_io.cpp: raid4/5/6
+  // One row's blocks of some device sectors, one per leg, in one buffer.
+  struct RowBuffers {
+    RowBuffers(size_t disks, uint64_t sectors);
+    uint64_t sectors;
+    size_t bytes;
+    AlignedBuffer buffer;
+    std::vector<std::byte*> blocks;
+  };
+  // The leg can serve device sectors [sector, +sectors): working, and in
+  // sync or recovered past them.
+  bool holds(unsigned dev, uint64_t sector, uint64_t sectors) const;
+  Task<Status> parity_read(Bio bio);
+  Task<Status> read_block(ParityGeometry::Location at, Bio bio);
+  Task<Status> read_row(const RowLayout& layout, uint64_t sector, RowBuffers& row);
+  Task<std::vector<Status>> read_legs(const std::vector<unsigned>& devs, uint64_t sector,
+                                      RowBuffers& row);
+  Task<unsigned> write_legs(const std::vector<unsigned>& devs, uint64_t sector,
+                            const RowBuffers& row, uint32_t flags);
+  Task<bool> failed_any(const std::vector<unsigned>& devs, const std::vector<Status>& results);
+  Task<Status> parity_write(Bio bio);
+  Task<Status> write_segment(const RowLayout& layout, uint64_t region, const WriteSegment& seg,
+                             uint32_t flags, bool* degraded_write);
+
+  // ---- parity_sync.cpp: raid4/5/6
+  enum class RowSync { resync, check, repair, recover };
+  Task<bool> parity_sync_span(uint64_t start, uint64_t end, RowSync how, const CancelToken& cancel);
+  Task<bool> parity_recover_step(uint64_t s, uint64_t count, const CancelToken& cancel);
+  Task<bool> sync_row(uint64_t row, uint64_t sector, uint64_t sectors, RowSync how);
+  // raid4/5 with a leg lost, raid6 with two: there is nothing to check or resync.
+  bool parity_sync_impossible() const;
+
   // ---- raid_sync.cpp
   // md_check_recovery(): starts what is needed, unless frozen or running.
   void start_needed_action(std::optional<SyncAction> requested = std::nullopt);
@@ -132,6 +171,8 @@ class RaidTarget final : public Target {
   RaidParams params_;
   std::vector<std::unique_ptr<RaidDevice>> devs_;
   Geometry geometry_;
+  std::optional<ParityGeometry> parity_;  // raid4/5/6
+  StripeLocks stripe_locks_;
   uint64_t dev_sectors_ = 0;    // md's dev_sectors
   uint64_t array_sectors_ = 0;  // md's array_sectors
   uint32_t layout_ = 0;         // md layout in use

@@ -8,14 +8,10 @@
 #include <cstring>
 #include <set>
 
-#include "../../targets/raid/metadata_format.hpp"
 #include "../../targets/raid/raid_layout.hpp"
 #include "devices/crash_device.hpp"
-#include "devices/memory_device.hpp"
-#include "devices/recording_device.hpp"
-#include "dm/table.hpp"
 #include "dmnbd/when_all.hpp"
-#include "test_support.hpp"
+#include "raid_fixture.hpp"
 
 namespace dmnbd {
 namespace {
@@ -25,29 +21,14 @@ using raid::Geometry;
 using raid::Raid10Layout;
 using test::build_error;
 using test::MemoryDevice;
+using test::RaidTest;
 using test::RecordingDevice;
 using test::run_sync;
+using test::sleep_ms;
+using test::write_fill;
 namespace format = raid::format;
-
-constexpr uint64_t kLeg = 8192;  // sectors per data leg: 8 regions of 1024
-constexpr uint64_t kMeta = 64;   // superblock, bitmap header and bits
-
-std::vector<std::byte> filled(uint64_t sectors, uint8_t value) {
-  return std::vector<std::byte>(sectors << kSectorShift, std::byte{value});
-}
-
-// Writes `sectors` of `value` at byte `offset` of the device.
-Task<Status> write_fill(Device& dev, uint64_t offset, uint64_t sectors, uint8_t value,
-                        uint32_t flags = 0) {
-  std::vector<std::byte> data = filled(sectors, value);
-  co_return co_await dev.write(offset, data, flags);
-}
-
-Task<void> sleep_ms(int ms) {
-  asio::steady_timer timer(co_await asio::this_coro::executor);
-  timer.expires_after(std::chrono::milliseconds(ms));
-  co_await timer.async_wait(asio::use_awaitable);
-}
+using test::kLeg;
+using test::kMeta;
 
 // ---- Layouts (md's raid0.c and raid10.c; the worked examples of the
 // reference, chunk = 8 sectors, rows of 8 sectors).
@@ -177,72 +158,6 @@ TEST(RaidFormatTest, SuperblockAndBitmapHeaderAreAtTheKernelsOffsets) {
 
 // ---- The target.
 
-class RaidTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    for (int i = 0; i < 4; ++i) {
-      legs_.push_back(std::make_shared<RecordingDevice>("d" + std::to_string(i), kLeg));
-      metas_.push_back(std::make_shared<RecordingDevice>("m" + std::to_string(i), kMeta));
-      legs_.back()->memory()->fill_pattern(uint8_t(40 * i));  // every leg differs
-      resolver_.add("d" + std::to_string(i), legs_.back());
-      resolver_.add("m" + std::to_string(i), metas_.back());
-    }
-    resolver_.add("tiny", std::make_shared<MemoryDevice>(16, "tiny"));
-  }
-
-  Task<std::shared_ptr<Device>> make(const std::string& table) {
-    auto dev = std::make_shared<Device>("r", "", false, 0);
-    std::shared_ptr<Table> built = Table::build(table, resolver_, false, dev->event_callback());
-    co_await built->open();
-    co_await dev->load(built);
-    Status st = co_await dev->resume();
-    EXPECT_FALSE(st);
-    co_return dev;
-  }
-  static std::string status(Device& dev) { return dev.live_table()->status_text(); }
-  static std::string table_line(Device& dev) { return dev.live_table()->table_text(); }
-  static Task<void> message(Device& dev, std::string word) {
-    std::vector<std::string> words;
-    words.push_back(std::move(word));
-    co_await dev.live_table()->entries()[0].target->message(std::move(words));
-  }
-  // "<start> <len> raid <type> <#devs> <chars> <progress>/<total> idle ..."
-  static bool idle_and_complete(const std::string& st) {
-    std::istringstream in(st);
-    std::vector<std::string> w(8);
-    for (auto& x : w) in >> x;
-    const std::string& ratio = w[6];
-    const size_t slash = ratio.find('/');
-    return w[7] == "idle" && slash != std::string::npos &&
-           ratio.substr(0, slash) == ratio.substr(slash + 1);
-  }
-  // Polls until the status' sync action is idle with full progress (5 s at most).
-  static Task<bool> wait_idle(Device& dev) {
-    for (int i = 0; i < 1000; ++i) {
-      if (idle_and_complete(status(dev))) co_return true;
-      co_await sleep_ms(5);
-    }
-    co_return false;
-  }
-  bool legs_equal(int a, int b, uint64_t from = 0, uint64_t count = kLeg) {
-    return std::memcmp(legs_[a]->memory()->bytes(from, count).data(),
-                       legs_[b]->memory()->bytes(from, count).data(), count * 512) == 0;
-  }
-  format::Superblock superblock(int i) {
-    return format::decode_superblock(metas_[i]->memory()->bytes(0, 1));
-  }
-  format::BitmapHeader bitmap_header(int i) {
-    return format::decode_bitmap_header(metas_[i]->memory()->bytes(8, 1));
-  }
-  bool bit(int meta, uint64_t r) {
-    return (uint8_t(metas_[meta]->memory()->bytes(8, 8)[256 + r / 8]) >> (r % 8)) & 1;
-  }
-
-  std::vector<std::shared_ptr<RecordingDevice>> legs_, metas_;
-  test::TempDir dir_;
-  test::DirResolver resolver_{dir_.path()};
-};
-
 const std::string kRaid1 = "0 8192 raid raid1 3 0 region_size 1024 2 m0 d0 m1 d1";
 
 TEST_F(RaidTest, ConstructorErrorsInTheKernelsWords) {
@@ -295,8 +210,6 @@ TEST_F(RaidTest, ConstructorErrorsInTheKernelsWords) {
       {"raid0 1 8 3 - d0 - d1 - d2", "Target length not divisible by number of data devices"},
       {"raid10 1 8 3 - d0 - d1 - d2", "Target length not divisible by number of data devices"},
       {"raid1 1 0 2 - d0 - tiny", "Component device(s) too small"},
-      {"raid5_ls 1 8 3 - d0 - d1 - d2",
-       "raid type raid5_ls is not supported yet (raid0, raid1 and raid10 are)"},
       {"raid10 1 8 4 - d0 - d1 - d2 - d3", "Failed to run raid array"},
       {"raid0 1 8 2 - d0 - -", "Failed to run raid array"},
       // New superblocks on some devices only (d1 has no metadata device).
