@@ -33,7 +33,7 @@ Task<bool> RaidTarget::parity_sync_span(uint64_t start, uint64_t end, RowSync ho
                                         const CancelToken& cancel) {
   const uint64_t c = parity_->chunk();
   for (uint64_t s = start; s < end && !cancel.cancelled();) {
-    const uint64_t n = std::min({kColumnSectors, c - s % c, end - s});
+    const uint64_t n = std::min(std::min(kColumnSectors, c - s % c), end - s);
     if (!co_await sync_row(s / c, s, n, how)) co_return false;
     s += n;
   }

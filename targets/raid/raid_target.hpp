@@ -1,12 +1,15 @@
 // raid <type> <#params> <chunk> [<param>...] <#devs> (<meta|-> <data|->)...:
-// the kernel's dm-raid (target 1.15.1) for raid0, raid1 and raid10, with md's
-// behaviour around it: the dm_raid_superblock and write-intent bitmap on
-// each metadata device (metadata_format.hpp), resync, recovery, check and
-// repair in the background, and the status line and messages of dm-raid.
+// the kernel's dm-raid (target 1.15.1) for raid0, raid1, raid10, raid4,
+// raid5 and raid6, with md's behaviour around it: the dm_raid_superblock and
+// write-intent bitmap on each metadata device (metadata_format.hpp), resync,
+// recovery, check and repair in the background, and the status line and
+// messages of dm-raid.
 //
 //   raid_target.cpp  construction, superblocks, suspend/resume, status, messages
-//   raid_io.cpp      reads (md's read balancing) and writes (every copy)
+//   raid_io.cpp      raid0/1/10 reads (md's read balancing) and writes (every copy)
 //   raid_sync.cpp    the sync actions: resync, recover, check, repair
+//   parity_io.cpp    raid4/5/6 reads and writes (parity_layout, parity_math,
+//   parity_sync.cpp  stripe_lock) and their sync actions
 //
 // A leg that fails an I/O is marked faulty (md_error): its failure is in
 // the superblocks before the I/O completes, writes go on to the others and
