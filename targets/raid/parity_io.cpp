@@ -257,7 +257,15 @@ Task<Status> RaidTarget::write_segment(const RowLayout& layout, uint64_t region,
       const std::vector<Status> r = co_await read_legs(other_data, seg.sector, row);
       if (co_await failed_any(other_data, r)) continue;
     }
-    for (const auto& [dev, bytes] : seg.written) std::memcpy(row.blocks[dev], bytes, row.bytes);
+    // The new data where ISA-L can read it: in place when it is aligned as
+    // ISA-L asks, copied otherwise. (Only now: the reads above may use the
+    // written devices' blocks for their old bytes.)
+    for (const auto& [dev, bytes] : seg.written) {
+      if (reinterpret_cast<uintptr_t>(bytes) % 32 == 0)
+        row.blocks[dev] = const_cast<std::byte*>(bytes);  // only read from here on
+      else
+        std::memcpy(row.blocks[dev], bytes, row.bytes);
+    }
     if (use_rmw) {
       for (const auto& [dev, bytes] : seg.written)
         parity::fold_change(layout, dev, old->blocks[dev], row.blocks[dev], row.blocks, row.bytes);
