@@ -391,6 +391,40 @@ TEST_F(RaidParityTest, Raid6ReadsAndWritesWithTwoLegsLostThenRebuildsThem) {
   run_sync(degraded());
 }
 
+// A leg that failed and reads again is re-added by a resume, and only the
+// regions written without it (device sectors, as md's bitmap counts them
+// for raid4/5/6) are rebuilt on it.
+TEST_F(RaidParityTest, AReturningLegGetsOnlyTheRegionsItMissed) {
+  auto body = [&]() -> Task<void> {
+    auto dev = co_await make(kRaid5);
+    EXPECT_TRUE(co_await wait_idle(*dev));
+    auto model = co_await read_all(*dev, 24576);
+    legs_[2]->fail_all(errno_status(EIO));
+    // Array sectors in device regions 1 and 5 (rows of 192 array sectors,
+    // 64 device sectors: region r holds rows 16r..16r+15).
+    for (uint64_t region : {1, 5}) {
+      const uint64_t x = region * 16 * 192 + 100;
+      EXPECT_FALSE(co_await test::write_fill(*dev, x * 512, 8, uint8_t(0x40 + region)));
+      std::memset(model.data() + x * 512, 0x40 + int(region), 8 * 512);
+    }
+    EXPECT_EQ(status(*dev), "0 24576 raid raid5_ls 4 AADA 8192/8192 idle 0 0 -\n");
+    co_await expect_reads(*dev, model);
+    legs_[2]->set_fault(nullptr);
+    legs_[2]->clear();
+    EXPECT_FALSE(co_await dev->suspend(false));
+    EXPECT_FALSE(co_await dev->resume());
+    EXPECT_TRUE(co_await wait_idle(*dev));
+    EXPECT_EQ(status(*dev), "0 24576 raid raid5_ls 4 AAAA 8192/8192 idle 0 0 -\n");
+    std::set<uint64_t> regions;
+    for (const auto& b : legs_[2]->bios(BioOp::write)) regions.insert(b.sector / 1024);
+    EXPECT_EQ(regions, (std::set<uint64_t>{1, 5}));
+    co_await expect_reads(*dev, model);
+    co_await dev->drop_tables();
+  };
+  run_sync(body());
+  EXPECT_TRUE(rows_xor_to_zero(legs_, 4, kLeg));
+}
+
 TEST_F(RaidParityTest, CheckCountsEightSectorsPerWrongStripeAndRepairRewritesParityOnly) {
   auto body = [&]() -> Task<void> {
     auto dev = co_await make(kRaid5);
