@@ -121,9 +121,10 @@ Task<std::vector<Status>> RaidTarget::read_legs(const std::vector<unsigned>& dev
 }
 
 // Writes the blocks of `devs` (those of them still working); a leg that
-// fails is failed. The number of legs that failed.
-Task<unsigned> RaidTarget::write_legs(const std::vector<unsigned>& devs, uint64_t sector,
-                                      const RowBuffers& row, uint32_t flags) {
+// fails is failed. The legs that failed.
+Task<std::vector<unsigned>> RaidTarget::write_legs(const std::vector<unsigned>& devs,
+                                                   uint64_t sector, const RowBuffers& row,
+                                                   uint32_t flags) {
   std::vector<Task<Status>> writes;
   std::vector<unsigned> targets;
   for (unsigned dev : devs) {
@@ -138,10 +139,10 @@ Task<unsigned> RaidTarget::write_legs(const std::vector<unsigned>& devs, uint64_
     writes.push_back(d.data->submit(bio));
   }
   const std::vector<Status> results = co_await when_all(writes);
-  unsigned failed = 0;
+  std::vector<unsigned> failed;
   for (size_t i = 0; i < targets.size(); ++i) {
     if (!results[i]) continue;
-    ++failed;
+    failed.push_back(targets[i]);
     co_await fail_device(targets[i]);
   }
   co_return failed;
@@ -274,11 +275,14 @@ Task<Status> RaidTarget::write_segment(const RowLayout& layout, uint64_t region,
     }
     std::vector<unsigned> out = written_data;
     out.insert(out.end(), parity_devs.begin(), parity_devs.end());
-    const unsigned failed = co_await write_legs(out, seg.sector, row, flags);
-    if (!lost.empty() || failed) *degraded_write = true;
+    const std::vector<unsigned> failed = co_await write_legs(out, seg.sector, row, flags);
+    if (!lost.empty() || !failed.empty()) *degraded_write = true;
     // The row is readable when no more legs are lost than the level
-    // survives, counting those that just failed.
-    co_return lost.size() + failed <= parity_disks ? ok() : errno_status(EIO);
+    // survives, counting those that just failed (a leg being rebuilt is
+    // written, and may fail, though it was lost already).
+    size_t gone = lost.size();
+    for (unsigned dev : failed) gone += std::find(lost.begin(), lost.end(), dev) == lost.end();
+    co_return gone <= parity_disks ? ok() : errno_status(EIO);
   }
 }
 

@@ -107,17 +107,21 @@ void RaidTarget::set_sizes(uint64_t length) {
       }
       parity_.emplace(params_.type->level, layout_, disks, params_.chunk, dev_sectors_);
       geometry_ = Geometry::raid0(data_stripes, params_.chunk, dev_sectors_);  // the array's size
+      // raid5_run() rounds the legs down to whole chunks and sets the
+      // array's size from that; the superblocks keep the legs' own size.
+      array_sectors_ = parity_->array_sectors();
       break;
   }
   for (const auto& d : devs_)
     if (d->data && d->data->sectors() < dev_sectors_)
       throw TargetError("Component device(s) too small");
-  // raid5_run() rounds dev_sectors down to whole chunks, and md_run() then
-  // refuses an array larger than that ("md: invalid array_size").
+  // The kernel takes a raid4/5/6 table longer than its rows and holds I/O
+  // to the tail for ever (raid_map() requeues it); here it fails.
   if (parity_ && parity_->array_sectors() < length) {
-    spdlog::error("raid: md: invalid array_size {} > default size {}", length,
-                  parity_->array_sectors());
-    throw TargetError("Failed to run raid array");
+    spdlog::warn("raid: sectors {} to {} are past md's array (whole chunks on each leg): "
+                 "I/O there fails",
+                 parity_->array_sectors(), length);
+    return;
   }
   // md rounds each device down to whole chunks: a tail past the array could
   // never be read or written (the kernel requeues such bios for ever).
@@ -407,6 +411,7 @@ Task<void> RaidTarget::load_bitmap() {
 }
 
 uint64_t RaidTarget::resync_max_sectors() const {
+  if (parity_) return parity_->used_device_sectors();  // raid5_run()'s rounding
   return params_.type->level == 10 ? geometry_.array_sectors() : dev_sectors_;
 }
 
@@ -602,7 +607,8 @@ std::string RaidTarget::table() const {
 // raid_status(), STATUSTYPE_INFO, with rs_get_progress() and __raid_dev_status().
 std::string RaidTarget::status() const {
   const RaidType* type = raid_type_of(params_.type->level, layout_);
-  const uint64_t total = preresumed_ ? resync_max_sectors() : dev_sectors_;
+  // md's dev_sectors before the resume: raid5_run() has rounded it already.
+  const uint64_t total = preresumed_ || parity_ ? resync_max_sectors() : dev_sectors_;
   const SyncAction action = action_.load();
   // The kernel keeps a set frozen from its constructor to its first resume.
   const bool frozen = frozen_.load() || !resumed_.load();

@@ -138,8 +138,8 @@ class RaidTarget final : public Target {
   Task<Status> read_row(const RowLayout& layout, uint64_t sector, RowBuffers& row);
   Task<std::vector<Status>> read_legs(const std::vector<unsigned>& devs, uint64_t sector,
                                       RowBuffers& row);
-  Task<unsigned> write_legs(const std::vector<unsigned>& devs, uint64_t sector,
-                            const RowBuffers& row, uint32_t flags);
+  Task<std::vector<unsigned>> write_legs(const std::vector<unsigned>& devs, uint64_t sector,
+                                         const RowBuffers& row, uint32_t flags);
   Task<bool> failed_any(const std::vector<unsigned>& devs, const std::vector<Status>& results);
   Task<Status> parity_write(Bio bio);
   Task<Status> write_segment(const RowLayout& layout, uint64_t region, const WriteSegment& seg,
