@@ -58,12 +58,13 @@ kill_under_fio() {
 # (20 MB/s) over the first SIZE of EXPORT, then every block read back and
 # checked (crc32c); in the background (FIO_PID). Its output is in
 # $WORK/NAME.log, cut at 4 MiB (fio's nbd engine repeats an error without end
-# once the server is gone), its exit status in $WORK/NAME.rc.
+# once the server is gone, and may not heed SIGTERM), its exit status in
+# $WORK/NAME.rc.
 fio_verify() {
   local name=$1 export=$2 size=$3
   shift 3
   rm -f "$WORK/$name.rc"
-  { timeout 120 fio --name="$name" --ioengine=nbd --uri="nbd+unix:///$export?socket=$WORK/nbd.sock" \
+  { timeout -k 5 120 fio --name="$name" --ioengine=nbd --uri="nbd+unix:///$export?socket=$WORK/nbd.sock" \
       --rw=randwrite --bs=4k --size="$size" --iodepth=16 --verify=crc32c --do_verify=1 \
       --verify_fatal=1 --rate=20m "$@" 2>&1
     echo $? > "$WORK/$name.rc"; } | head -c 4M > "$WORK/$name.log" &
