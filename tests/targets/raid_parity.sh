@@ -7,8 +7,9 @@
 #    target) in the middle of fio's writes: fio sees no error and verifies
 #    every block (the reads of leg 2's chunks rebuilt from the others); the
 #    status shows it D. The leg comes back and a suspend/resume re-adds it;
-#    after the recovery a second fio pass verifies every block again, `check`
-#    counts no mismatch, and every row of every leg is what the oracle says.
+#    after the recovery the array reads as it did degraded, a second fio pass
+#    verifies every block again, `check` counts no mismatch, and every row of
+#    every leg is what the oracle says.
 #    A scribbled parity chunk: `check` counts its 4 KiB (8 sectors, as md),
 #    `repair` rewrites it.
 # 2. raid6_zr, 5 legs: the same with legs 1 and 3 failing; their bytes are
@@ -80,6 +81,7 @@ check "table" is "$(dm table r)" "$R5"
 # ---- 1. raid5_ls, leg 2 fails under fio, comes back, is recovered
 fail_under_fio 1 r5 r 48m l2
 check "1: leg 2 shows D [$(dm status r)]" is "$(raid_field r 6)" AADA
+dump degraded.img
 legs_back 2
 dm suspend r && dm resume r || fail "suspend/resume r failed"
 check "1: the returning leg is recovered" raid_wait_idle r
@@ -89,6 +91,7 @@ check "1: after the recovery fio verifies every block again" fio_wait r5
 check "1: with no error" fio_clean r5
 check "1: check counts no mismatch" is "$(mismatches_after_check)" 0
 dump array.img
+check "1: the array reads as it did degraded" cmp degraded.img array.img
 check "1: every row of every leg is what md's raid5_ls layout puts there" oracle raid5_ls array.img 4
 # Row 0's P is on leg 3 (left-symmetric: data_disks - row % disks).
 cp leg3.img leg3.saved
@@ -106,6 +109,7 @@ check "2: a new raid6 set resyncs" raid_wait_idle r
 check "2: status" is "$(dm status r)" "0 $((3 * SECTORS)) raid raid6_zr 5 AAAAA $SECTORS/$SECTORS idle 0 0 -"
 fail_under_fio 2 r6 r 48m l1 l3
 check "2: legs 1 and 3 show D [$(dm status r)]" is "$(raid_field r 6)" ADADA
+dump degraded.img
 dd if=/dev/zero of=leg1.img bs=1M count=16 conv=notrunc status=none
 dd if=/dev/zero of=leg3.img bs=1M count=16 conv=notrunc status=none
 legs_back 1 3
@@ -118,6 +122,7 @@ check "2: after the rebuild fio verifies every block again" fio_wait r6
 check "2: with no error" fio_clean r6
 check "2: check counts no mismatch" is "$(mismatches_after_check)" 0
 dump array.img
+check "2: the array reads as it did with two legs failed" cmp degraded.img array.img
 check "2: every row of every leg is what md's raid6_zr layout puts there" oracle raid6_zr array.img 5
 
 # ---- 3. raid4: the parity on the first leg
