@@ -9,6 +9,8 @@
 #   bash tests/bench/run.sh snapshot         # the snapshot benchmark (snapshot.py)
 #   bash tests/bench/run.sh mirror           # the mirror benchmark (mirror.py)
 #   bash tests/bench/run.sh raid             # the raid benchmark (raid.py)
+#   bash tests/bench/run.sh raid5            # raid5/raid6 against striped (raid5.py)
+#   RUNTIME=1 ROUNDS=1 bash tests/bench/run.sh raid5   # the same, short (about a minute)
 #   bash tests/bench/run.sh crypt            # the crypt and LUKS benchmark (crypt.py)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,6 +28,6 @@ fi
 cleanup() { [ "$mounted" = 1 ] && umount "$dir"; }
 trap cleanup EXIT
 script=bench.py
-case ${1:-} in snapshot|mirror|raid|crypt) script=$1.py; shift;; esac
+case ${1:-} in snapshot|mirror|raid|raid5|crypt) script=$1.py; shift;; esac
 # The system python: fast to start, and the one with Debian's packages.
 /usr/bin/python3 "$here/$script" --dir "$dir" --dmnbd "$root/build/dmnbd" "$@"

@@ -11,6 +11,12 @@
 #     errno name (EIO, ...)
 #   fbytes OFF LEN                      hex of LEN bytes of disk.img at OFF
 #   kill_under_fio EXPORT SIZE          kill -9 of the server under fio's random writes
+#   fio_verify NAME EXPORT SIZE [ARG..] fio's verified 4 KiB random writes, in the background
+#   fio_wait NAME / fio_clean NAME      its exit status / it exited 0 and reported no error
+#   fail_under_fio STEP NAME EXPORT SIZE LEG...
+#                                       fio_verify while each device LEG is reloaded with
+#                                       the error target: fio must see no error
+#   raid_field DEV N / raid_wait_idle DEV   a raid status field / until it is idle, in sync
 #   $TARGETS_DIR/regions.py             region checks for the resync tests (its docstring)
 
 # The directory of these scripts (regions.py), whatever the caller's cwd.
@@ -46,6 +52,59 @@ kill_under_fio() {
   kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
   wait "$fio_pid"
   rm -f "$WORK/nbd.sock" "$WORK/ctl.sock"
+}
+
+# fio_verify NAME EXPORT SIZE [FIO ARGS...]: 4 KiB random writes at depth 16
+# (20 MB/s) over the first SIZE of EXPORT, then every block read back and
+# checked (crc32c); in the background (FIO_PID). Its output is in
+# $WORK/NAME.log, cut at 4 MiB (fio's nbd engine repeats an error without end
+# once the server is gone, and may not heed SIGTERM), its exit status in
+# $WORK/NAME.rc.
+fio_verify() {
+  local name=$1 export=$2 size=$3
+  shift 3
+  rm -f "$WORK/$name.rc"
+  { timeout -k 5 120 fio --name="$name" --ioengine=nbd --uri="nbd+unix:///$export?socket=$WORK/nbd.sock" \
+      --rw=randwrite --bs=4k --size="$size" --iodepth=16 --verify=crc32c --do_verify=1 \
+      --verify_fatal=1 --rate=20m "$@" 2>&1
+    echo $? > "$WORK/$name.rc"; } | head -c 4M > "$WORK/$name.log" &
+  FIO_PID=$!
+}
+fio_wait() { # NAME: wait for fio_verify NAME, return fio's exit status
+  wait "$FIO_PID"
+  for _ in $(seq 50); do [ -s "$WORK/$1.rc" ] && break; sleep 0.1; done
+  return "$(cat "$WORK/$1.rc" 2>/dev/null || echo 1)"
+}
+fio_clean() { # NAME: fio reported no error and no verify failure
+  grep -q "err= 0" "$WORK/$1.log" && ! grep -qi "verify:.*bad\|error" "$WORK/$1.log"
+}
+# fail_under_fio STEP NAME EXPORT SIZE LEG...: fio_verify NAME while each leg
+# device LEG, 0.5 s apart, is reloaded with the error target (of its size);
+# fio must run to the end with no error and every block verified.
+fail_under_fio() {
+  local step=$1 name=$2 export=$3 size=$4 leg rc
+  shift 4
+  fio_verify "$name" "$export" "$size"
+  for leg in "$@"; do
+    sleep 0.5
+    dm reload "$leg" --table "0 $(dm table "$leg" | awk '{print $2}') error" || fail "reload $leg failed"
+  done
+  fio_wait "$name"; rc=$?
+  check "$step: fio ran to the end with $* failing (exit $rc)" test "$rc" = 0
+  check "$step: and saw no error, every block verified" fio_clean "$name"
+}
+
+# raid_field DEV N: word N of a raid device's status (6 health, 7 ratio,
+# 8 action, 9 mismatches).
+raid_field() { dm status "$1" | awk -v n="$2" '{print $n}'; }
+raid_wait_idle() { # DEV: until the action is idle with full progress (<= 60 s)
+  local ratio
+  for _ in $(seq 600); do
+    ratio=$(raid_field "$1" 7)
+    [ "$(raid_field "$1" 8)" = idle ] && [ "${ratio%/*}" = "${ratio#*/}" ] && return 0
+    sleep 0.1
+  done
+  return 1
 }
 
 nbdio() { timeout 60 "$PY" "$WORK/io.py" "$WORK/nbd.sock" "$EXPORT" "$@"; }

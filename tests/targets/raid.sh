@@ -41,32 +41,6 @@ _targets_write_io_py
 dmnbd_start "$WORK/cfg.yaml"
 EXPORT=r
 
-field() { dm status r | awk -v n="$1" '{print $n}'; }  # 6 health, 7 ratio, 8 action, 9 mismatches
-wait_idle() { # until the action is idle with full progress (<= 60 s)
-  local ratio
-  for _ in $(seq 600); do
-    ratio=$(field 7)
-    [ "$(field 8)" = idle ] && [ "${ratio%/*}" = "${ratio#*/}" ] && return 0
-    sleep 0.1
-  done
-  return 1
-}
-fio_verify() { # NAME SIZE: 4k random writes at depth 16, then every block read back and checked
-  timeout 120 fio --name="$1" --ioengine=nbd --uri="nbd+unix:///r?socket=$WORK/nbd.sock" \
-    --rw=randwrite --bs=4k --size="$2" --iodepth=16 --verify=crc32c --do_verify=1 \
-    --verify_fatal=1 --rate=20m > "$WORK/$1.log" 2>&1 &
-  FIO_PID=$!
-}
-fio_clean() { grep -q "err= 0" "$WORK/$1.log" && ! grep -qi "verify:.*bad\|error" "$WORK/$1.log"; }
-# fail_under_fio STEP LEG SIZE: fio_verify while device LEG is reloaded with the error target.
-fail_under_fio() {
-  fio_verify "$2" "$3"
-  sleep 0.5
-  dm reload "$2" --table "0 $SECTORS error" || fail "reload $2 failed"
-  wait "$FIO_PID"; local rc=$?
-  check "$1: fio ran to the end with $2 failing (exit $rc)" test "$rc" = 0
-  check "$1: and saw no error, every block verified" fio_clean "$2"
-}
 # sb_failed META DEV: the failed_devices bit of DEV in the superblock on META.
 sb_failed() {
   "$PY" -c 'import sys,struct; b=open(sys.argv[1],"rb").read(512); assert b[:4]==b"DmRd"; print((struct.unpack_from("<Q",b,24)[0]>>int(sys.argv[2]))&1)' "$1" "$2"
@@ -74,15 +48,15 @@ sb_failed() {
 # same_data A B: the first 32 MiB of two leg files are identical.
 same_data() { cmp -n $((SECTORS * 512)) "$1" "$2"; }
 
-check "a new raid1 set resyncs" wait_idle
+check "a new raid1 set resyncs" raid_wait_idle r
 check "status" is "$(dm status r)" "0 $SECTORS raid raid1 2 AA $SECTORS/$SECTORS idle 0 0 -"
 check "table" is "$(dm table r)" "$TABLE1"
 check "the legs are identical after the initial resync" same_data leg0.img leg1.img
 
 # ---- 1. raid1, leg 1 fails under fio
 events=$(dm info r | awk '/Event number/ {print $3}')
-fail_under_fio 1 l1 16m  # the first half: the second stays clean
-check "1: leg 1 shows D [$(dm status r)]" is "$(field 6)" AD
+fail_under_fio 1 l1 r 16m l1  # the first half: the second stays clean
+check "1: leg 1 shows D [$(dm status r)]" is "$(raid_field r 6)" AD
 check "1: an event was raised" test "$(dm info r | awk '/Event number/ {print $3}')" -gt "$events"
 check "1: leg 0's superblock records leg 1 as failed" is "$(sb_failed meta0.img 1)" 1
 dm reload l1 --table "0 $SECTORS linear $WORK/leg1.img 0" || fail "reload l1 back failed"
@@ -98,8 +72,8 @@ log "1: a region leg 1 did not miss: $untouched"
 [ "$untouched" -ge 0 ] && printf 'scribble' |
   dd of=leg1.img bs=1 seek=$((untouched * 1024 * 512 + 100)) conv=notrunc status=none
 dm suspend r && dm resume r || fail "suspend/resume r failed"
-check "1: the returning leg is recovered" wait_idle
-check "1: status AA again [$(dm status r)]" is "$(field 6)" AA
+check "1: the returning leg is recovered" raid_wait_idle r
+check "1: status AA again [$(dm status r)]" is "$(raid_field r 6)" AA
 check "1: its failure is cleared in the superblock" is "$(sb_failed meta0.img 1)" 0
 if [ "$untouched" -ge 0 ]; then
   check "1: only what it missed was copied (the scribble stays)" bash -c \
@@ -112,21 +86,21 @@ check "1: and otherwise the legs are identical" same_data leg0.img leg1.img
 # ---- 2. raid10 near, leg 2 fails under fio
 for i in 0 1 2 3; do truncate -s 0 meta$i.img; truncate -s 1M meta$i.img; done
 dm reload r --table "$TABLE10" || fail "reload r as raid10 failed"
-check "2: a new raid10 set resyncs" wait_idle
+check "2: a new raid10 set resyncs" raid_wait_idle r
 check "2: status" is "$(dm status r)" "0 $R10 raid raid10 4 AAAA $R10/$R10 idle 0 0 -"
-fail_under_fio 2 l2 64m
-check "2: leg 2 shows D [$(dm status r)]" is "$(field 6)" AADA
+fail_under_fio 2 l2 r 64m l2
+check "2: leg 2 shows D [$(dm status r)]" is "$(raid_field r 6)" AADA
 dm reload l2 --table "0 $SECTORS linear $WORK/leg2.img 0" || fail "reload l2 back failed"
 dm suspend r && dm resume r || fail "suspend/resume r failed"
-check "2: the returning leg is recovered" wait_idle
-check "2: status AAAA again [$(dm status r)]" is "$(field 6)" AAAA
+check "2: the returning leg is recovered" raid_wait_idle r
+check "2: status AAAA again [$(dm status r)]" is "$(raid_field r 6)" AAAA
 check "2: legs 0 and 1 hold the same copies" same_data leg0.img leg1.img
 check "2: legs 2 and 3 hold the same copies" same_data leg2.img leg3.img
 
 # ---- 3. kill -9 under load (raid1)
 for i in 0 1; do truncate -s 0 meta$i.img; truncate -s 1M meta$i.img; done
 dm reload r --table "$TABLE1" || fail "reload r as raid1 failed"
-wait_idle
+raid_wait_idle r
 sleep 0.5  # the resync's bits are cleared after 2 daemon periods (200 ms)
 kill_under_fio r 16m
 read -r DIRTY CLEAN < <("$PY" - "$WORK/meta0.img" <<'PYEOF'
@@ -146,24 +120,24 @@ check "3: the kill left some regions dirty" test "$DIRTY" != "-"
 "$PY" "$TARGETS_DIR/regions.py" scribble leg1.img $((1024 * 512)) "$DIRTY"
 sed -i "s|table: \"$TABLE10\"|table: \"$TABLE1\"|" "$WORK/cfg.yaml"
 dmnbd_start "$WORK/cfg.yaml"
-check "3: after the restart the dirty regions are resynced" wait_idle
+check "3: after the restart the dirty regions are resynced" raid_wait_idle r
 check "3: the dirty regions are identical, the clean one untouched" \
   "$PY" "$TARGETS_DIR/regions.py" check leg0.img leg1.img $((1024 * 512)) $REGIONS "$DIRTY" "$CLEAN"
 
 # ---- 4. check, repair, frozen
 check "4: check starts" dm message r 0 check
-check "4: check finishes" wait_idle
+check "4: check finishes" raid_wait_idle r
 if [ "$CLEAN" -ge 0 ]; then
-  check "4: check counts the scribbled 64 KiB block [$(dm status r)]" is "$(field 9)" 128
+  check "4: check counts the scribbled 64 KiB block [$(dm status r)]" is "$(raid_field r 9)" 128
   check "4: repair" dm message r 0 repair
-  check "4: repair finishes" wait_idle
-  dm message r 0 check && wait_idle
-  check "4: a check after the repair finds nothing" is "$(field 9)" 0
+  check "4: repair finishes" raid_wait_idle r
+  dm message r 0 check && raid_wait_idle r
+  check "4: a check after the repair finds nothing" is "$(raid_field r 9)" 0
 fi
 check "4: the legs are identical" same_data leg0.img leg1.img
 check "4: frozen" dm message r 0 frozen
-check "4: shows frozen" is "$(field 8)" frozen
+check "4: shows frozen" is "$(raid_field r 8)" frozen
 check "4: idle" dm message r 0 idle
-check "4: shows idle" is "$(field 8)" idle
+check "4: shows idle" is "$(raid_field r 8)" idle
 check "4: an unknown message is refused" bash -c "! $DMNBD --control $WORK/ctl.sock message r 0 scrub"
 pass
