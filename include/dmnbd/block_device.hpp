@@ -1,6 +1,7 @@
 // Anything a target maps onto: a backing file, a block device, or another
 // dmnbd Device (stacking). Offsets and lengths are 512-byte sectors.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -21,6 +22,15 @@ struct DirectAccess {
   MappedView* view = nullptr;
   uint64_t view_offset = 0;
 };
+
+// A target that answers one direct_access from several devices (raid's
+// data blocks on different legs) adds all their pieces or none: it marks
+// the view first and rewinds it to the mark when one of them fails.
+struct ViewMark {
+  size_t pieces = 0, owners = 0, holds = 0;
+};
+ViewMark mark_view(const MappedView& view);
+void rewind_view(MappedView& view, const ViewMark& mark);
 
 class BlockDevice {
  public:

@@ -245,16 +245,13 @@ Task<Status> Device::flush_table(const Table& table) {
 // pieces (and holds) added for earlier parts are taken back.
 Task<Status> Device::direct_access_in(const Table& table, uint64_t sector, uint64_t count,
                                       const DirectAccess& how) {
-  MappedView& view = *how.view;
-  const size_t pieces = view.pieces.size(), owners = view.owners.size(), holds = view.holds.size();
+  const ViewMark mark = mark_view(*how.view);
   for (uint64_t done = 0; done < count;) {
     const auto [entry, rel, n] = part_at(table, sector + done, count - done);
     DirectAccess part = how;
     part.view_offset += done << kSectorShift;
     if (Status st = co_await entry.target->direct_access(rel, n, part)) {
-      view.pieces.resize(pieces);
-      view.owners.resize(owners);
-      view.holds.erase(view.holds.begin() + static_cast<std::ptrdiff_t>(holds), view.holds.end());
+      rewind_view(*how.view, mark);
       co_return st;
     }
     done += n;

@@ -11,14 +11,47 @@
 
 namespace dmnbd::raid {
 
-AlignedBuffer::AlignedBuffer(size_t bytes) : size_(bytes) {
-  void* p = std::aligned_alloc(4096, (bytes + 4095) & ~size_t(4095));
-  if (!p) throw std::bad_alloc();
-  data_.reset(static_cast<std::byte*>(p));
+namespace {
+
+size_t page_rounded(size_t bytes) {
+  return (bytes + 4095) & ~size_t(4095);
 }
 
-void AlignedBuffer::Free::operator()(std::byte* p) const {
-  std::free(p);
+struct BufferCache {
+  static constexpr size_t kLimit = 16 << 20;
+  std::vector<std::pair<size_t, std::byte*>> free;  // page-rounded size, buffer
+  size_t bytes = 0;
+  ~BufferCache() {
+    for (auto& [n, p] : free) std::free(p);
+  }
+};
+thread_local BufferCache buffer_cache;
+
+}  // namespace
+
+AlignedBuffer::AlignedBuffer(size_t bytes) : size_(bytes) {
+  const size_t n = page_rounded(bytes);
+  auto& cache = buffer_cache.free;
+  for (size_t i = cache.size(); i-- > 0;) {
+    if (cache[i].first != n) continue;
+    data_ = cache[i].second;
+    buffer_cache.bytes -= n;
+    cache.erase(cache.begin() + std::ptrdiff_t(i));
+    return;
+  }
+  data_ = static_cast<std::byte*>(std::aligned_alloc(4096, n));
+  if (!data_) throw std::bad_alloc();
+}
+
+AlignedBuffer::~AlignedBuffer() {
+  if (!data_) return;
+  const size_t n = page_rounded(size_);
+  if (buffer_cache.bytes + n > BufferCache::kLimit) {
+    std::free(data_);
+    return;
+  }
+  buffer_cache.free.emplace_back(n, data_);
+  buffer_cache.bytes += n;
 }
 
 namespace parity {

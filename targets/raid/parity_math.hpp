@@ -10,26 +10,30 @@
 // pointer 32-byte aligned (ISA-L's rule; AlignedBuffer gives that).
 #pragma once
 #include <cstddef>
-#include <memory>
 #include <span>
+#include <utility>
 
 #include "parity_layout.hpp"
 
 namespace dmnbd::raid {
 
+// Page-aligned scratch memory for rows. Each thread keeps up to 16 MiB of
+// freed buffers for the next ones of the same size: a fresh allocation of
+// this size is an mmap, and touching it costs a page fault per page.
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
   explicit AlignedBuffer(size_t bytes);
-  std::byte* data() const { return data_.get(); }
+  AlignedBuffer(AlignedBuffer&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  AlignedBuffer& operator=(AlignedBuffer&&) = delete;
+  ~AlignedBuffer();
+  std::byte* data() const { return data_; }
   size_t size() const { return size_; }
-  std::span<std::byte> span() const { return {data_.get(), size_}; }
+  std::span<std::byte> span() const { return {data_, size_}; }
 
  private:
-  struct Free {
-    void operator()(std::byte* p) const;
-  };
-  std::unique_ptr<std::byte, Free> data_;
+  std::byte* data_ = nullptr;
   size_t size_ = 0;
 };
 

@@ -27,12 +27,25 @@ Task<Status> RaidTarget::map(Bio bio) {
 Task<Status> RaidTarget::direct_access(uint64_t sector, uint64_t count, const DirectAccess& how) {
   if (how.write || sector + count > geometry_.array_sectors()) co_return errno_status(EOPNOTSUPP);
   if (parity_) {
-    // A read of one data block whose leg holds it.
-    const ParityGeometry::Location at = parity_->locate(sector);
-    if (at.sector % parity_->chunk() + count > parity_->chunk() || !holds(at.dev, at.sector, count))
-      co_return errno_status(EOPNOTSUPP);
-    const RaidDevice& d = *devs_[at.dev];
-    co_return co_await d.data->direct_access(d.data_offset + at.sector, count, how);
+    // Each data block's part from its leg, if every leg holds its part and
+    // can give it in place; otherwise none.
+    const ViewMark mark = mark_view(*how.view);
+    for (uint64_t done = 0; done < count;) {
+      const ParityGeometry::Location at = parity_->locate(sector + done);
+      const uint64_t n = std::min<uint64_t>(parity_->chunk() - at.sector % parity_->chunk(),
+                                            count - done);
+      const RaidDevice& d = *devs_[at.dev];
+      DirectAccess part = how;
+      part.view_offset += done << kSectorShift;
+      Status st = holds(at.dev, at.sector, n) ? ok() : errno_status(EOPNOTSUPP);
+      if (!st) st = co_await d.data->direct_access(d.data_offset + at.sector, n, part);
+      if (st) {
+        rewind_view(*how.view, mark);
+        co_return st;
+      }
+      done += n;
+    }
+    co_return ok();
   }
   const Copies copies = geometry_.copies(sector);
   const std::optional<DeviceSector> c = choose_read_copy(copies, count, sector);
