@@ -43,39 +43,67 @@ bool RaidTarget::holds(unsigned dev, uint64_t sector, uint64_t sectors) const {
   return d.usable() && (d.in_sync || sector + sectors <= d.recovery_offset.load());
 }
 
+// A read lies in one row. Each data block's part comes from its leg; if a
+// leg cannot serve (lost, not yet rebuilt there, or failing the read now),
+// the row's columns the read covers are read from every leg that holds them
+// once, under the row's lock, and the lost blocks rebuilt from them.
 Task<Status> RaidTarget::parity_read(Bio bio) {
   const ParityGeometry& g = *parity_;
-  std::vector<Task<Status>> pieces;
+  struct Piece {
+    ParityGeometry::Location at;
+    uint64_t skip, sectors;  // within the bio
+  };
+  std::vector<Piece> pieces;
+  bool all_held = true;
   for (uint64_t done = 0; done < bio.sectors;) {
     const ParityGeometry::Location at = g.locate(bio.sector + done);
     const uint64_t n = std::min<uint64_t>(g.chunk() - at.sector % g.chunk(), bio.sectors - done);
-    pieces.push_back(read_block(at, bio.part(done, n)));
+    pieces.push_back({at, done, n});
+    all_held = all_held && holds(at.dev, at.sector, n);
     done += n;
   }
-  const std::vector<Status> results = co_await when_all(pieces);
-  for (const Status& st : results)
-    if (st) co_return st;
-  co_return ok();
-}
-
-// One data block's part, from its leg, or rebuilt when the leg cannot serve.
-Task<Status> RaidTarget::read_block(ParityGeometry::Location at, Bio bio) {
-  RaidDevice& d = *devs_[at.dev];
-  if (holds(at.dev, at.sector, bio.sectors)) {
-    const Status st = co_await d.data->submit(bio.at(d.data_offset + at.sector));
-    if (!st || st == std::errc::operation_not_supported) co_return st;
-    spdlog::warn("raid: read error on {} (sector {}), rebuilding from the other legs", d.data_name,
-                 at.sector);
-    co_await fail_device(at.dev);
+  if (all_held) {
+    std::vector<Task<Status>> reads;
+    for (const Piece& p : pieces) {
+      const RaidDevice& d = *devs_[p.at.dev];
+      reads.push_back(d.data->submit(bio.part(p.skip, p.sectors).at(d.data_offset + p.at.sector)));
+    }
+    const std::vector<Status> results = co_await when_all(reads);
+    bool failed = false;
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      if (!results[i]) continue;
+      if (results[i] == std::errc::operation_not_supported) co_return results[i];
+      spdlog::warn("raid: read error on {} (sector {}), rebuilding from the other legs",
+                   devs_[pieces[i].at.dev]->data_name, pieces[i].at.sector);
+      co_await fail_device(pieces[i].at.dev);
+      failed = true;
+    }
+    if (!failed) co_return ok();
   }
-  auto guard = co_await stripe_locks_.lock(at.row);
-  const RowLayout layout = parity_->row(at.row);
-  for (uint64_t done = 0; done < bio.sectors;) {
-    const uint64_t n = std::min(kColumnSectors, bio.sectors - done);
+  // The columns of the row the pieces cover, and the row's lock.
+  const uint64_t c = g.chunk();
+  uint64_t from = c, to = 0;
+  for (const Piece& p : pieces) {
+    from = std::min(from, p.at.sector % c);
+    to = std::max(to, p.at.sector % c + p.sectors);
+  }
+  const uint64_t row_number = pieces[0].at.row, base = row_number * c;
+  auto guard = co_await stripe_locks_.lock(row_number);
+  const RowLayout layout = g.row(row_number);
+  for (uint64_t col = from; col < to;) {
+    const uint64_t n = std::min(kColumnSectors, to - col);
     RowBuffers row(devs_.size(), n);
-    if (Status st = co_await read_row(layout, at.sector + done, row)) co_return st;
-    std::memcpy(bio.data.data() + (done << kSectorShift), row.blocks[at.dev], row.bytes);
-    done += n;
+    if (Status st = co_await read_row(layout, base + col, row)) co_return st;
+    for (const Piece& p : pieces) {
+      // The piece's part within columns [col, col + n).
+      const uint64_t first = std::max(col, p.at.sector % c);
+      const uint64_t last = std::min(col + n, p.at.sector % c + p.sectors);
+      if (first >= last) continue;
+      std::memcpy(bio.data.data() + ((p.skip + first - p.at.sector % c) << kSectorShift),
+                  row.blocks[p.at.dev] + ((first - col) << kSectorShift),
+                  (last - first) << kSectorShift);
+    }
+    col += n;
   }
   co_return ok();
 }

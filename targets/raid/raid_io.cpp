@@ -32,8 +32,8 @@ Task<Status> RaidTarget::direct_access(uint64_t sector, uint64_t count, const Di
     const ViewMark mark = mark_view(*how.view);
     for (uint64_t done = 0; done < count;) {
       const ParityGeometry::Location at = parity_->locate(sector + done);
-      const uint64_t n = std::min<uint64_t>(parity_->chunk() - at.sector % parity_->chunk(),
-                                            count - done);
+      const uint64_t n =
+          std::min<uint64_t>(parity_->chunk() - at.sector % parity_->chunk(), count - done);
       const RaidDevice& d = *devs_[at.dev];
       DirectAccess part = how;
       part.view_offset += done << kSectorShift;

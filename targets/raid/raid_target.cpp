@@ -118,9 +118,10 @@ void RaidTarget::set_sizes(uint64_t length) {
   // The kernel takes a raid4/5/6 table longer than its rows and holds I/O
   // to the tail for ever (raid_map() requeues it); here it fails.
   if (parity_ && parity_->array_sectors() < length) {
-    spdlog::warn("raid: sectors {} to {} are past md's array (whole chunks on each leg): "
-                 "I/O there fails",
-                 parity_->array_sectors(), length);
+    spdlog::warn(
+        "raid: sectors {} to {} are past md's array (whole chunks on each leg): "
+        "I/O there fails",
+        parity_->array_sectors(), length);
     return;
   }
   // md rounds each device down to whole chunks: a tail past the array could

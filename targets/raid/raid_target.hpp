@@ -134,7 +134,6 @@ class RaidTarget final : public Target {
   // sync or recovered past them.
   bool holds(unsigned dev, uint64_t sector, uint64_t sectors) const;
   Task<Status> parity_read(Bio bio);
-  Task<Status> read_block(ParityGeometry::Location at, Bio bio);
   Task<Status> read_row(const RowLayout& layout, uint64_t sector, RowBuffers& row);
   Task<std::vector<Status>> read_legs(const std::vector<unsigned>& devs, uint64_t sector,
                                       RowBuffers& row);
