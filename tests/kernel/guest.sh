@@ -70,8 +70,8 @@ hwqueues() { ls /sys/block/${1#/dev/}/mq 2>/dev/null | wc -l; }
 # count) and sends what queue i dispatches over connection i
 hwq_runs() { cat /sys/kernel/debug/block/${1#/dev/}/hctx$2/run 2>/dev/null || echo 0; }
 
-# (nbds_max=80: the raid stage keeps 51 exports attached, from nbd16 up)
-for m in virtio_pci virtio_net virtio_blk "nbd nbds_max=80" dm-mod; do
+# (nbds_max=200: the raid stage keeps 162 exports attached, from nbd16 up)
+for m in virtio_pci virtio_net virtio_blk "nbd nbds_max=200" dm-mod; do
   modprobe $m || res "modprobe-${m%% *}" FAIL
 done
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
@@ -566,6 +566,15 @@ crypt() {
 # [LINE] | table STEP SET [LINE] | sha STEP SET HEX | checkrun 1 all N
 # ("data-check done" lines in dmesg) | refused STEP SET REASON.
 raid_out() { echo "NBDVM-RAID $*"; }
+# raid_watch SECS WHAT / raid_unwatch: if WHAT takes longer than SECS, the
+# blocked tasks' stacks (sysrq w) and dmesg's tail go to the console
+# (NBDVM-HANG lines), to see where a hang in the kernel is
+raid_watch() {
+  ( sleep "$1"; echo "NBDVM-HANG $2: still running after $1 s"; echo w > /proc/sysrq-trigger
+    sleep 1; dmesg | tail -150 | sed 's/^/NBDVM-HANG /' ) &
+  raid_wpid=$!
+}
+raid_unwatch() { kill "$raid_wpid" 2>/dev/null; wait "$raid_wpid" 2>/dev/null; }
 raid_nb=16
 # raid_attach KEY STEP SET EXPORT-PREFIX ROLES...: the next free /dev/nbdN
 # each ($rdev_KEY_ROLE), in the background: one nbd-client takes ~0.35 s
@@ -610,18 +619,19 @@ raid_st_out() {
 }
 raid_table() { # KEY FILE: the table with KEY's devices
   tt=$(cat "$2")
-  for r in m0 d0 m1 d1 m2 d2 m3 d3; do
+  for r in m0 d0 m1 d1 m2 d2 m3 d3 m4 d4 m5 d5; do
     dv=$(eval "echo \"\${rdev_$1_$r:-}\"")
     [ -n "$dv" ] && tt=$(echo "$tt" | sed "s#[\$]$(echo $r | tr a-z A-Z)#$dv#g")
   done
   echo "$tt"
 }
-raid_roles() { awk -v n="$1" '$1 == n {$1 = $2 = ""; print}' /etc/raid/sets; }
+raid_roles() { awk -v n="$1" '$1 == n {$1 = $2 = ""; print}' /etc/raid/${2:-sets}; }
 raid_create() { # STEP SET NAME TABLE: dmsetup create, or a "refused" line with the kernel's reason
   n0=$(dmesg | wc -l)
   dmsetup create "$3" --table "$4" < /dev/null > /tmp/dm.out 2>&1 && return 0
   why=$(dmesg | tail -n +$((n0 + 1)) | grep -iE 'device-mapper|md/raid|md:' | tail -3 | sed 's/^\[[ 0-9.]*\] //' | tr '\n' ' ')
   raid_out refused "$1" "$2" "${why:-$(tr '\n' ' ' < /tmp/dm.out)}"
+  [ "${raid_refuse:-0}" = 1 ] && { res "raid-$1-$2-refused" PASS "($why)"; return 1; }
   res "raid-$1-$2-create" FAIL "(${why:-$(tr '\n' ' ' < /tmp/dm.out)})"
   return 1
 }
@@ -673,7 +683,7 @@ raid() {
   done
   raid_out checkrun 1 all $(( $(dmesg | grep -c 'data-check done') - n0 ))
   tc=$(up)
-  for s in $up1; do chk "raid-1-$s-remove" dmsetup remove rd-$s; done
+  for s in $up1; do raid_watch 30 "dmsetup remove rd-$s"; chk "raid-1-$s-remove" dmsetup remove rd-$s; raid_unwatch; done
   tr=$(up)
   for s in $up1; do
     [ -f /etc/raid/$s.degraded ] || continue
@@ -687,6 +697,11 @@ raid() {
   # 2. the kernel writes
   up2=""
   for s in $(cat /etc/raid/ksets); do raid_attach "k$s" 2 "$s" "k-$s-" $(raid_roles "$s"); done
+  ws=$(cut -d' ' -f1 /etc/raid/wsets)
+  for s in $ws; do
+    raid_attach "w$s" W "$s" "dw-$s-" $(raid_roles "$s" wsets)
+    raid_attach "x$s" KW "$s" "kw-$s-" $(raid_roles "$s" wsets)
+  done
   raid_attached
   for s in $(cat /etc/raid/ksets); do
     raid_ok "k$s" && raid_create 2 "$s" "rk-$s" "$(raid_table "k$s" /etc/raid/$s.table)" && up2="$up2 $s"
@@ -702,6 +717,26 @@ raid() {
     raid_out table 2 "$s" "[$(dmsetup table rk-$s)]"
     chk "raid-2-$s-suspend" dmsetup suspend rk-$s
     chk "raid-2-$s-remove" dmsetup remove rk-$s
+  done
+  tw=$(up)
+  # W: dmnbd's writes through the degraded tables, read degraded; KW: the
+  # kernel writes F (512 KiB requests), then W (3584 bytes each) degraded
+  for s in $ws; do
+    if raid_ok "w$s" && raid_create W "$s" "rw-$s" "$(raid_table "w$s" /etc/raid/$s.degraded)"; then
+      raid_out status W "$s" first "[$(dmsetup status rw-$s)]"
+      raid_out sha W "$s" "$(sha /dev/mapper/rw-$s)"
+      raid_out table W "$s" "[$(dmsetup table rw-$s)]"
+      chk "raid-W-$s-remove" dmsetup remove rw-$s
+    fi
+    raid_ok "x$s" && raid_create KW "$s" "rx-$s" "$(raid_table "x$s" /etc/raid/$s.degraded)" || continue
+    D=/dev/mapper/rx-$s
+    chk "raid-KW-$s-write-F" dd if=/etc/raid/f.bin of=$D bs=524288 count=$(($(blockdev --getsz $D) / 1024)) oflag=direct conv=notrunc status=none
+    chk "raid-KW-$s-write-W" dd if=/etc/raid/w.bin of=$D bs=3584 oflag=direct conv=notrunc status=none
+    raid_out status KW "$s" written "[$(dmsetup status rx-$s)]"
+    raid_out sha KW "$s" "$(sha $D)"
+    raid_out table KW "$s" "[$(dmsetup table rx-$s)]"
+    chk "raid-KW-$s-suspend" dmsetup suspend rx-$s
+    chk "raid-KW-$s-remove" dmsetup remove rx-$s
   done
   t2=$(up)
   # 4. table strings (the tables are read up front: nothing in the loop may
@@ -721,9 +756,25 @@ raid() {
       raid_out table 4 $tn "[$(dmsetup table rt < /dev/null)]"
       chk "raid-4.$tn-remove" dmsetup remove rt < /dev/null
     done
+    # 4r. tables the kernel refuses (its reason: "refused 4r N ...")
+    tn=0
+    while [ $tn -lt "$(wc -l < /etc/raid/refusals)" ]; do
+      tn=$((tn + 1)) tbl=$(sed -n "${tn}p" /etc/raid/refusals)
+      for r in m0 m1 m2 m3; do
+        dd if=/dev/zero of=$(eval "echo \$rdev_t_$r") bs=65536 count=1 oflag=direct conv=notrunc status=none < /dev/null
+      done
+      echo "$tbl" > /tmp/raid4.table
+      raid_refuse=1
+      if raid_create 4r $tn rt "$(raid_table t /tmp/raid4.table)"; then
+        res "raid-4r.$tn-refused" FAIL "(the kernel created it)"
+        raid_out status 4r $tn first "[$(dmsetup status rt < /dev/null)]"
+        dmsetup remove rt < /dev/null
+      fi
+      raid_refuse=0
+    done
   fi
   dmesg | grep -E 'md/raid|md:|dm-raid|raid' | tail -25 | sed 's/^/NBDVM-DMESG raid /'
-  echo "NBDVM-TIME raid $t -> $(up) (1+3: $t -> $t1: attach+create -> $ta, polls -> $tp, sha -> $ts, check -> $tc, remove -> $tr, degraded -> $t1; 2: $t1 -> $t2, 4: $t2 -> $(up))"
+  echo "NBDVM-TIME raid $t -> $(up) (1+3: $t -> $t1: attach+create -> $ta, polls -> $tp, sha -> $ts, check -> $tc, remove -> $tr, degraded -> $t1; 2: $t1 -> $tw, W+KW: $tw -> $t2, 4: $t2 -> $(up))"
 }
 
 [ "${RUN_E2E:-1}" = 1 ] && { e2e_ext4; e2e_readonly; e2e_error; }

@@ -1,15 +1,21 @@
 #!/usr/bin/python3
 """raid.py - host side of the kernel test's raid check (run.sh, guest.sh).
 
-dmnbd's raid target and the kernel's dm-raid (dm-raid.c, md raid0/1/10 6.1)
-must agree on the superblock and bitmap format, the data layouts, and the
-status and table strings, in both directions.
+dmnbd's raid target and the kernel's dm-raid (dm-raid.c, md raid0/1/10 and
+raid4/5/6 6.1) must agree on the superblock and bitmap format, the data
+layouts, parity (P and Q), and the status and table strings, in both
+directions.
 
 Sets (SETS; one table each, $M<i> $D<i> the metadata and data devices):
   r1    raid1, 2 legs, region_size 1024
   r10n  raid10 near, 4 legs, raid10_copies 2, chunk 128
   r10f  raid10 far, r10o raid10 offset, as r10n otherwise
   r0    raid0, 3 legs without metadata (- D<i>), chunk 128
+  r4 r5ls r5la r5ra r5rs r5n r6zr r6nr r6nc r6n6 r6ls6 r6rs6 r6la6 r6ra6
+        raid4 (3 legs), raid5_* (4), raid6_* (5) without metadata, chunk 64
+        (r6zr: 8), legs of 1024 sectors; dmnbd writes F in 1 MiB requests,
+        then P in small shuffled ones (rmw); DEGRADED: legs given as "- -"
+  k5 k6 raid5_ls (4 legs), raid6_ls_6 (5) with metadata, region_size 256
 Files in WORK/raid/, named PREFIX-SET-ROLE.img (ROLE m0 d0 m1 ...):
   d-    dmnbd writes pattern P (p.img) through its sets before the boot;
         kept as they were when it stopped (the kernel gets copies: dc-)
@@ -17,16 +23,23 @@ Files in WORK/raid/, named PREFIX-SET-ROLE.img (ROLE m0 d0 m1 ...):
         resyncs, writes pattern K (k.img = the guest's /etc/raid/k.bin)
   kr-   copies of k- after the boot, assembled by dmnbd
   dg-   copies of d- after the boot: dmnbd runs the degraded tables
+  dw-   zeroed (the degraded tables' legs only); dmnbd writes F, then W
+        (w.img) in small requests through SET.degraded (WSETS) before the
+        boot; the kernel reads them degraded
+  kw-   zeroed; the kernel writes F, then W through SET.degraded; dmnbd
+        reads them degraded after the boot; every leg must equal dw-'s
   t-    scratch for the kernel's table strings (step 4, TABLES4), zeroed
-        metadata before each table; dt<i>- dmnbd's, one set of files each
+        metadata before each table; dt<i>- dmnbd's, one set of files each;
+        dr<i>- dmnbd's for the tables both must refuse (REFUSE4)
 
   raid.py prepare WORK   the files above, WORK/raid/tab/PREFIX-SET.table
         (tables with host paths; PREFIX-SET.degraded for d/dg), tab/dt<i>.table,
         WORK/raid/sets ("SET LENGTH ROLES..."), and the guest's /etc/raid/
         (k.bin, sets, ksets, SET.table, SET.degraded, tables: placeholders
         $M0 $D0 ...); prints a summary
-  raid.py write SOCKET EXPORT FILE SECTORS   the first SECTORS of FILE to
-        EXPORT through libnbd, 1 MiB per request, then flush
+  raid.py write SOCKET EXPORT SET FILE   the set's length of FILE to EXPORT
+        through libnbd, 1 MiB per request, then flush; raid4/5/6 sets: F
+        (f.img) so, then FILE in small shuffled requests, 8 in flight
   raid.py sha SOCKET EXPORT...   "EXPORT SHA256" of each export (libnbd)
   raid.py sb FILE        the superblock and bitmap header of a metadata file
   raid.py check WORK CONSOLE   every comparison; "ok - ..." / "not ok - ..."
@@ -39,10 +52,12 @@ The kernel's side comes from the console (guest.sh raid()):
   NBDVM-RAID table STEP SET [LINE]
   NBDVM-RAID sha STEP SET HEX
   NBDVM-RAID checkrun 1 all N               "data-check done" lines in dmesg
-STEP 1 (dmnbd's files), 1deg (degraded), 2 (the kernel writes), 4 (strings;
-SET is the table's number). dmnbd's side is WORK/raid/dmnbd.out in the same
-format without the prefix (run.sh; ROLE mapped to a path, STEP D1, D2, Ddeg,
-D4). Device names are mapped to their roles (M0 D0 ...) before comparing;
+STEP 1 (dmnbd's files), 1deg (degraded), 2 (the kernel writes), W (dmnbd's
+degraded writes), KW (the kernel's), 4 (strings; SET is the table's
+number), 4r (refusals). dmnbd's side is WORK/raid/dmnbd.out in the same
+format without the prefix (run.sh; ROLE mapped to a path, STEP D1, D2 (and
+"status D2 SET checked": dmnbd's own check of k5/k6), Ddeg, DW, DKW, D4,
+D4r). Device names are mapped to their roles (M0 D0 ...) before comparing;
 otherwise the strings must be equal byte for byte.
 """
 import hashlib
@@ -67,11 +82,35 @@ SETS = {
     "r10o": ("raid10 7 128 region_size 1024 raid10_copies 2 raid10_format offset", 4096, 4, True, 2048),
     "r0": ("raid0 1 128", 3840, 3, False, 1280),
 }
-# resync_max_sectors, the status' total: dev_sectors (raid0/1), array size (raid10)
+# raid4/5/6: legs of 1024 sectors (16 rows of chunk 64, every rotation
+# several times), len = data legs * leg; without metadata (only N exports
+# each) except k5 and k6, which the kernel creates over zeroed metadata
+PLEG = 1024
+for _name, _type, _legs, _chunk in (
+        ("r4", "raid4", 3, 64), ("r5ls", "raid5_ls", 4, 64), ("r5la", "raid5_la", 4, 64),
+        ("r5ra", "raid5_ra", 4, 64), ("r5rs", "raid5_rs", 4, 64), ("r5n", "raid5_n", 4, 64),
+        ("r6zr", "raid6_zr", 5, 8), ("r6nr", "raid6_nr", 5, 64), ("r6nc", "raid6_nc", 5, 64),
+        ("r6n6", "raid6_n_6", 5, 64), ("r6ls6", "raid6_ls_6", 5, 64), ("r6rs6", "raid6_rs_6", 5, 64),
+        ("r6la6", "raid6_la_6", 5, 64), ("r6ra6", "raid6_ra_6", 5, 64)):
+    SETS[_name] = (f"{_type} 1 {_chunk}", (_legs - 1 - _type.startswith("raid6")) * PLEG, _legs, False, PLEG)
+SETS["k5"] = ("raid5_ls 3 64 region_size 256", 3 * PLEG, 4, True, PLEG)
+SETS["k6"] = ("raid6_ls_6 3 64 region_size 256", 3 * PLEG, 5, True, PLEG)
+PARITY = tuple(n for n, s in SETS.items() if s[0].startswith(("raid4", "raid5", "raid6")))
+# resync_max_sectors, the status' total: dev_sectors (raid0/1/4/5/6), array size (raid10)
 TOTAL = {"r1": 4096, "r10n": 4096, "r10f": 4096, "r10o": 4096, "r0": 1280}
-DEGRADED = {"r1": 1, "r10n": 1}     # the leg given as "- -"
-KSETS = ("r1", "r10n")              # the kernel creates these (step 2)
-CHECKED = ("r1", "r10n", "r10f", "r10o")   # "message 0 check" on dmnbd's files
+TOTAL.update({n: PLEG for n in PARITY})
+# the legs given as "- -" (raid4 parity is leg 0, raid5_n/raid6_n_6 P is
+# leg N-2 or N-1, Q the last leg for the *_6 layouts); r6zr's legs 1 and 3
+# are Q+D, P+D, D+Q, D+P and D+D over its 5 rotations
+DEGRADED = {"r1": (1,), "r10n": (1,), "r4": (1,), "r5ls": (1,), "r5la": (2,), "r5ra": (0,),
+            "r5rs": (3,), "r5n": (0,), "r6zr": (1, 3), "r6nr": (0, 1), "r6nc": (2,), "r6n6": (0, 3),
+            "r6ls6": (0, 2), "r6rs6": (2, 3), "r6la6": (1, 4), "r6ra6": (3,)}
+# degraded writes: dmnbd writes W through SET.degraded over zeroed legs
+# (dw-), the kernel through the same table over others (kw-); W_LEN sectors
+WSETS = ("r5ls", "r6zr")
+W_LEN = 3 * PLEG
+KSETS = ("r1", "r10n", "k5", "k6")  # the kernel creates these (step 2)
+CHECKED = ("r1", "r10n", "r10f", "r10o") + PARITY  # "message 0 check" on dmnbd's files
 T_LEG = 2048                        # step 4 scratch legs (sectors)
 # (options in other orders than the kernel prints them, on purpose)
 TABLES4 = [
@@ -81,6 +120,24 @@ TABLES4 = [
     "0 2048 raid raid10 5 64 raid10_copies 2 raid10_format far 4 $M0 $D0 $M1 $D1 $M2 $D2 $M3 $D3",
     "0 2048 raid raid10 11 128 raid10_format offset daemon_sleep 2000 min_recovery_rate 1000 "
     "max_recovery_rate 20000 region_size 2048 4 $M0 $D0 $M1 $D1 $M2 $D2 $M3 $D3",
+    # raid4/5/6 (len = data legs * T_LEG): stripe_cache prints before
+    # region_size, as the value the kernel allocated (at least chunk / 2)
+    "0 6144 raid raid5_ls 5 64 region_size 512 stripe_cache 300 4 $M0 $D0 $M1 $D1 $M2 $D2 $M3 $D3",
+    "0 6144 raid raid5_la 4 64 stripe_cache 10 nosync 4 $M0 $D0 $M1 $D1 $M2 $D2 $M3 $D3",
+    "0 6144 raid raid4 1 64 4 $M0 $D0 $M1 $D1 $M2 $D2 $M3 $D3",
+    "0 4096 raid raid6_nr 4 64 daemon_sleep 2000 sync 4 $M0 $D0 $M1 $D1 $M2 $D2 $M3 $D3",
+]
+# tables both must refuse, with the kernel's ti->error (dmesg "...: raid:
+# TEXT (-EINVAL)") in dmnbd's create error; the text the notes expect
+REFUSE4 = [
+    ("0 6144 raid raid4 3 8 stripe_cache 16 4 $M0 $D0 $M1 $D1 $M2 $D2 $M3 $D3",
+     "Failed to set raid4/5/6 stripe cache size"),
+    ("0 4096 raid raid6_zr 2 64 nosync 4 $M0 $D0 $M1 $D1 $M2 $D2 $M3 $D3", "Invalid flags combination"),
+    ("0 6144 raid raid5_ls 3 64 journal_mode writeback 4 $M0 $D0 $M1 $D1 $M2 $D2 $M3 $D3",
+     "raid4/5/6 'journal_mode' is invalid without 'journal_dev'"),
+    ("0 2048 raid raid6_zr 1 64 3 $M0 $D0 $M1 $D1 $M2 $D2", "Failed to run raid array"),
+    ("0 3000 raid raid5_ls 1 64 4 $M0 $D0 $M1 $D1 $M2 $D2 $M3 $D3", "Failed to run raid array"),
+    ("0 6144 raid raid5_n 3 64 raid10_copies 2 4 $M0 $D0 $M1 $D1 $M2 $D2 $M3 $D3", "Invalid flags combination"),
 ]
 T_ROLES = ["m0", "d0", "m1", "d1", "m2", "d2", "m3", "d3"]
 MAXSECTOR = (1 << 64) - 1
@@ -91,9 +148,11 @@ def die(msg):
     sys.exit(2)
 
 
-def roles(name):
+def roles(name, degraded=False):
+    """the set's roles; degraded: only those of the legs its .degraded table has"""
     n, meta = SETS[name][2], SETS[name][3]
-    return [r for i in range(n) for r in ((f"m{i}", f"d{i}") if meta else (f"d{i}",))]
+    return [r for i in range(n) if not (degraded and i in DEGRADED.get(name, ()))
+            for r in ((f"m{i}", f"d{i}") if meta else (f"d{i}",))]
 
 
 def table(name, degraded=False):
@@ -101,7 +160,7 @@ def table(name, degraded=False):
     spec, length, n, meta, _ = SETS[name]
     legs = []
     for i in range(n):
-        if degraded and DEGRADED.get(name) == i:
+        if degraded and i in DEGRADED.get(name, ()):
             legs.append("- -")
         else:
             legs.append(f"{'$M%d' % i if meta else '-'} $D{i}")
@@ -128,6 +187,15 @@ def cmd_prepare(work):
     write(os.path.join(rdir, "p.img"), p)
     write(os.path.join(rdir, "k.img"), k)
     write(os.path.join(gdir, "k.bin"), k)
+    # raid4/5/6 writers first write F in 1 MiB requests, then the pattern in
+    # small ones; W is what goes through the degraded tables (WSETS)
+    f = labelled("F", max(s[1] for s in SETS.values()), random.Random(2003))
+    w = labelled("W", W_LEN, random.Random(2004))
+    assert all(SETS[s][1] == W_LEN and s in DEGRADED and s in PARITY for s in WSETS)
+    write(os.path.join(rdir, "f.img"), f)
+    write(os.path.join(gdir, "f.bin"), f)
+    write(os.path.join(rdir, "w.img"), w)
+    write(os.path.join(gdir, "w.bin"), w)
 
     def files(prefix, name, rl, legsz):
         paths = {}
@@ -142,9 +210,13 @@ def cmd_prepare(work):
             fs.write(f"{name} {length} {' '.join(roles(name))}\n")
             gs.write(f"{name} {length} {' '.join(roles(name))}\n")
             write(os.path.join(gdir, f"{name}.table"), (table(name) + "\n").encode())
-            prefixes = ["d", "dc", "dg"] + (["k", "kr"] if name in KSETS else [])
+            prefixes = ["d", "dc", "dg"] + (["k", "kr"] if name in KSETS else []) + (["dw", "kw"] if name in WSETS else [])
             for pre in prefixes:
-                paths = files(pre, name, roles(name), legsz)
+                paths = files(pre, name, roles(name, pre in ("dw", "kw")), legsz)
+                if pre in ("dw", "kw"):
+                    # (the missing legs have no files; their table is not written)
+                    write(os.path.join(tdir, f"{pre}-{name}.degraded"), (subst(table(name, True), paths) + "\n").encode())
+                    continue
                 write(os.path.join(tdir, f"{pre}-{name}.table"), (subst(table(name), paths) + "\n").encode())
                 if name in DEGRADED:
                     write(os.path.join(tdir, f"{pre}-{name}.degraded"),
@@ -153,21 +225,62 @@ def cmd_prepare(work):
                 write(os.path.join(gdir, f"{name}.degraded"), (table(name, True) + "\n").encode())
     write(os.path.join(gdir, "ksets"), (" ".join(KSETS) + "\n").encode())
     write(os.path.join(gdir, "checked"), (" ".join(CHECKED) + "\n").encode())
+    write(os.path.join(gdir, "parity"), (" ".join(PARITY) + "\n").encode())
+    write(os.path.join(gdir, "wsets"), "".join(f"{n} {SETS[n][1]} {' '.join(roles(n, True))}\n" for n in WSETS).encode())
+    write(os.path.join(rdir, "wsets"), "".join(f"{n} {SETS[n][1]} {' '.join(roles(n, True))}\n" for n in WSETS).encode())
     files("t", "", T_ROLES, T_LEG)
     for i, t in enumerate(TABLES4, 1):
         paths = files(f"dt{i}", "", T_ROLES, T_LEG)
         write(os.path.join(tdir, f"dt{i}.table"), (subst(t, paths) + "\n").encode())
     write(os.path.join(gdir, "tables"), "".join(t + "\n" for t in TABLES4).encode())
+    for i, (t, _) in enumerate(REFUSE4, 1):
+        paths = files(f"dr{i}", "", T_ROLES, T_LEG)
+        write(os.path.join(tdir, f"dr{i}.table"), (subst(t, paths) + "\n").encode())
+    write(os.path.join(gdir, "refusals"), "".join(t + "\n" for t, _ in REFUSE4).encode())
     print(f"sets {' '.join(SETS)} (dmnbd writes P; the kernel reads, checks, and degraded "
-          f"{' '.join(DEGRADED)}), the kernel writes K on {' '.join(KSETS)}; {len(TABLES4)} table strings")
+          f"{' '.join(DEGRADED)}), the kernel writes K on {' '.join(KSETS)}; degraded writes on "
+          f"{' '.join(WSETS)}; {len(TABLES4)} table strings, {len(REFUSE4)} refusals")
 
 
-def cmd_write(sock, export, path, sectors):
-    data = read(path)[:sectors * SECTOR]
+def write_small(h, data, rng, depth=8):
+    """data in pieces of 512 B to 7 KiB (most not 4 KiB aligned), shuffled,
+    `depth` in flight at once (so that writes to one row race), then a flush"""
+    import nbd
+    pieces, off = [], 0
+    while off < len(data):
+        n = min(rng.choice((3584, 512, 512, 3584, 1024, 7168)), len(data) - off)
+        pieces.append((off, n))
+        off += n
+    rng.shuffle(pieces)
+    cookies = []
+
+    def reap(limit):
+        while len(cookies) > limit:
+            h.poll(-1)
+            cookies[:] = [c for c in cookies if not h.aio_command_completed(c)]
+    for off, n in pieces:
+        reap(depth - 1)
+        cookies.append(h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(data[off:off + n])), off))
+    reap(0)
+    h.flush()
+    return len(pieces)
+
+
+def cmd_write(sock, export, name, path):
+    """the set's length of FILE through EXPORT: 1 MiB requests; for raid4/5/6
+    first F (f.img beside FILE) in 1 MiB requests (full rows), then FILE in
+    small ones (read-modify-write of partial rows and blocks)"""
+    length = SETS[name][1]
+    data = read(path)[:length * SECTOR]
     h = connect(sock, export)
     if h.get_size() != len(data):
         die(f"{export}: size {h.get_size()}, want {len(data)}")
-    write_export(h, data)
+    if name in PARITY:
+        write_export(h, read(os.path.join(os.path.dirname(path), "f.img"))[:len(data)])
+        n = write_small(h, data, random.Random(export))
+        print(f"{export}: F in 1 MiB requests, then {os.path.basename(path)} in {n} small ones")
+    else:
+        write_export(h, data)
     h.shutdown()
 
 
@@ -383,8 +496,8 @@ def cmd_check(work, console):
                    f"[{st.get('checking')}]; {seen} 'data-check done' lines in dmesg for {len(CHECKED)} sets) "
                    f"and found 0 mismatches: [{ck}]")
         if name in DEGRADED:
-            leg = DEGRADED[name]
-            health = "".join("-" if i == leg else "A" for i in range(n))
+            leg = ",".join(map(str, DEGRADED[name]))
+            health = "".join("-" if i in DEGRADED[name] else "A" for i in range(n))
             kg, dg = get(k, "1deg", name), get(d, "Ddeg", name)
             gtag = f"raid 1 degraded [{name}: {table(name, True)}]"
             if kg is None or "refused" in kg:
@@ -434,6 +547,10 @@ def cmd_check(work, console):
             same(f"{tag}: table", ds.get("table"), ks.get("table"), "dmnbd", "kernel")
             report(ds.get("sha") == want_sha, f"{tag}: dmnbd reads K from the kernel's legs "
                    f"({(ds.get('sha') or 'nothing')[:16]}, want {want_sha[:16]})")
+            if name in PARITY:
+                ck = ds["status"].get("checked")
+                report(clean_idle(ck, length, n, TOTAL[name]) and "refused" not in (d.get(("D2c", name)) or {}),
+                       f"{tag}: dmnbd's own check of the kernel's parity finds 0 mismatches [{ck}]")
         # superblocks and bitmaps: the kernel's (k-), dmnbd's for the same
         # table (d-, as dmnbd stopped), and the kernel's after dmnbd ran (kr-)
         for i in range(n):
@@ -455,6 +572,42 @@ def cmd_check(work, console):
                            + (f" ({' '.join(f'{x}={fmt(kv[x])}' for x in fields if x in kv)})" if not diff else
                               ": " + "; ".join(f"{x}: dmnbd {fmt(ov[x])}, kernel {fmt(kv[x])}" for x in diff)))
 
+    # ---- W: degraded writes (WSETS): dmnbd's (DW, over dw-) read by the
+    # kernel (W); the kernel's (KW, over kw-) read by dmnbd (DKW)
+    wpat = f("w.img")
+    for name in WSETS:
+        spec, length, n, meta, _ = SETS[name]
+        tag = f"raid W [{name}: {table(name, True)}]"
+        want_sha = psha(wpat[:length * SECTOR]).hexdigest()
+        health = "".join("-" if i in DEGRADED[name] else "A" for i in range(n))
+        dw, kw = get(d, "DW", name), get(k, "W", name)
+        kx, dx = get(k, "KW", name), get(d, "DKW", name)
+        for who, src, ph, what in (("dmnbd", dw, "written", "wrote W degraded"), ("the kernel", kx, "written", "wrote W degraded"),
+                                   ("the kernel", kw, "first", "reads dmnbd's degraded W"),
+                                   ("dmnbd", dx, "first", "reads the kernel's degraded W")):
+            if src is None or "refused" in src:
+                report(False, f"{tag}: {who} {what}: " + (src["refused"] if src else "no lines"))
+                continue
+            st = src["status"].get(ph)
+            report(clean_idle(st, length, n, TOTAL[name], health), f"{tag}: {who} {what}: status {health} idle [{st}]")
+            report(src.get("sha") == want_sha, f"{tag}: {who} {what}: sha256 {(src.get('sha') or 'nothing')[:16]}, want {want_sha[:16]}")
+        if dw is not None and kw is not None:
+            same(f"{tag}: status", kw["status"].get("first"), dw["status"].get("written"), "kernel", "dmnbd")
+            same(f"{tag}: table", dw.get("table"), kw.get("table"), "dmnbd", "kernel")
+        if kx is not None and dx is not None:
+            same(f"{tag}: status over the kernel's legs", dx["status"].get("first"), kx["status"].get("written"), "dmnbd", "kernel")
+        # the present legs, byte for byte: new data, and P/Q of the full new
+        # data, whichever requests wrote it
+        for r in roles(name, True):
+            a, b = f(f"dw-{name}-{r}.img"), f(f"kw-{name}-{r}.img")
+            if a is None or b is None:
+                report(False, f"{tag} leg {r}: a file is missing")
+                continue
+            diff = [i for i in range(0, len(a), SECTOR) if a[i:i + SECTOR] != b[i:i + SECTOR]]
+            report(not diff, f"{tag} leg {r}: dmnbd's bytes equal the kernel's" + (
+                "" if not diff else f": {len(diff)} sectors differ, first at leg sector {diff[0] // SECTOR} "
+                f"(dmnbd {a[diff[0]:diff[0] + 12]!r}, kernel {b[diff[0]:diff[0] + 12]!r})"))
+
     # ---- 4: table strings
     for i, t in enumerate(TABLES4, 1):
         tag = f"raid 4.{i} [{t}]"
@@ -469,6 +622,25 @@ def cmd_check(work, console):
         if ks.get("table") != t:
             print(f"# {tag}: the kernel's table differs from the line given: [{ks.get('table')}]")
         same(f"{tag}: table", ds.get("table"), ks.get("table"), "dmnbd", "kernel")
+    # ---- 4r: refusals; the kernel's ti->error must be in dmnbd's error
+    for i, (t, expect) in enumerate(REFUSE4, 1):
+        tag = f"raid 4r.{i} [{t}]"
+        ks, ds = get(k, "4r", str(i)), get(d, "D4r", str(i))
+        kwhy = (ks or {}).get("refused")
+        if kwhy is None:
+            report(False, f"{tag}: the kernel did not refuse it ({'created' if ks else 'no lines'})")
+            continue
+        m = re.search(r"raid: (.*?) \(-E[A-Z]+\)", kwhy)
+        ktext = m.group(1) if m else None
+        if ktext != expect:
+            print(f"# {tag}: the kernel's error [{ktext}] is not the expected [{expect}] (dmesg: {kwhy})")
+        dwhy = (ds or {}).get("refused")
+        if dwhy is None:
+            report(False, f"{tag}: dmnbd did not refuse it ({'created: ' + str(ds['status'].get('first')) if ds else 'no lines'}); "
+                   f"the kernel: {ktext or kwhy}")
+            continue
+        report(ktext is not None and ktext in dwhy,
+               f"{tag}: both refuse it; dmnbd's error [{dwhy.strip()}] has the kernel's [{ktext or kwhy}]")
     print(f"raid: {passes} checks pass, {fails} fail")
     return 1 if fails else 0
 
@@ -477,7 +649,7 @@ def main(argv):
     if len(argv) == 3 and argv[1] == "prepare":
         cmd_prepare(argv[2])
     elif len(argv) == 6 and argv[1] == "write":
-        cmd_write(argv[2], argv[3], argv[4], int(argv[5]))
+        cmd_write(argv[2], argv[3], argv[4], argv[5])
     elif len(argv) >= 4 and argv[1] == "sha":
         cmd_sha(argv[2], argv[3:])
     elif len(argv) == 3 and argv[1] == "sb":
