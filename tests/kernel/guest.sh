@@ -546,9 +546,10 @@ crypt() {
 # ------------------------------------------------------------------ raid
 # The kernel's dm-raid against dmnbd's raid (run.sh, raid.py). /etc/raid/:
 # sets ("SET LENGTH ROLES..."), SET.table and SET.degraded (placeholders $M0
-# $D0 ... for the metadata and data devices), ksets, checked, tables, k.bin.
+# $D0 ... for the metadata and data devices), ksets, checked, wsets, tables,
+# refusals, k.bin, f.bin, w.bin.
 # Every export gets a /dev/nbdN of its own from nbd16 up (nbd is loaded with
-# nbds_max=80) and stays attached until the poweroff: this stage runs last,
+# nbds_max=200) and stays attached until the poweroff: this stage runs last,
 # and attaching and detaching set after set cost ~0.35 s per export under
 # TCG, 18 s for the 51 here.
 #  1. all sets at once over copies of dmnbd's files (exports r-dc-SET-ROLE):
@@ -560,8 +561,14 @@ crypt() {
 #  2. for the sets in "ksets", over zeroed files (r-k-SET-ROLE): create, wait
 #     for the resync, write k.bin (dd oflag=direct), status, sha256, table,
 #     suspend, remove; the host hands the files to dmnbd.
+#  W. for the sets in "wsets" (SET LENGTH ROLES: the degraded table's legs
+#     only): SET.degraded over dmnbd's degraded writes (r-dw-SET-ROLE):
+#     status, sha256, table; KW: the same table over zeroed exports
+#     (r-kw-SET-ROLE): write f.bin (512 KiB requests), then w.bin (3584
+#     bytes each), status, sha256, table, suspend, remove.
 #  4. every table of "tables" over scratch exports r-t-ROLE (metadata zeroed
-#     before each, so each is a new set): status, table, remove.
+#     before each, so each is a new set): status, table, remove; 4r: every
+#     table of "refusals" must be refused ("refused 4r N REASON").
 # The lines: NBDVM-RAID dev STEP SET ROLE MAJ:MIN | status STEP SET PHASE
 # [LINE] | table STEP SET [LINE] | sha STEP SET HEX | checkrun 1 all N
 # ("data-check done" lines in dmesg) | refused STEP SET REASON.
@@ -571,10 +578,21 @@ raid_out() { echo "NBDVM-RAID $*"; }
 # (NBDVM-HANG lines), to see where a hang in the kernel is
 raid_watch() {
   ( sleep "$1"; echo "NBDVM-HANG $2: still running after $1 s"; echo w > /proc/sysrq-trigger
+    for f in /sys/block/nbd*/inflight /sys/block/dm-*/inflight; do
+      read -r ir iw < "$f"; [ "$ir$iw" = 00 ] || echo "NBDVM-HANG in flight: $f $ir $iw"
+    done
     sleep 1; dmesg | tail -150 | sed 's/^/NBDVM-HANG /' ) &
   raid_wpid=$!
 }
 raid_unwatch() { kill "$raid_wpid" 2>/dev/null; wait "$raid_wpid" 2>/dev/null; }
+# raid_dm CHECK-NAME suspend|remove NAME: chk, watched
+raid_dm() {
+  raid_watch 30 "dmsetup $2 $3"
+  chk "$1" dmsetup "$2" "$3" < /dev/null; rd_rc=$?
+  raid_unwatch
+  return $rd_rc
+}
+raid_t() { echo "NBDVM-INFO raid $(up) $*"; }
 raid_nb=16
 # raid_attach KEY STEP SET EXPORT-PREFIX ROLES...: the next free /dev/nbdN
 # each ($rdev_KEY_ROLE), in the background: one nbd-client takes ~0.35 s
@@ -683,7 +701,7 @@ raid() {
   done
   raid_out checkrun 1 all $(( $(dmesg | grep -c 'data-check done') - n0 ))
   tc=$(up)
-  for s in $up1; do raid_watch 30 "dmsetup remove rd-$s"; chk "raid-1-$s-remove" dmsetup remove rd-$s; raid_unwatch; done
+  for s in $up1; do raid_dm "raid-1-$s-remove" remove rd-$s; done
   tr=$(up)
   for s in $up1; do
     [ -f /etc/raid/$s.degraded ] || continue
@@ -691,7 +709,8 @@ raid() {
     raid_out status 1deg "$s" first "[$(dmsetup status rg-$s)]"
     raid_out sha 1deg "$s" "$(sha /dev/mapper/rg-$s)"
     raid_out table 1deg "$s" "[$(dmsetup table rg-$s)]"
-    chk "raid-1deg-$s-remove" dmsetup remove rg-$s
+    raid_dm "raid-1deg-$s-remove" remove rg-$s
+    raid_t "1deg $s done"
   done
   t1=$(up)
   # 2. the kernel writes
@@ -715,8 +734,9 @@ raid() {
     raid_out status 2 "$s" written "[$(dmsetup status rk-$s)]"
     raid_out sha 2 "$s" "$(sha $D)"
     raid_out table 2 "$s" "[$(dmsetup table rk-$s)]"
-    chk "raid-2-$s-suspend" dmsetup suspend rk-$s
-    chk "raid-2-$s-remove" dmsetup remove rk-$s
+    raid_dm "raid-2-$s-suspend" suspend rk-$s
+    raid_dm "raid-2-$s-remove" remove rk-$s
+    raid_t "2 $s done"
   done
   tw=$(up)
   # W: dmnbd's writes through the degraded tables, read degraded; KW: the
@@ -726,7 +746,7 @@ raid() {
       raid_out status W "$s" first "[$(dmsetup status rw-$s)]"
       raid_out sha W "$s" "$(sha /dev/mapper/rw-$s)"
       raid_out table W "$s" "[$(dmsetup table rw-$s)]"
-      chk "raid-W-$s-remove" dmsetup remove rw-$s
+      raid_dm "raid-W-$s-remove" remove rw-$s
     fi
     raid_ok "x$s" && raid_create KW "$s" "rx-$s" "$(raid_table "x$s" /etc/raid/$s.degraded)" || continue
     D=/dev/mapper/rx-$s
@@ -735,8 +755,8 @@ raid() {
     raid_out status KW "$s" written "[$(dmsetup status rx-$s)]"
     raid_out sha KW "$s" "$(sha $D)"
     raid_out table KW "$s" "[$(dmsetup table rx-$s)]"
-    chk "raid-KW-$s-suspend" dmsetup suspend rx-$s
-    chk "raid-KW-$s-remove" dmsetup remove rx-$s
+    raid_dm "raid-KW-$s-suspend" suspend rx-$s
+    raid_dm "raid-KW-$s-remove" remove rx-$s
   done
   t2=$(up)
   # 4. table strings (the tables are read up front: nothing in the loop may
@@ -754,7 +774,8 @@ raid() {
       raid_create 4 $tn rt "$(raid_table t /tmp/raid4.table)" || continue
       raid_out status 4 $tn first "[$(dmsetup status rt < /dev/null)]"
       raid_out table 4 $tn "[$(dmsetup table rt < /dev/null)]"
-      chk "raid-4.$tn-remove" dmsetup remove rt < /dev/null
+      raid_dm "raid-4.$tn-remove" remove rt
+      raid_t "4.$tn done"
     done
     # 4r. tables the kernel refuses (its reason: "refused 4r N ...")
     tn=0
@@ -768,8 +789,9 @@ raid() {
       if raid_create 4r $tn rt "$(raid_table t /tmp/raid4.table)"; then
         res "raid-4r.$tn-refused" FAIL "(the kernel created it)"
         raid_out status 4r $tn first "[$(dmsetup status rt < /dev/null)]"
-        dmsetup remove rt < /dev/null
+        raid_dm "raid-4r.$tn-remove" remove rt
       fi
+      raid_t "4r.$tn done"
       raid_refuse=0
     done
   fi
