@@ -674,6 +674,7 @@ raid() {
   up1=""
   for s in $(cut -d' ' -f1 /etc/raid/sets); do raid_attach "d$s" 1 "$s" "dc-$s-" $(raid_roles "$s"); done
   raid_attached
+  raid_t "1 attached"
   for s in $(cut -d' ' -f1 /etc/raid/sets); do
     raid_ok "d$s" && raid_create 1 "$s" "rd-$s" "$(raid_table "d$s" /etc/raid/$s.table)" && up1="$up1 $s"
   done
