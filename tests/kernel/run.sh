@@ -44,15 +44,20 @@
 #          data and hash bytes; also ignore_corruption): the same unreadable
 #          sectors and the same bytes elsewhere.
 #  raid    dmnbd's raid and the kernel's dm-raid (raid.py): dmnbd writes a
-#          pattern through raid1, raid10 near/far/offset (with metadata) and
-#          raid0 (without) before the boot; the kernel assembles copies of its
-#          files with the same tables: all A, total/total idle, no resync, the
-#          same bytes, also with a leg missing ("- -"), and "check" finds no
-#          mismatch. The kernel creates raid1 and raid10 near over zeroed
-#          files and writes; after the boot dmnbd assembles them: idle at
-#          once, the same bytes, the kernel's status line; the superblocks
-#          and bitmap headers of both writers agree field by field. Table
-#          strings of raid1/raid10 options are compared for the same tables.
+#          pattern through raid1, raid10 near/far/offset (with metadata),
+#          raid0, raid4, every raid5 and raid6 layout (without) and raid5_ls,
+#          raid6_ls_6 (with) before the boot (raid4/5/6: in small shuffled
+#          requests); the kernel assembles copies of its files with the same
+#          tables: all A, total/total idle, no resync, the same bytes, also
+#          with legs missing ("- -"), and "check" finds no mismatch (P and Q
+#          where and what the kernel has them). Degraded raid5/6 writes both
+#          ways, the legs byte for byte. The kernel creates raid1, raid10
+#          near, raid5_ls and raid6_ls_6 over zeroed files and writes; after
+#          the boot dmnbd assembles them: idle at once, the same bytes, the
+#          kernel's status line, dmnbd's own check finds no mismatch; the
+#          superblocks and bitmap headers of both writers agree field by
+#          field. Table strings of raid1/10/4/5/6 options are compared for
+#          the same tables, and the kernel's refusals with dmnbd's.
 #
 # dmnbd ($DMNBD, default build/dmnbd) is started here on a unix socket in a temp
 # dir and stopped by PID at the end; QEMU forwards the guest's connections to it.
