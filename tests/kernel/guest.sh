@@ -70,8 +70,8 @@ hwqueues() { ls /sys/block/${1#/dev/}/mq 2>/dev/null | wc -l; }
 # count) and sends what queue i dispatches over connection i
 hwq_runs() { cat /sys/kernel/debug/block/${1#/dev/}/hctx$2/run 2>/dev/null || echo 0; }
 
-# (nbds_max=200: the raid stage keeps 162 exports attached, from nbd16 up)
-for m in virtio_pci virtio_net virtio_blk "nbd nbds_max=200" dm-mod; do
+# (nbds_max=64: the raid stage keeps 30 exports attached, from nbd16 up)
+for m in virtio_pci virtio_net virtio_blk "nbd nbds_max=64" dm-mod; do
   modprobe $m || res "modprobe-${m%% *}" FAIL
 done
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
@@ -547,26 +547,28 @@ crypt() {
 # The kernel's dm-raid against dmnbd's raid (run.sh, raid.py). /etc/raid/:
 # sets ("SET LENGTH ROLES..."), SET.table and SET.degraded (placeholders $M0
 # $D0 ... for the metadata and data devices), ksets, checked, wsets, tables,
-# refusals, k.bin, f.bin, w.bin.
-# Every export gets a /dev/nbdN of its own from nbd16 up (nbd is loaded with
-# nbds_max=200) and stays attached until the poweroff: this stage runs last,
-# and attaching and detaching set after set cost ~0.35 s per export under
-# TCG, 18 s for the 51 here.
-#  1. all sets at once over copies of dmnbd's files (exports r-dc-SET-ROLE):
+# refusals, k.bin, f.bin, w.bin, legsz ("SET SECTORS": a data leg's size;
+# "meta SECTORS").
+# Every set's legs are one export (r-PREFIX-SET: the legs one after another,
+# run.sh), attached on a /dev/nbdN of its own from nbd16 up and cut into
+# dm-linear legs rl-KEY-ROLE; all stay until the poweroff (this stage runs
+# last). One export per leg (162 of them) took 27 s of TCG to attach in
+# step 1 alone: nbd-client costs ~0.5 s of CPU each.
+#  1. all sets at once over copies of dmnbd's files (exports r-dc-SET):
 #     create, the first status and 10 more 0.2 s apart (no resync may start),
 #     sha256, table;
 #  3. for the sets in "checked": "message 0 check" (all at once), wait for
-#     idle, status; remove; then (1deg) the SET.degraded tables: status,
-#     sha256.
-#  2. for the sets in "ksets", over zeroed files (r-k-SET-ROLE): create, wait
+#     idle, status; remove raid0/1/10 (raid4/5/6 stay, see below); then
+#     (1deg) the SET.degraded tables: status, sha256.
+#  2. for the sets in "ksets", over zeroed files (r-k-SET): create, wait
 #     for the resync, write k.bin (dd oflag=direct), status, sha256, table,
 #     suspend, remove; the host hands the files to dmnbd.
 #  W. for the sets in "wsets" (SET LENGTH ROLES: the degraded table's legs
-#     only): SET.degraded over dmnbd's degraded writes (r-dw-SET-ROLE):
+#     only): SET.degraded over dmnbd's degraded writes (r-dw-SET):
 #     status, sha256, table; KW: the same table over zeroed exports
-#     (r-kw-SET-ROLE): write f.bin (512 KiB requests), then w.bin (3584
+#     (r-kw-SET): write f.bin (512 KiB requests), then w.bin (3584
 #     bytes each), status, sha256, table, suspend, remove.
-#  4. every table of "tables" over scratch exports r-t-ROLE (metadata zeroed
+#  4. every table of "tables" over the scratch export r-t (metadata zeroed
 #     before each, so each is a new set): status, table, remove; 4r: every
 #     table of "refusals" must be refused ("refused 4r N REASON").
 # The lines: NBDVM-RAID dev STEP SET ROLE MAJ:MIN | status STEP SET PHASE
@@ -594,32 +596,55 @@ raid_dm() {
 }
 raid_t() { echo "NBDVM-INFO raid $(up) $*"; }
 raid_nb=16
-# raid_attach KEY STEP SET EXPORT-PREFIX ROLES...: the next free /dev/nbdN
-# each ($rdev_KEY_ROLE), in the background: one nbd-client takes ~0.35 s
-# under TCG, so every set's exports are attached at once. raid_attached then
-# waits for them all and reports; $ra_fail_KEY is 1 when one failed.
+# raid_attach KEY STEP SET EXPORT ROLES...: the next free /dev/nbdN for
+# EXPORT, which holds the set's legs one after another in the order of ROLES
+# (run.sh: metadata legs $raid_meta sectors, data legs legsz SET); in the
+# background: one nbd-client takes ~0.5 s of CPU under TCG, so all of a
+# step's exports are attached at once, one per set, not one per leg.
+# raid_attached then waits for them, cuts every export into its legs with
+# one "dmsetup create --concise" (dm-linear rl-KEY-ROLE, $rdev_KEY_ROLE),
+# reports, and sets $ra_fail_KEY to 1 when something failed.
 raid_pending=""
 raid_attach() {
-  ra_k=$1 ra_s=$2 ra_n=$3 ra_p=$4; shift 4
+  ra_k=$1 ra_s=$2 ra_n=$3 ra_e=$4; shift 4
   eval "ra_fail_$ra_k=0"
-  for r in "$@"; do
-    (attach /dev/nbd$raid_nb "r-$ra_p$r" -b 512 < /dev/null > /tmp/ra$raid_nb.out 2>&1; echo $? > /tmp/ra$raid_nb.rc) &
-    eval "rdev_${ra_k}_$r=/dev/nbd$raid_nb"
-    raid_pending="$raid_pending $raid_nb:$ra_k:$ra_s:$ra_n:$ra_p$r:$r"
-    raid_nb=$((raid_nb + 1))
-  done
+  (attach /dev/nbd$raid_nb "$ra_e" -b 512 < /dev/null > /tmp/ra$raid_nb.out 2>&1; echo $? > /tmp/ra$raid_nb.rc) &
+  ra_r=$*
+  raid_pending="$raid_pending $raid_nb:$ra_k:$ra_s:$ra_n:$ra_e:${ra_r// /,}"
+  raid_nb=$((raid_nb + 1))
 }
 raid_attached() {
   wait
+  ra_spec="" ra_keys=""
+  : > /tmp/raid.map
   for x in $raid_pending; do
     oifs=$IFS; IFS=:; set -- $x; IFS=$oifs
     if [ "$(cat /tmp/ra$1.rc)" = 0 ]; then
-      res "raid-attach-$5" PASS
-      raid_out dev "$3" "$4" "$6" "$(cat /sys/block/nbd$1/dev)"
+      eval "ra_lz=\${legsz_$4:-0}"
+      ra_off=0
+      for r in ${6//,/ }; do
+        case $r in m*) ra_len=$raid_meta;; *) ra_len=$ra_lz;; esac
+        ra_spec="$ra_spec;rl-$2-$r,,,rw,0 $ra_len linear /dev/nbd$1 $ra_off"
+        eval "rdev_$2_$r=/dev/mapper/rl-$2-$r"
+        echo "rl-$2-$r $3 $4 $r" >> /tmp/raid.map
+        ra_off=$((ra_off + ra_len))
+      done
+      if [ "$(cat /sys/block/nbd$1/size)" = $ra_off ]; then
+        res "raid-attach-$5" PASS
+        ra_keys="$ra_keys $2"
+      else
+        res "raid-attach-$5" FAIL "(nbd$1: $(cat /sys/block/nbd$1/size) sectors, the legs $ra_off)"; eval "ra_fail_$2=1"
+      fi
     else
       sed 's/^/    | /' /tmp/ra$1.out; res "raid-attach-$5" FAIL "(nbd$1)"; eval "ra_fail_$2=1"
     fi
   done
+  if [ -n "$ra_spec" ] && ! chk raid-legs-create dmsetup create --concise "${ra_spec#;}"; then
+    for k in $ra_keys; do eval "ra_fail_$k=1"; done
+  fi
+  dmsetup info -c --noheadings -o name,major,minor --separator ' ' < /dev/null > /tmp/raid.info
+  awk 'NR == FNR {mm[$1] = $2 ":" $3; next} ($1 in mm) {print "NBDVM-RAID dev " $2 " " $3 " " $4 " " mm[$1]}' \
+    /tmp/raid.info /tmp/raid.map
   raid_pending=""
 }
 raid_ok() { [ "$(eval "echo \$ra_fail_$1")" = 0 ]; }
@@ -635,11 +660,13 @@ raid_st_out() {
   awk -v st="$1" -v ph="$2" '/^rd-[^:]*: / {n = substr($1, 4, length($1) - 4); sub(/^[^:]*: /, "");
     print "NBDVM-RAID status " st " " n " " ph " [" $0 "]"}' /tmp/raid.st
 }
-raid_table() { # KEY FILE: the table with KEY's devices
-  tt=$(cat "$2")
+raid_table() { # KEY FILE: the table with KEY's devices (no forks: ~30 of
+  # them per table cost ~0.3 s under TCG)
+  read -r tt < "$2"
   for r in m0 d0 m1 d1 m2 d2 m3 d3 m4 d4 m5 d5; do
-    dv=$(eval "echo \"\${rdev_$1_$r:-}\"")
-    [ -n "$dv" ] && tt=$(echo "$tt" | sed "s#[\$]$(echo $r | tr a-z A-Z)#$dv#g")
+    eval "dv=\${rdev_$1_$r:-}"
+    case $r in m*) R=M${r#m};; *) R=D${r#d};; esac
+    [ -n "$dv" ] && tt=${tt//\$$R/$dv}
   done
   echo "$tt"
 }
@@ -670,9 +697,11 @@ raid_wait() {
 raid() {
   t=$(up)
   modprobe dm-raid || { res modprobe-dm-raid FAIL; return; }
+  while read -r a b; do eval "legsz_$a=$b"; done < /etc/raid/legsz
+  raid_meta=$legsz_meta
   # 1 and 3: dmnbd's files, every set at once
   up1=""
-  for s in $(cut -d' ' -f1 /etc/raid/sets); do raid_attach "d$s" 1 "$s" "dc-$s-" $(raid_roles "$s"); done
+  for s in $(cut -d' ' -f1 /etc/raid/sets); do raid_attach "d$s" 1 "$s" "r-dc-$s" $(raid_roles "$s"); done
   raid_attached
   raid_t "1 attached"
   for s in $(cut -d' ' -f1 /etc/raid/sets); do
@@ -702,12 +731,18 @@ raid() {
   done
   raid_out checkrun 1 all $(( $(dmesg | grep -c 'data-check done') - n0 ))
   tc=$(up)
-  # (known: in 4 boots of 8 one of these removes hung, always a raid4/5/6
-  # set without metadata after its check (r4, r5la, r6nr, r6rs6), dmsetup
-  # in D state in raid5_quiesce <- __md_stop_writes <- raid_postsuspend,
-  # with no I/O in flight on any nbd or dm device; a "message 0 idle"
-  # before the removes did not help. Under investigation.)
-  for s in $up1; do raid_dm "raid-1-$s-remove" remove rd-$s; done
+  # The raid4/5/6 sets stay until the poweroff: the kernel only read and
+  # checked them, so there is nothing to flush, and their removal hung in
+  # about half the boots (dmsetup in D state in raid5_quiesce <-
+  # __md_stop_writes <- raid_postsuspend <- __dm_destroy, always a set that
+  # had been checked: r4, r5la, r6nr, r6rs6; no I/O in flight on any nbd or
+  # dm device, dmnbd idle; a "message 0 idle" first did not help). raid0/1/10
+  # are removed: their degraded tables write the superblocks.
+  par=" $(cat /etc/raid/parity) "
+  for s in $up1; do
+    case $par in *" $s "*) continue;; esac
+    raid_dm "raid-1-$s-remove" remove rd-$s
+  done
   tr=$(up)
   for s in $up1; do
     [ -f /etc/raid/$s.degraded ] || continue
@@ -715,17 +750,18 @@ raid() {
     raid_out status 1deg "$s" first "[$(dmsetup status rg-$s)]"
     raid_out sha 1deg "$s" "$(sha /dev/mapper/rg-$s)"
     raid_out table 1deg "$s" "[$(dmsetup table rg-$s)]"
-    raid_dm "raid-1deg-$s-remove" remove rg-$s
+    # (a degraded raid4/5/6 set stays too; it runs beside rd-SET over the same legs)
+    case $par in *" $s "*) ;; *) raid_dm "raid-1deg-$s-remove" remove rg-$s;; esac
     raid_t "1deg $s done"
   done
   t1=$(up)
   # 2. the kernel writes
   up2=""
-  for s in $(cat /etc/raid/ksets); do raid_attach "k$s" 2 "$s" "k-$s-" $(raid_roles "$s"); done
+  for s in $(cat /etc/raid/ksets); do raid_attach "k$s" 2 "$s" "r-k-$s" $(raid_roles "$s"); done
   ws=$(cut -d' ' -f1 /etc/raid/wsets)
   for s in $ws; do
-    raid_attach "w$s" W "$s" "dw-$s-" $(raid_roles "$s" wsets)
-    raid_attach "x$s" KW "$s" "kw-$s-" $(raid_roles "$s" wsets)
+    raid_attach "w$s" W "$s" "r-dw-$s" $(raid_roles "$s" wsets)
+    raid_attach "x$s" KW "$s" "r-kw-$s" $(raid_roles "$s" wsets)
   done
   raid_attached
   for s in $(cat /etc/raid/ksets); do
@@ -767,7 +803,7 @@ raid() {
   t2=$(up)
   # 4. table strings (the tables are read up front: nothing in the loop may
   # eat its stdin)
-  raid_attach t 4 t t- m0 d0 m1 d1 m2 d2 m3 d3
+  raid_attach t 4 t r-t m0 d0 m1 d1 m2 d2 m3 d3
   raid_attached
   if raid_ok t; then
     tn=0

@@ -226,6 +226,10 @@ def cmd_prepare(work):
                           (subst(table(name, True), paths) + "\n").encode())
             if name in DEGRADED:
                 write(os.path.join(gdir, f"{name}.degraded"), (table(name, True) + "\n").encode())
+    # the guest cuts each set's export (its legs one after another, run.sh)
+    # into legs of these sizes
+    write(os.path.join(gdir, "legsz"), ("".join(f"{n} {s[4]}\n" for n, s in SETS.items())
+                                        + f"t {T_LEG}\nmeta {META_BYTES // SECTOR}\n").encode())
     write(os.path.join(gdir, "ksets"), (" ".join(KSETS) + "\n").encode())
     write(os.path.join(gdir, "checked"), (" ".join(CHECKED) + "\n").encode())
     write(os.path.join(gdir, "parity"), (" ".join(PARITY) + "\n").encode())

@@ -609,14 +609,33 @@ EOF
     done
   fi
   if [ "$RUN_RAID" = 1 ]; then
-    local f b
-    # the guest's raw legs: dmnbd's copies (dc-), the kernel's (k-), scratch
-    # (t-), dmnbd's degraded writes (dw-), the kernel's (kw-)
-    for f in "$RAID"/dc-*.img "$RAID"/k-*.img "$RAID"/t-*.img "$RAID"/dw-*.img "$RAID"/kw-*.img; do
-      [ -e "$f" ] || continue
-      b=${f##*/}
-      printf '  - name: r-%s\n    table: "0 %s linear %s 0"\n' "${b%.img}" $(($(stat -c %s "$f") / 512)) "$f" >> "$WORK/cfg.yaml"
-    done
+    local s p r roles
+    # the guest's legs, one export per set (r-PREFIX-SET, the legs one after
+    # another in the order of their roles; the guest cuts them apart again
+    # with dm-linear): dmnbd's copies (dc-), the kernel's (k-), dmnbd's
+    # degraded writes (dw-), the kernel's (kw-), scratch (r-t)
+    raid_export() { # EXPORT FILE...
+      local e=$1 f n off=0
+      printf '  - name: %s\n    table: |\n' "$e"
+      shift
+      for f in "$@"; do
+        n=$(($(stat -c %s "$f") / 512))
+        printf '      %s %s linear %s 0\n' $off $n "$f"
+        off=$((off + n))
+      done
+    }
+    while read -r s _ roles; do
+      for p in dc k; do
+        [ -e "$RAID/$p-$s-${roles%% *}.img" ] || continue
+        raid_export "r-$p-$s" $(for r in $roles; do echo "$RAID/$p-$s-$r.img"; done) >> "$WORK/cfg.yaml"
+      done
+    done < "$RAID/sets"
+    while read -r s _ roles; do
+      for p in dw kw; do
+        raid_export "r-$p-$s" $(for r in $roles; do echo "$RAID/$p-$s-$r.img"; done) >> "$WORK/cfg.yaml"
+      done
+    done < "$RAID/wsets"
+    raid_export r-t $(for r in m0 d0 m1 d1 m2 d2 m3 d3; do echo "$RAID/t-$r.img"; done) >> "$WORK/cfg.yaml"
   fi
   if [ "$RUN_CRYPT" = 1 ]; then
     for e in luks1 luks2 luks2k kvol vdata vhash vbad vbadhash; do
