@@ -568,6 +568,12 @@ crypt() {
 #     status, sha256, table; KW: the same table over zeroed exports
 #     (r-kw-SET): write f.bin (512 KiB requests), then w.bin (3584
 #     bytes each), status, sha256, table, suspend, remove.
+#  R. for the sets in "rsets": SET.rebuild (its table with "rebuild N")
+#     over copies of dmnbd's files with those legs zeroed (r-rb-SET): wait
+#     for the recovery, status, sha256, table. X. for the sets in "xsets":
+#     SET.table over copies of dmnbd's files with bytes flipped (r-mk-SET):
+#     check, status; XR (last): the same over other such copies
+#     (r-mr-SET), never checked: repair, status. None is removed.
 #  4. every table of "tables" over the scratch export r-t (metadata zeroed
 #     before each, so each is a new set): status, table, remove; 4r: every
 #     table of "refusals" must be refused ("refused 4r N REASON").
@@ -801,6 +807,37 @@ raid() {
     raid_dm "raid-KW-$s-remove" remove rx-$s
   done
   t2=$(up)
+  # R: the kernel rebuilds legs (zeroed) of copies of dmnbd's k5/k6 with
+  # "rebuild N" tables; X: check, then repair, of copies of dmnbd's files
+  # with bytes flipped. Neither is removed (see step 3): the host compares
+  # the legs as dmnbd's files have them once the set is idle.
+  rs=$(cat /etc/raid/rsets) xs=$(cat /etc/raid/xsets) upr="" upx=""
+  for s in $rs; do raid_attach "b$s" R "$s" "r-rb-$s" $(raid_roles "$s"); done
+  for s in $xs; do raid_attach "m$s" X "$s" "r-mk-$s" $(raid_roles "$s"); done
+  raid_attached
+  for s in $rs; do
+    raid_ok "b$s" && raid_create R "$s" "rb-$s" "$(raid_table "b$s" /etc/raid/$s.rebuild)" || continue
+    raid_out status R "$s" first "[$(dmsetup status rb-$s)]"; upr="$upr $s"
+  done
+  for s in $xs; do
+    raid_ok "m$s" && raid_create X "$s" "rm-$s" "$(raid_table "m$s" /etc/raid/$s.table)" || continue
+    raid_out status X "$s" first "[$(dmsetup status rm-$s)]"
+    chk "raid-X-$s-message-check" dmsetup message rm-$s 0 check && upx="$upx $s"
+  done
+  for s in $upr; do
+    raid_wait rb-$s || res "raid-R-$s-rebuild-finished" FAIL "(after 60 s: $rw_st)"
+    raid_out status R "$s" rebuilt "[$rw_st]"
+    raid_out sha R "$s" "$(sha /dev/mapper/rb-$s)"
+    raid_out table R "$s" "[$(dmsetup table rb-$s)]"
+  done
+  for s in $upx; do
+    raid_wait rm-$s || res "raid-X-$s-check-finished" FAIL "(after 60 s: $rw_st)"
+    raid_out status X "$s" checked "[$rw_st]"
+  done
+  # (a "repair" right after the check of the same set never progressed:
+  # "0/1024 repair" for 60 s on r5ls, and the next one stalled the guest;
+  # the repair runs last, on fresh copies: XR)
+  t3=$(up)
   # 4. table strings (the tables are read up front: nothing in the loop may
   # eat its stdin)
   raid_attach t 4 t r-t m0 d0 m1 d1 m2 d2 m3 d3
@@ -837,8 +874,22 @@ raid() {
       raid_refuse=0
     done
   fi
+  # XR: "repair" of other copies with the same flipped bytes (r-mr-SET),
+  # never checked; last, watched: see X
+  t4=$(up)
+  for s in $xs; do raid_attach "r$s" XR "$s" "r-mr-$s" $(raid_roles "$s"); done
+  raid_attached
+  for s in $xs; do
+    raid_ok "r$s" && raid_create XR "$s" "rr-$s" "$(raid_table "r$s" /etc/raid/$s.table)" || continue
+    raid_out status XR "$s" first "[$(dmsetup status rr-$s)]"
+    chk "raid-XR-$s-message-repair" dmsetup message rr-$s 0 repair || continue
+    raid_watch 30 "repair of rr-$s"
+    raid_wait rr-$s || res "raid-XR-$s-repair-finished" FAIL "(after 60 s: $rw_st)"
+    raid_unwatch
+    raid_out status XR "$s" repaired "[$rw_st]"
+  done
   dmesg | grep -E 'md/raid|md:|dm-raid|raid' | tail -25 | sed 's/^/NBDVM-DMESG raid /'
-  echo "NBDVM-TIME raid $t -> $(up) (1+3: $t -> $t1: attach+create -> $ta, polls -> $tp, sha -> $ts, check -> $tc, remove -> $tr, degraded -> $t1; 2: $t1 -> $tw, W+KW: $tw -> $t2, 4: $t2 -> $(up))"
+  echo "NBDVM-TIME raid $t -> $(up) (1+3: $t -> $t1: attach+create -> $ta, polls -> $tp, sha -> $ts, check -> $tc, remove -> $tr, degraded -> $t1; 2: $t1 -> $tw, W+KW: $tw -> $t2, R+X: $t2 -> $t3, 4: $t3 -> $t4, XR: $t4 -> $(up))"
 }
 
 [ "${RUN_E2E:-1}" = 1 ] && { e2e_ext4; e2e_readonly; e2e_error; }

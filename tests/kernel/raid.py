@@ -32,6 +32,13 @@ Files in WORK/raid/, named PREFIX-SET-ROLE.img (ROLE m0 d0 m1 ...):
         metadata before each table; dt<i>- dmnbd's, one set of files each;
         dr<i>- dmnbd's for the tables both must refuse (REFUSE4)
 
+  rb-   copies of d- of REBUILD's sets with those legs zeroed (derive pre);
+        the kernel rebuilds them (step R, "rebuild N" tables)
+  kb-   copies of k- so (derive post); dmnbd rebuilds them (DR)
+  mk-, mr-, md-  copies of d- of FLIPS' sets with bytes flipped (derive
+        pre); the kernel checks mk- (X) and repairs mr- (XR), dmnbd checks,
+        then repairs md- (DX)
+
   raid.py prepare WORK   the files above, WORK/raid/tab/PREFIX-SET.table
         (tables with host paths; PREFIX-SET.degraded for d/dg), tab/dt<i>.table,
         WORK/raid/sets ("SET LENGTH ROLES..."), and the guest's /etc/raid/
@@ -40,6 +47,7 @@ Files in WORK/raid/, named PREFIX-SET-ROLE.img (ROLE m0 d0 m1 ...):
   raid.py write SOCKET EXPORT SET FILE   the set's length of FILE to EXPORT
         through libnbd, 1 MiB per request, then flush; raid4/5/6 sets: F
         (f.img) so, then FILE in small shuffled requests, 8 in flight
+  raid.py derive WORK pre|post   rb-, mk-, md- from d- (pre) or kb- from k- (post)
   raid.py sha SOCKET EXPORT...   "EXPORT SHA256" of each export (libnbd)
   raid.py sb FILE        the superblock and bitmap header of a metadata file
   raid.py check WORK CONSOLE   every comparison; "ok - ..." / "not ok - ..."
@@ -112,6 +120,20 @@ W_LEN = 3 * PLEG
 KSETS = ("r1", "r10n", "k5", "k6")  # the kernel creates these (step 2)
 CHECKED = ("r1", "r10n", "r10f", "r10o") + PARITY  # "message 0 check" on dmnbd's files
 T_LEG = 2048                        # step 4 scratch legs (sectors)
+# R, recovery: the kernel rebuilds these legs (data and metadata zeroed) of
+# copies of dmnbd's files (rb-, "rebuild N" tables), and dmnbd the same legs
+# of copies of the kernel's step 2 files (kb-); each rebuilt leg must equal
+# the one it replaces byte for byte (k6: two legs at once, compute6_2)
+REBUILD = {"k5": (2,), "k6": (1, 3)}
+# X, mismatch accounting: copies of dmnbd's files with bytes flipped, (leg,
+# leg sector, byte) each, checked then repaired by the kernel (mk-) and by
+# dmnbd (md-); the mismatch count the check must give (8 sectors for every
+# 4 KiB row whose P or Q is wrong). r5ls: one byte of P in row 5 (P is on
+# leg 3 - 5 % 4 = 2): repair rewrites P as it was. r6ls6: two bytes of data
+# leg 0 in row 1 (P on leg 3 - 1 % 4 = 2, Q on leg 4), in the chunk's 4 KiB
+# rows 0 and 5: P and Q of both rows are recomputed, the data stays flipped.
+FLIPS = {"r5ls": ((2, 5 * 64 + 17, 100),), "r6ls6": ((0, 64 + 3, 7), (0, 64 + 45, 300))}
+FLIP_MISMATCH = {"r5ls": 8, "r6ls6": 16}
 # (options in other orders than the kernel prints them, on purpose)
 TABLES4 = [
     "0 2048 raid raid1 7 0 region_size 1024 write_mostly 1 max_write_behind 256 2 $M0 $D0 $M1 $D1",
@@ -168,6 +190,16 @@ def table(name, degraded=False):
         else:
             legs.append(f"{'$M%d' % i if meta else '-'} $D{i}")
     return f"0 {length} raid {spec} {n} " + " ".join(legs)
+
+
+def rebuild_table(name):
+    """the set's table with "rebuild N" for the legs of REBUILD"""
+    w = table(name).split(" ")
+    # 0 L raid TYPE #PARAMS CHUNK ...
+    extra = [x for i in REBUILD[name] for x in ("rebuild", str(i))]
+    w[4] = str(int(w[4]) + len(extra))
+    pos = 5 + int(w[4]) - len(extra)
+    return " ".join(w[:pos] + extra + w[pos:])
 
 
 def subst(line, paths):
@@ -231,6 +263,18 @@ def cmd_prepare(work):
     write(os.path.join(gdir, "legsz"), ("".join(f"{n} {s[4]}\n" for n, s in SETS.items())
                                         + f"t {T_LEG}\nmeta {META_BYTES // SECTOR}\n").encode())
     write(os.path.join(gdir, "ksets"), (" ".join(KSETS) + "\n").encode())
+    # R and X: the files are copies of d- (derive pre) and k- (derive post)
+    for name in REBUILD:
+        write(os.path.join(gdir, f"{name}.rebuild"), (rebuild_table(name) + "\n").encode())
+        for pre in ("rb", "kb"):
+            paths = files(pre, name, roles(name), SETS[name][4])
+            write(os.path.join(tdir, f"{pre}-{name}.rebuild"), (subst(rebuild_table(name), paths) + "\n").encode())
+    for name in FLIPS:
+        for pre in ("mk", "mr", "md"):
+            paths = files(pre, name, roles(name), SETS[name][4])
+            write(os.path.join(tdir, f"{pre}-{name}.table"), (subst(table(name), paths) + "\n").encode())
+    write(os.path.join(gdir, "rsets"), (" ".join(REBUILD) + "\n").encode())
+    write(os.path.join(gdir, "xsets"), (" ".join(FLIPS) + "\n").encode())
     write(os.path.join(gdir, "checked"), (" ".join(CHECKED) + "\n").encode())
     write(os.path.join(gdir, "parity"), (" ".join(PARITY) + "\n").encode())
     write(os.path.join(gdir, "wsets"), "".join(f"{n} {SETS[n][1]} {' '.join(roles(n, True))}\n" for n in WSETS).encode())
@@ -247,6 +291,33 @@ def cmd_prepare(work):
     print(f"sets {' '.join(SETS)} (dmnbd writes P; the kernel reads, checks, and degraded "
           f"{' '.join(DEGRADED)}), the kernel writes K on {' '.join(KSETS)}; degraded writes on "
           f"{' '.join(WSETS)}; {len(TABLES4)} table strings, {len(REFUSE4)} refusals")
+
+
+def cmd_derive(work, when):
+    """pre (after dmnbd wrote d-): rb- = d- with REBUILD's legs zeroed, mk-
+    and md- = d- with FLIPS; post (after the boot): kb- = the kernel's k-
+    with REBUILD's legs zeroed"""
+    rdir = os.path.join(work, "raid")
+
+    def copy(src, dst, name, zero=(), flips=()):
+        for r in roles(name):
+            data = bytearray(read(os.path.join(rdir, f"{src}-{name}-{r}.img")))
+            if int(r[1:]) in zero:
+                data[:] = bytes(len(data))
+            for leg, sector, byte in flips:
+                if r == f"d{leg}":
+                    data[sector * SECTOR + byte] ^= 0x5a
+            write(os.path.join(rdir, f"{dst}-{name}-{r}.img"), bytes(data))
+    if when == "pre":
+        for name, legs in REBUILD.items():
+            copy("d", "rb", name, zero=legs)
+        for name, fl in FLIPS.items():
+            copy("d", "mk", name, flips=fl)
+            copy("d", "mr", name, flips=fl)
+            copy("d", "md", name, flips=fl)
+    else:
+        for name, legs in REBUILD.items():
+            copy("k", "kb", name, zero=legs)
 
 
 def write_small(h, data, rng, depth=8):
@@ -615,6 +686,78 @@ def cmd_check(work, console):
                 "" if not diff else f": {len(diff)} sectors differ, first at leg sector {diff[0] // SECTOR} "
                 f"(dmnbd {a[diff[0]:diff[0] + 12]!r}, kernel {b[diff[0]:diff[0] + 12]!r})"))
 
+    # ---- R: recovery; the kernel rebuilds legs of dmnbd's files (rb-),
+    # dmnbd the same legs of the kernel's (kb-)
+    def legs_equal(tag, a_name, b_name, a_who, b_who):
+        a, b = f(a_name), f(b_name)
+        if a is None or b is None:
+            report(False, f"{tag}: {a_name if a is None else b_name} is missing")
+            return
+        diff = [i for i in range(0, max(len(a), len(b)), SECTOR) if a[i:i + SECTOR] != b[i:i + SECTOR]]
+        report(not diff, f"{tag}: {a_who} ({a_name}) equals {b_who} ({b_name}) byte for byte" + (
+            "" if not diff else f": {len(diff)} sectors differ, first at leg sector {diff[0] // SECTOR} "
+            f"({a_who} {a[diff[0]:diff[0] + 12]!r}, {b_who} {b[diff[0]:diff[0] + 12]!r})"))
+    for name, legs in REBUILD.items():
+        spec, length, n, meta, _ = SETS[name]
+        lg = ",".join(map(str, legs))
+        for who, src, step, pre, orig, pat_ in (("the kernel", k, "R", "rb", "d", pat), ("dmnbd", d, "DR", "kb", "k", kpat)):
+            tag = f"raid R [{name}: {rebuild_table(name)}] {who} rebuilds leg {lg} of {'dmnbd' if pre == 'rb' else 'the kernel'}'s files"
+            s_ = get(src, step, name)
+            if s_ is None or "refused" in s_:
+                report(False, f"{tag}: " + ((s_ or {}).get("refused") or "no lines"))
+                continue
+            st = s_["status"]
+            print(f"# {tag}: status first [{st.get('first')}]")
+            report(clean_idle(st.get("rebuilt"), length, n, TOTAL[name]),
+                   f"{tag}: finished, all A, idle [{st.get('rebuilt')}]")
+            want_sha = psha(pat_[:length * SECTOR]).hexdigest()
+            report(s_.get("sha") == want_sha, f"{tag}: reads the pattern ({(s_.get('sha') or 'nothing')[:16]}, want {want_sha[:16]})")
+            for i in legs:
+                legs_equal(f"{tag}: rebuilt leg d{i}", f"{pre}-{name}-d{i}.img", f"{orig}-{name}-d{i}.img",
+                           "the rebuilt leg", "the original")
+
+    # ---- X: mismatch accounting and repair on copies with flipped bytes
+    for name, flips in FLIPS.items():
+        spec, length, n, meta, _ = SETS[name]
+        tag = f"raid X [{name}: flipped {' '.join(f'leg {a} sector {b} byte {c}' for a, b, c in flips)}]"
+        ks, ds = get(k, "X", name), get(d, "DX", name)
+        if ks is None or "refused" in ks or ds is None or "refused" in ds:
+            report(False, f"{tag}: no lines or refused: kernel {(ks or {}).get('refused', '')}, dmnbd {(ds or {}).get('refused', '')}")
+            continue
+        kc = status_fields(ks["status"].get("checked")) or {}
+        report(kc.get("action") == "idle" and kc.get("mismatch") == str(FLIP_MISMATCH[name]),
+               f"{tag}: the kernel's check counts {FLIP_MISMATCH[name]} [{ks['status'].get('checked')}]")
+        same(f"{tag}: status after the check", ds["status"].get("checked"), ks["status"].get("checked"), "dmnbd", "kernel")
+        kr = get(k, "XR", name) or {"status": {}}
+        print(f"# {tag}: status after the repair: kernel [{kr['status'].get('repaired')}], dmnbd [{ds['status'].get('repaired')}]")
+        report(clean_idle(kr["status"].get("repaired"), length, n, TOTAL[name]),
+               f"{tag}: the kernel's repair (of mr-, other copies) finished [{kr['status'].get('repaired')}] "
+               f"(first [{kr['status'].get('first')}])")
+        report(clean_idle(ds["status"].get("repaired"), length, n, TOTAL[name]),
+               f"{tag}: dmnbd's repair (after its check) finished [{ds['status'].get('repaired')}]")
+        for r in roles(name):
+            legs_equal(f"{tag} leg {r} after the repair", f"md-{name}-{r}.img", f"mr-{name}-{r}.img", "dmnbd's", "the kernel's")
+        # what the repair rewrote: raid5, P back as it was (every leg is the
+        # original again); raid6, P and Q of the flipped rows from the flipped
+        # data (the data stays flipped, nothing outside those rows changes)
+        rows = {sec // 64 for _, sec, _ in flips}
+        for who, pre in (("the kernel's", "mr"), ("dmnbd's", "md")):
+            for r in roles(name):
+                a, b = f(f"{pre}-{name}-{r}.img"), f(f"d-{name}-{r}.img")
+                if a is None or b is None:
+                    report(False, f"{tag} leg {r}: a file is missing")
+                    continue
+                diff = [i // SECTOR for i in range(0, len(a), SECTOR) if a[i:i + SECTOR] != b[i:i + SECTOR]]
+                if name.startswith("r5"):
+                    report(not diff, f"{tag} leg {r}: {who} repair left the original (P rewritten as it was)"
+                           + ("" if not diff else f": {len(diff)} sectors differ, first {diff[0]}"))
+                    continue
+                want = sorted({sec for lg, sec, _ in flips if f"d{lg}" == r})
+                outside = [x for x in diff if x // 64 not in rows]
+                report(not outside and (not want or diff == want),
+                       f"{tag} leg {r}: after {who} repair it differs from the original only in the flipped rows"
+                       + (f", and there exactly at the flipped sectors {want}" if want else "") + f" (differs at {diff[:12]})")
+
     # ---- 4: table strings
     for i, t in enumerate(TABLES4, 1):
         tag = f"raid 4.{i} [{t}]"
@@ -662,6 +805,8 @@ def main(argv):
         cmd_write(argv[2], argv[3], argv[4], argv[5])
     elif len(argv) >= 4 and argv[1] == "sha":
         cmd_sha(argv[2], argv[3:])
+    elif len(argv) == 4 and argv[1] == "derive" and argv[3] in ("pre", "post"):
+        cmd_derive(argv[2], argv[3])
     elif len(argv) == 3 and argv[1] == "sb":
         cmd_sb(argv[2])
     elif len(argv) == 4 and argv[1] == "check":

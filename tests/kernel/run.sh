@@ -58,6 +58,9 @@
 #          superblocks and bitmap headers of both writers agree field by
 #          field. Table strings of raid1/10/4/5/6 options are compared for
 #          the same tables, and the kernel's refusals with dmnbd's.
+#          Recovery both ways (k5, k6 with legs zeroed and "rebuild N": the
+#          rebuilt legs equal the originals), and check/repair of copies
+#          with flipped bytes (mismatch 8 and 16, the repaired legs equal).
 #
 # dmnbd ($DMNBD, default build/dmnbd) is started here on a unix socket in a temp
 # dir and stopped by PID at the end; QEMU forwards the guest's connections to it.
@@ -507,6 +510,8 @@ if [ "$RUN_RAID" = 1 ]; then
   fi
   # the kernel assembles copies; d-* stay as dmnbd left them
   for f in "$RAID"/d-*.img; do b=${f##*/}; cp "$f" "$RAID/dc-${b#d-}"; cp "$f" "$RAID/dg-${b#d-}"; done
+  # R and X: copies with legs zeroed (rb-) or bytes flipped (mk-, md-)
+  "$PY" "$HERE/raid.py" derive "$WORK" pre || notok "raid: raid.py derive pre failed"
 fi
 
 OUT_SIZE=0
@@ -625,7 +630,7 @@ EOF
       done
     }
     while read -r s _ roles; do
-      for p in dc k; do
+      for p in dc k rb mk mr; do
         [ -e "$RAID/$p-$s-${roles%% *}.img" ] || continue
         raid_export "r-$p-$s" $(for r in $roles; do echo "$RAID/$p-$s-$r.img"; done) >> "$WORK/cfg.yaml"
       done
@@ -1024,12 +1029,18 @@ if [ "$RUN_RAID" = 1 ]; then
   # The first status is read as soon as the socket is up: a resync would
   # show there or in the polls after it.
   for f in "$RAID"/k-*.img; do b=${f##*/}; cp "$f" "$RAID/kr-${b#k-}"; done
+  # DR: dmnbd rebuilds legs of copies of the kernel's files (kb-); DX: check
+  # and repair of copies of its own files with flipped bytes (md-)
+  "$PY" "$HERE/raid.py" derive "$WORK" post || notok "raid: raid.py derive post failed"
+  RSETS=$(cat "$WORK/guest/etc/raid/rsets") XSETS=$(cat "$WORK/guest/etc/raid/xsets")
   KSETS=$(cat "$WORK/guest/etc/raid/ksets") DSETS=$(cd "$RAID/tab" && ls dg-*.degraded | sed 's/^dg-//; s/\.degraded$//')
   {
     printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$RAID/r.sock" "$RAID/r-ctl.sock"
     for s in $KSETS; do printf '  - name: kr-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/kr-$s.table")"; done
     for s in $DSETS; do printf '  - name: dg-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/dg-$s.degraded")"; done
     for s in $(raid_wsets); do printf '  - name: kw-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/kw-$s.degraded")"; done
+    for s in $RSETS; do printf '  - name: xb-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/kb-$s.rebuild")"; done
+    for s in $XSETS; do printf '  - name: xm-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/md-$s.table")"; done
   } > "$RAID/r.yaml"
   if raid_start "$RAID/r.yaml" "$RAID/r.sock"; then
     for s in $KSETS; do raid_out "status D2 $s first [$(raid_st "$RAID/r-ctl.sock" "kr-$s")]"; done
@@ -1058,6 +1069,26 @@ if [ "$RUN_RAID" = 1 ]; then
         || raid_out "refused D2c $s message check failed"
       raid_wait "$RAID/r-ctl.sock" "kr-$s"
       raid_out "status D2 $s checked [$(raid_st "$RAID/r-ctl.sock" "kr-$s")]"
+    done
+    # DR: the rebuilds (started with the server)
+    for s in $RSETS; do
+      raid_devs DR "$s" "kb-$s-" $(raid_roles "$s")
+      raid_out "status DR $s first [$(raid_st "$RAID/r-ctl.sock" "xb-$s")]"
+    done
+    for s in $RSETS; do
+      raid_wait "$RAID/r-ctl.sock" "xb-$s"
+      raid_out "status DR $s rebuilt [$(raid_st "$RAID/r-ctl.sock" "xb-$s")]"
+    done
+    "$PY" "$HERE/raid.py" sha "$RAID/r.sock" $(for s in $RSETS; do echo "xb-$s"; done) | sed 's/^xb-\([^ ]*\) /sha DR \1 /' >> "$RAID/dmnbd.out"
+    # DX: check, then repair
+    for s in $XSETS; do
+      raid_devs DX "$s" "md-$s-" $(raid_roles "$s")
+      for a in check:checked repair:repaired; do
+        timeout 10 "$DMNBD" --control "$RAID/r-ctl.sock" message "xm-$s" 0 "${a%:*}" > /dev/null 2>&1 < /dev/null \
+          || raid_out "refused DX $s message ${a%:*} failed"
+        raid_wait "$RAID/r-ctl.sock" "xm-$s"
+        raid_out "status DX $s ${a#*:} [$(raid_st "$RAID/r-ctl.sock" "xm-$s")]"
+      done
     done
     raid_stop "raid 2: dmnbd (over the kernel's files)"
   else
