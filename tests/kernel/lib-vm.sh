@@ -20,11 +20,11 @@
 #
 # Env: DMNBD_VM_CACHE (default /var/cache/dmnbd/vm) downloads + base initramfs;
 #      DMNBD_VM_ACCEL=kvm|tcg (default: kvm if a 20 s probe boots, else tcg);
-#      DMNBD_VM_TIMEOUT (default 420 s, the whole guest run); DMNBD_VM_MEM (768M);
+#      DMNBD_VM_TIMEOUT (default 600 s, the whole guest run); DMNBD_VM_MEM (768M);
 #      DMNBD_VM_SMP (2).
 
 VM_CACHE=${DMNBD_VM_CACHE:-/var/cache/dmnbd/vm}
-VM_TIMEOUT=${DMNBD_VM_TIMEOUT:-420}
+VM_TIMEOUT=${DMNBD_VM_TIMEOUT:-600}
 VM_MEM=${DMNBD_VM_MEM:-768M}
 # Two vCPUs: the nbd driver gets one hardware queue per connection only up to
 # the CPU count, so "nbd-client -C 2" needs two CPUs to really use both.

@@ -44,15 +44,23 @@
 #          data and hash bytes; also ignore_corruption): the same unreadable
 #          sectors and the same bytes elsewhere.
 #  raid    dmnbd's raid and the kernel's dm-raid (raid.py): dmnbd writes a
-#          pattern through raid1, raid10 near/far/offset (with metadata) and
-#          raid0 (without) before the boot; the kernel assembles copies of its
-#          files with the same tables: all A, total/total idle, no resync, the
-#          same bytes, also with a leg missing ("- -"), and "check" finds no
-#          mismatch. The kernel creates raid1 and raid10 near over zeroed
-#          files and writes; after the boot dmnbd assembles them: idle at
-#          once, the same bytes, the kernel's status line; the superblocks
-#          and bitmap headers of both writers agree field by field. Table
-#          strings of raid1/raid10 options are compared for the same tables.
+#          pattern through raid1, raid10 near/far/offset (with metadata),
+#          raid0, raid4, every raid5 and raid6 layout (without) and raid5_ls,
+#          raid6_ls_6 (with) before the boot (raid4/5/6: in small shuffled
+#          requests); the kernel assembles copies of its files with the same
+#          tables: all A, total/total idle, no resync, the same bytes, also
+#          with legs missing ("- -"), and "check" finds no mismatch (P and Q
+#          where and what the kernel has them). Degraded raid5/6 writes both
+#          ways, the legs byte for byte. The kernel creates raid1, raid10
+#          near, raid5_ls and raid6_ls_6 over zeroed files and writes; after
+#          the boot dmnbd assembles them: idle at once, the same bytes, the
+#          kernel's status line, dmnbd's own check finds no mismatch; the
+#          superblocks and bitmap headers of both writers agree field by
+#          field. Table strings of raid1/10/4/5/6 options are compared for
+#          the same tables, and the kernel's refusals with dmnbd's.
+#          Recovery both ways (k5, k6 with legs zeroed and "rebuild N": the
+#          rebuilt legs equal the originals), and check/repair of copies
+#          with flipped bytes (mismatch 8 and 16, the repaired legs equal).
 #
 # dmnbd ($DMNBD, default build/dmnbd) is started here on a unix socket in a temp
 # dir and stopped by PID at the end; QEMU forwards the guest's connections to it.
@@ -439,13 +447,25 @@ raid_devs() { # STEP SET FILE-PREFIX ROLES...: which path is which role
 }
 raid_sets() { cut -d' ' -f1 "$RAID/sets"; }
 raid_roles() { awk -v n="$1" '$1 == n {$1 = $2 = ""; print}' "$RAID/sets"; }
-raid_len() { awk -v n="$1" '$1 == n {print $2}' "$RAID/sets"; }
+raid_wsets() { cut -d' ' -f1 "$RAID/wsets"; }
+raid_wroles() { awk -v n="$1" '$1 == n {$1 = $2 = ""; print}' "$RAID/wsets"; }
+# raid_create_out STEP N NAME TABLE: "dmnbd create"; its status and table,
+# or a "refused" line with dmnbd's error
+raid_create_out() {
+  if timeout 30 "$DMNBD" --control "$RAID/d-ctl.sock" create "$3" --table "$4" > "$RAID/create.out" 2>&1 < /dev/null; then
+    raid_out "status $1 $2 first [$(raid_st "$RAID/d-ctl.sock" "$3")]"
+    raid_out "table $1 $2 [$(timeout 10 "$DMNBD" --control "$RAID/d-ctl.sock" table "$3" 2>&1)]"
+  else
+    raid_out "refused $1 $2 $(tr '\n' ' ' < "$RAID/create.out")"
+  fi
+}
 if [ "$RUN_RAID" = 1 ]; then
   "$PY" "$HERE/raid.py" prepare "$WORK" > "$WORK/raid-prepare.out" || die "raid.py prepare failed"
   : > "$RAID/dmnbd.out"
   {
     printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$RAID/d.sock" "$RAID/d-ctl.sock"
     for s in $(raid_sets); do printf '  - name: d-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/d-$s.table")"; done
+    for s in $(raid_wsets); do printf '  - name: w-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/dw-$s.degraded")"; done
   } > "$RAID/d.yaml"
   TR=$(date +%s.%N)
   if raid_start "$RAID/d.yaml" "$RAID/d.sock"; then
@@ -454,20 +474,19 @@ if [ "$RUN_RAID" = 1 ]; then
     # a raid set's removal, and so its stop, for ~10 s after the set's last
     # resync or write)
     for i in $(seq "$(ls "$RAID"/tab/dt*.table | wc -l)"); do
-      tbl=$(cat "$RAID/tab/dt$i.table")
       raid_devs D4 "$i" "dt$i-" m0 d0 m1 d1 m2 d2 m3 d3
-      if timeout 30 "$DMNBD" --control "$RAID/d-ctl.sock" create "dt$i" --table "$tbl" > "$RAID/create.out" 2>&1 < /dev/null; then
-        raid_out "status D4 $i first [$(raid_st "$RAID/d-ctl.sock" "dt$i")]"
-        raid_out "table D4 $i [$(timeout 10 "$DMNBD" --control "$RAID/d-ctl.sock" table "dt$i" 2>&1)]"
-      else
-        raid_out "refused D4 $i $(tr '\n' ' ' < "$RAID/create.out")"
-      fi
+      raid_create_out D4 "$i" "dt$i" "$(cat "$RAID/tab/dt$i.table")"
+    done
+    # (these must be refused)
+    for i in $(seq "$(ls "$RAID"/tab/dr*.table | wc -l)"); do
+      raid_devs D4r "$i" "dr$i-" m0 d0 m1 d1 m2 d2 m3 d3
+      raid_create_out D4r "$i" "dr$i" "$(cat "$RAID/tab/dr$i.table")"
     done
     for s in $(raid_sets); do
       # (write and read only once the first resync is done: its reads and
       # writes would otherwise race with P's)
       raid_wait "$RAID/d-ctl.sock" "d-$s" || raid_out "status D1 $s resync-timeout [$(raid_st "$RAID/d-ctl.sock" "d-$s")]"
-      timeout 120 "$PY" "$HERE/raid.py" write "$RAID/d.sock" "d-$s" "$RAID/p.img" "$(raid_len "$s")" >> "$RAID/write.out" 2>&1 \
+      timeout 120 "$PY" "$HERE/raid.py" write "$RAID/d.sock" "d-$s" "$s" "$RAID/p.img" >> "$RAID/write.out" 2>&1 \
         || raid_out "refused D1 $s writing P failed: $(tail -1 "$RAID/write.out")"
       raid_wait "$RAID/d-ctl.sock" "d-$s"
       raid_devs D1 "$s" "d-$s-" $(raid_roles "$s")
@@ -475,6 +494,15 @@ if [ "$RUN_RAID" = 1 ]; then
       raid_out "table D1 $s [$(timeout 10 "$DMNBD" --control "$RAID/d-ctl.sock" table "d-$s" 2>&1)]"
     done
     "$PY" "$HERE/raid.py" sha "$RAID/d.sock" $(raid_sets | sed 's/^/d-/') | sed 's/^d-\([^ ]*\) /sha D1 \1 /' >> "$RAID/dmnbd.out"
+    # DW: W through the degraded tables (over zeroed legs: F, then W in small requests)
+    for s in $(raid_wsets); do
+      timeout 120 "$PY" "$HERE/raid.py" write "$RAID/d.sock" "w-$s" "$s" "$RAID/w.img" >> "$RAID/write.out" 2>&1 \
+        || raid_out "refused DW $s writing W failed: $(tail -1 "$RAID/write.out")"
+      raid_devs DW "$s" "dw-$s-" $(raid_wroles "$s")
+      raid_out "status DW $s written [$(raid_st "$RAID/d-ctl.sock" "w-$s")]"
+      raid_out "table DW $s [$(timeout 10 "$DMNBD" --control "$RAID/d-ctl.sock" table "w-$s" 2>&1)]"
+    done
+    "$PY" "$HERE/raid.py" sha "$RAID/d.sock" $(raid_wsets | sed 's/^/w-/') | sed 's/^w-\([^ ]*\) /sha DW \1 /' >> "$RAID/dmnbd.out"
     raid_stop "raid 1: dmnbd (the writer)"
     log "raid 1: dmnbd wrote P on $(raid_sets | tr '\n' ' ')in $(awk -v a="$TR" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s: $(grep '^status D1 .* written' "$RAID/dmnbd.out" | sed 's/^status D1 //; s/ written / /' | tr '\n' ';')"
   else
@@ -482,6 +510,8 @@ if [ "$RUN_RAID" = 1 ]; then
   fi
   # the kernel assembles copies; d-* stay as dmnbd left them
   for f in "$RAID"/d-*.img; do b=${f##*/}; cp "$f" "$RAID/dc-${b#d-}"; cp "$f" "$RAID/dg-${b#d-}"; done
+  # R and X: copies with legs zeroed (rb-) or bytes flipped (mk-, md-)
+  "$PY" "$HERE/raid.py" derive "$WORK" pre || notok "raid: raid.py derive pre failed"
 fi
 
 OUT_SIZE=0
@@ -584,13 +614,33 @@ EOF
     done
   fi
   if [ "$RUN_RAID" = 1 ]; then
-    local f b
-    # the guest's raw legs: dmnbd's copies (dc-), the kernel's (k-), scratch (t-)
-    for f in "$RAID"/dc-*.img "$RAID"/k-*.img "$RAID"/t-*.img; do
-      [ -e "$f" ] || continue
-      b=${f##*/}
-      printf '  - name: r-%s\n    table: "0 %s linear %s 0"\n' "${b%.img}" $(($(stat -c %s "$f") / 512)) "$f" >> "$WORK/cfg.yaml"
-    done
+    local s p r roles
+    # the guest's legs, one export per set (r-PREFIX-SET, the legs one after
+    # another in the order of their roles; the guest cuts them apart again
+    # with dm-linear): dmnbd's copies (dc-), the kernel's (k-), dmnbd's
+    # degraded writes (dw-), the kernel's (kw-), scratch (r-t)
+    raid_export() { # EXPORT FILE...
+      local e=$1 f n off=0
+      printf '  - name: %s\n    table: |\n' "$e"
+      shift
+      for f in "$@"; do
+        n=$(($(stat -c %s "$f") / 512))
+        printf '      %s %s linear %s 0\n' $off $n "$f"
+        off=$((off + n))
+      done
+    }
+    while read -r s _ roles; do
+      for p in dc k rb mk mr; do
+        [ -e "$RAID/$p-$s-${roles%% *}.img" ] || continue
+        raid_export "r-$p-$s" $(for r in $roles; do echo "$RAID/$p-$s-$r.img"; done) >> "$WORK/cfg.yaml"
+      done
+    done < "$RAID/sets"
+    while read -r s _ roles; do
+      for p in dw kw; do
+        raid_export "r-$p-$s" $(for r in $roles; do echo "$RAID/$p-$s-$r.img"; done) >> "$WORK/cfg.yaml"
+      done
+    done < "$RAID/wsets"
+    raid_export r-t $(for r in m0 d0 m1 d1 m2 d2 m3 d3; do echo "$RAID/t-$r.img"; done) >> "$WORK/cfg.yaml"
   fi
   if [ "$RUN_CRYPT" = 1 ]; then
     for e in luks1 luks2 luks2k kvol vdata vhash vbad vbadhash; do
@@ -979,11 +1029,18 @@ if [ "$RUN_RAID" = 1 ]; then
   # The first status is read as soon as the socket is up: a resync would
   # show there or in the polls after it.
   for f in "$RAID"/k-*.img; do b=${f##*/}; cp "$f" "$RAID/kr-${b#k-}"; done
+  # DR: dmnbd rebuilds legs of copies of the kernel's files (kb-); DX: check
+  # and repair of copies of its own files with flipped bytes (md-)
+  "$PY" "$HERE/raid.py" derive "$WORK" post || notok "raid: raid.py derive post failed"
+  RSETS=$(cat "$WORK/guest/etc/raid/rsets") XSETS=$(cat "$WORK/guest/etc/raid/xsets")
   KSETS=$(cat "$WORK/guest/etc/raid/ksets") DSETS=$(cd "$RAID/tab" && ls dg-*.degraded | sed 's/^dg-//; s/\.degraded$//')
   {
     printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$RAID/r.sock" "$RAID/r-ctl.sock"
     for s in $KSETS; do printf '  - name: kr-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/kr-$s.table")"; done
     for s in $DSETS; do printf '  - name: dg-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/dg-$s.degraded")"; done
+    for s in $(raid_wsets); do printf '  - name: kw-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/kw-$s.degraded")"; done
+    for s in $RSETS; do printf '  - name: xb-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/kb-$s.rebuild")"; done
+    for s in $XSETS; do printf '  - name: xm-%s\n    table: "%s"\n' "$s" "$(cat "$RAID/tab/md-$s.table")"; done
   } > "$RAID/r.yaml"
   if raid_start "$RAID/r.yaml" "$RAID/r.sock"; then
     for s in $KSETS; do raid_out "status D2 $s first [$(raid_st "$RAID/r-ctl.sock" "kr-$s")]"; done
@@ -998,6 +1055,41 @@ if [ "$RUN_RAID" = 1 ]; then
     done
     "$PY" "$HERE/raid.py" sha "$RAID/r.sock" $(for s in $KSETS; do echo "kr-$s"; done) | sed 's/^kr-\([^ ]*\) /sha D2 \1 /' >> "$RAID/dmnbd.out"
     "$PY" "$HERE/raid.py" sha "$RAID/r.sock" $(for s in $DSETS; do echo "dg-$s"; done) | sed 's/^dg-\([^ ]*\) /sha Ddeg \1 /' >> "$RAID/dmnbd.out"
+    # DKW: the kernel's degraded writes, through the same degraded tables
+    for s in $(raid_wsets); do
+      raid_devs DKW "$s" "kw-$s-" $(raid_wroles "$s")
+      raid_out "status DKW $s first [$(raid_st "$RAID/r-ctl.sock" "kw-$s")]"
+      raid_out "table DKW $s [$(timeout 10 "$DMNBD" --control "$RAID/r-ctl.sock" table "kw-$s" 2>&1)]"
+    done
+    "$PY" "$HERE/raid.py" sha "$RAID/r.sock" $(raid_wsets | sed 's/^/kw-/') | sed 's/^kw-\([^ ]*\) /sha DKW \1 /' >> "$RAID/dmnbd.out"
+    # dmnbd's own check of the kernel's raid4/5/6 parity (kr-)
+    for s in $KSETS; do
+      grep -qw "$s" "$WORK/guest/etc/raid/parity" || continue
+      timeout 10 "$DMNBD" --control "$RAID/r-ctl.sock" message "kr-$s" 0 check > /dev/null 2>&1 < /dev/null \
+        || raid_out "refused D2c $s message check failed"
+      raid_wait "$RAID/r-ctl.sock" "kr-$s"
+      raid_out "status D2 $s checked [$(raid_st "$RAID/r-ctl.sock" "kr-$s")]"
+    done
+    # DR: the rebuilds (started with the server)
+    for s in $RSETS; do
+      raid_devs DR "$s" "kb-$s-" $(raid_roles "$s")
+      raid_out "status DR $s first [$(raid_st "$RAID/r-ctl.sock" "xb-$s")]"
+    done
+    for s in $RSETS; do
+      raid_wait "$RAID/r-ctl.sock" "xb-$s"
+      raid_out "status DR $s rebuilt [$(raid_st "$RAID/r-ctl.sock" "xb-$s")]"
+    done
+    "$PY" "$HERE/raid.py" sha "$RAID/r.sock" $(for s in $RSETS; do echo "xb-$s"; done) | sed 's/^xb-\([^ ]*\) /sha DR \1 /' >> "$RAID/dmnbd.out"
+    # DX: check, then repair
+    for s in $XSETS; do
+      raid_devs DX "$s" "md-$s-" $(raid_roles "$s")
+      for a in check:checked repair:repaired; do
+        timeout 10 "$DMNBD" --control "$RAID/r-ctl.sock" message "xm-$s" 0 "${a%:*}" > /dev/null 2>&1 < /dev/null \
+          || raid_out "refused DX $s message ${a%:*} failed"
+        raid_wait "$RAID/r-ctl.sock" "xm-$s"
+        raid_out "status DX $s ${a#*:} [$(raid_st "$RAID/r-ctl.sock" "xm-$s")]"
+      done
+    done
     raid_stop "raid 2: dmnbd (over the kernel's files)"
   else
     notok "raid 2: dmnbd did not start over the kernel's raid files (see $RAID/server.log)"
