@@ -10,7 +10,8 @@
 #   bash tests/bench/run.sh mirror           # the mirror benchmark (mirror.py)
 #   bash tests/bench/run.sh raid             # the raid benchmark (raid.py)
 #   bash tests/bench/run.sh raid5            # raid5/raid6 against striped (raid5.py)
-#   RUNTIME=1 ROUNDS=1 bash tests/bench/run.sh raid5   # the same, short (about a minute)
+#   RUNTIME=1 ROUNDS=1 bash tests/bench/run.sh raid5   # the same, short (about two minutes)
+#   bash tests/bench/run.sh raid5 --only capped          # its capped-legs part alone (about a minute)
 #   bash tests/bench/run.sh crypt            # the crypt and LUKS benchmark (crypt.py)
 #   DMNBD=/path/to/dmnbd bash tests/bench/run.sh raid5   # that binary, no build
 set -euo pipefail
