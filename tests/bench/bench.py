@@ -237,13 +237,16 @@ def report(results, servers, jobs):
 
 
 # ---- Shared by the target benchmarks (snapshot.py, mirror.py).
-def target_bench_args(doc):
-    """The arguments run.sh gives a target benchmark."""
+def target_bench_args(doc, extra=None):
+    """The arguments run.sh gives a target benchmark; extra(parser), if given,
+    adds the benchmark's own."""
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--dir", required=True)
     ap.add_argument("--dmnbd", required=True)
     ap.add_argument("--runtime", type=float, default=float(os.environ.get("RUNTIME", 4)))
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", 2)))
+    if extra:
+        extra(ap)
     return ap.parse_args()
 
 
@@ -288,10 +291,14 @@ def nbdcopy_seconds(args, src, dst, sectors):
 class CappedLegs:
     """nbdkit file servers over `files`, each capped at `rate` bits per second
     by its rate filter: legs that behave like disks (or machines) with a
-    bandwidth of their own. A context manager; .uris are their exports."""
+    bandwidth of their own. The filter caps reads and writes apart (a link
+    each way, not a disk's one head), and lets an idle leg save up
+    `burstiness` seconds of its rate (the filter's default: 2). A context
+    manager; .uris are their exports."""
 
-    def __init__(self, args, files, rate):
+    def __init__(self, args, files, rate, burstiness=None):
         self.args, self.files, self.rate, self.kits, self.uris = args, files, rate, [], []
+        self.burst = [] if burstiness is None else [f"burstiness={burstiness}"]
 
     def __enter__(self):
         log = open(os.path.join(self.args.dir, "servers.log"), "a")
@@ -299,7 +306,7 @@ class CappedLegs:
             for leg in self.files:
                 port = free_port()
                 kit = Server("nbdkit-rate", ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port),
-                                             "--filter=rate", "file", leg, f"rate={self.rate}"],
+                                             "--filter=rate", "file", leg, f"rate={self.rate}"] + self.burst,
                              f"nbd://127.0.0.1:{port}/")
                 kit.start(log, port)
                 self.kits.append(kit)

@@ -18,6 +18,16 @@ which installs the tools and mounts the tmpfs.
   isa-l       xor_gen and pq_gen over 64 KiB chunks (3 data + P, + Q) on one
               core through ctypes on libisal.so.2, against the data bytes the
               server wrote per second of its CPU in write-rows
+  capped      the same legs each served by nbdkit capped by its rate filter
+              at CAP_RATE (10 MiB/s), where the legs are the limit:
+              write-rows, randwrite, healthy and degraded read-1m for striped
+              over 3, raid5 over 4 and raid6 over 5, each beside what the legs
+              would allow (leg_bytes: every leg's bytes for the job, from md's
+              layouts in tests/targets/parity.py), CAP_RUNTIME seconds a job
+              (2, after a 0.5 s ramp), CAP_ROUNDS rounds (2): about 60 s
+
+  --only capped (or tmpfs) runs that part alone; a longer capped run:
+  CAP_RUNTIME=10 CAP_ROUNDS=2 bash tests/bench/run.sh raid5 --only capped
 """
 import ctypes
 import ctypes.util
@@ -29,6 +39,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (its server and fio helpers)
 import raid  # noqa: E402  (legs, metas, raid_table)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "targets"))
+import parity  # noqa: E402  (md's layouts: the raid_parity tests' oracle)
 
 LEG_MB = 128
 SECTORS = LEG_MB * 2048  # per leg
@@ -36,6 +48,11 @@ CHUNK = 128              # sectors: 64 KiB
 DATA = 3                 # data legs of every array here
 ROW_KIB = DATA * CHUNK // 2
 ARRAY_MB = DATA * LEG_MB
+# Bits per second per leg (nbdkit's M: 2^20): 10 MiB/s, half raid.py's LEG_RATE, so that
+# striped's 4 KiB writes (7680 IOPS) are the legs' limit and not the two cores'.
+CAP_RATE = "80M"
+CAP_BURST = 0.25          # seconds of its rate an idle leg saves up: spent in the ramp
+CAP_RAMP = "500ms"
 
 
 def peers(args, flat):
@@ -78,6 +95,12 @@ def synced(args, name, table):
     """A dmnbd server of raid device r with `table`, started once before and
     stopped when its resync was done (raid6 takes no `nosync`, as in the
     kernel): the benchmark's own start finds the set in sync."""
+    resync(args, name, table)
+    return bench.dmnbd_devices(args, name, [("r", table)], "r")
+
+
+def resync(args, name, table):
+    """Serves raid device r with `table` until its resync is done."""
     s, port = bench.dmnbd_devices(args, name, [("r", table)], "r")
     s.start(open(os.path.join(args.dir, "servers.log"), "a"), port)
     try:
@@ -86,7 +109,6 @@ def synced(args, name, table):
                               st[6] == f"{SECTORS}/{SECTORS}")
     finally:
         s.stop()
-    return bench.dmnbd_devices(args, name, [("r", table)], "r")
 
 
 def write_bench(args, l):
@@ -150,9 +172,137 @@ def isal_rates(chunk=64 << 10, span=32 << 20, seconds=0.5):
     return out
 
 
+def leg_bytes(kind, n, requests, lost=None):
+    """The bytes each of n legs reads and writes for `requests` [(rw, offset,
+    length)] on the array: kind None is striped over n legs, else a dm-raid
+    type with its rows where md puts them (parity.place), written as dmnbd
+    writes (a whole row reads nothing; a part of one is a read-modify-write
+    or a reconstruct-write, whichever reads fewer blocks, a tie going to
+    reconstruct-write) and read as it reads (a row with a lost block asked
+    for: every other leg's column, once, data and P). ([reads], [writes])"""
+    chunk = CHUNK * 512
+    reads, writes = [0] * n, [0] * n
+    for rw, off, length in requests:
+        rows = {}  # row -> [(data index, start, end in the chunk)]
+        at = off
+        while at < off + length:
+            c, lo = divmod(at, chunk)
+            hi = min(chunk, lo + off + length - at)
+            rows.setdefault(c // DATA, []).append((c % DATA, lo, hi))
+            at += hi - lo
+        for row, pieces in rows.items():
+            if kind is None:
+                for k, lo, hi in pieces:
+                    (reads if rw == "r" else writes)[(row * DATA + k) % n] += hi - lo
+                continue
+            pd, qd, _, devs = parity.place(*parity.TYPES[kind], n, row)
+            par = [pd] + ([] if qd is None else [qd])
+            lo, hi = min(p[1] for p in pieces), max(p[2] for p in pieces)
+            asked = {k for k, _, _ in pieces}
+            if rw == "r":
+                if lost is not None and lost in (devs[k] for k in asked):
+                    for d in devs + [pd]:
+                        if d != lost:
+                            reads[d] += hi - lo
+                else:
+                    for k, a, b in pieces:
+                        reads[devs[k]] += b - a
+                continue
+            if len(asked) < DATA or hi - lo < chunk:
+                rmw, rcw = len(asked) + len(par), DATA - len(asked)
+                for d in ([devs[k] for k in range(DATA) if k not in asked] if rcw <= rmw
+                          else [devs[k] for k in asked] + par):
+                    reads[d] += hi - lo
+            for d in [devs[k] for k in asked] + par:
+                writes[d] += hi - lo
+    return reads, writes
+
+
+def expected(kind, n, requests, lost=None):
+    """What the legs allow `kind` over n legs, as a ratio to striped over
+    DATA legs doing `requests`: the busiest leg's bytes against striped's.
+    Two numbers: legs capping reads and writes apart (nbdkit's rate filter: a
+    link each way), and legs with one cap for both (a disk)."""
+    def busiest(loads):
+        r, w = loads
+        return max(max(r), max(w)), max(a + b for a, b in zip(r, w))
+    s, k = busiest(leg_bytes(None, DATA, requests)), busiest(leg_bytes(kind, n, requests, lost))
+    return s[0] / k[0], s[1] / k[1]
+
+
+def capped_bench(args, l):
+    """Every leg an nbdkit file server capped at CAP_RATE: the legs are the
+    limit, not the two cores. The sets' own metadata: raid5 `nosync` (its
+    healthy reads on a second, fresh set: the degraded one marks leg 0 lost
+    in the first's superblocks), raid6 resynced on the tmpfs before."""
+    m5, m5h = raid.metas(args, "cap-r5-meta", 4), raid.metas(args, "cap-r5h-meta", 4)
+    m6 = raid.metas(args, "cap-r6-meta", 5)
+
+    def r6(legs):
+        return raid.raid_table(DATA * SECTORS, "raid6_zr",
+                               f"{CHUNK} max_recovery_rate 100000000", m6, legs)
+    resync(args, "raid6-5", r6(l))
+    row = 5 * ROW_KIB << 10
+    cycle = 60  # rows: a whole number of raid5's and raid6's parity rotations
+    model = {"write-rows": [("w", i * row, row) for i in range(cycle // 5)],
+             "randwrite": [("w", c * CHUNK * 512, 4096) for c in range(cycle * DATA)],
+             "read-1m": [("r", i << 20, 1 << 20) for i in range(ARRAY_MB)]}
+    rt = [f"--runtime={args.cap_runtime}", "--time_based", f"--ramp_time={CAP_RAMP}",
+          f"--size={ARRAY_MB}m"]
+    wjobs = [("write-rows", "write", rt + [f"--bs={5 * ROW_KIB}k", "--iodepth=4"]),
+             ("randwrite", "randwrite", rt)]
+    rjobs = [("read-1m", "read", rt + ["--bs=1m", "--iodepth=4"])]
+    with bench.CappedLegs(args, l, CAP_RATE, CAP_BURST) as capped:
+        u = capped.uris
+        raid6 = bench.dmnbd_devices(args, "raid6-5", [("r", r6(u))], "r")
+        w = bench.run_set(args, [striped(args, u), raid5(args, "raid5-4", m5, u[:4]), raid6],
+                          wjobs, rounds=args.cap_rounds)
+        r = bench.run_set(args, [striped(args, u), raid5(args, "raid5-4", m5h, u[:4]), raid6,
+                                 raid5(args, "raid5-degraded", ["-"] + m5[1:], ["-"] + u[1:4])],
+                          rjobs, rounds=args.cap_rounds)
+    leg_bps = int(CAP_RATE[:-1]) * (1 << 20) // 8
+    print(f"\ncapped legs: every leg nbdkit's file plugin capped at {CAP_RATE}bit/s "
+          f"({leg_bps / (1 << 20):.0f} MiB/s each way), {args.cap_runtime:g} s a job, "
+          f"{args.cap_rounds} round(s)")
+    print(f"{'job':10} {'server':15} {'IOPS':>8} {'MiB/s':>7} {'p99_us':>8} {'srv_cores':>9} "
+          f"{'vs striped':>10} {'legs allow':>10} {'one cap':>8}")
+    rows = [(w, "write-rows", ("striped3", "raid5-4", "raid6-5")),
+            (w, "randwrite", ("striped3", "raid5-4", "raid6-5")),
+            (r, "read-1m", ("striped3", "raid5-4", "raid6-5", "raid5-degraded"))]
+    out = {}
+    for res, job, names in rows:
+        base = res[(job, "striped3")]["iops"]
+        for n in names:
+            x = res[(job, n)]
+            kind, legs, lost = {"striped3": (None, DATA, None), "raid5-4": ("raid5_ls", 4, None),
+                                "raid6-5": ("raid6_zr", 5, None),
+                                "raid5-degraded": ("raid5_ls", 4, 0)}[n]
+            exp = (1.0, 1.0) if kind is None else expected(kind, legs, model[job], lost)
+            out[(job, n)] = (x["iops"] / base, exp)
+            print(f"{job:10} {n:15} {x['iops']:8.0f} {x['mibs']:7.1f} {x['p99_us']:8.0f} "
+                  f"{x['srv_us'] * x['iops'] / 1e6:9.2f} "
+                  f"{x['iops'] / base:9.2f}x {exp[0]:9.2f}x {exp[1]:7.2f}x")
+    s_rows, s_rand = w[("write-rows", "striped3")], w[("randwrite", "striped3")]
+    print(f"  striped's legs at their cap? whole rows {s_rows['mibs']:.1f} MiB/s of "
+          f"{DATA * leg_bps / (1 << 20):.0f}, 4k writes {s_rand['iops']:.0f} IOPS of "
+          f"{DATA * leg_bps / 4096:.0f}")
+    print("  legs allow: the busiest leg's bytes against striped's (md's layouts, dmnbd's "
+          "reads and writes); one cap: the same were a leg's reads and writes to share its "
+          "cap, as a disk's; srv_cores: dmnbd's CPU (the nbdkit legs' not counted)")
+    return out
+
+
 def main():
-    args = bench.target_bench_args(__doc__)
+    def extra(ap):
+        ap.add_argument("--only", choices=("tmpfs", "capped"), help="run that part alone")
+        ap.add_argument("--cap-runtime", type=float,
+                        default=float(os.environ.get("CAP_RUNTIME", 2)))
+        ap.add_argument("--cap-rounds", type=int, default=int(os.environ.get("CAP_ROUNDS", 2)))
+    args = bench.target_bench_args(__doc__, extra)
     l = raid.legs(args, "leg", 5, LEG_MB)
+    if args.only == "capped":
+        capped_bench(args, l)
+        return
     w, m5 = write_bench(args, l)
     r = read_bench(args, l, m5)
     isal = isal_rates()
@@ -186,6 +336,9 @@ def main():
         print(f"  {n} write-rows: {data_bps / 1e6:.0f} MB/s of data on {cores:.2f} server cores, "
               f"{per_core / 1e6:.0f} MB/s per core; {fn} (streaming) would take "
               f"{per_core / isal[(fn, 'streaming')] * 100:.1f}% of that CPU")
+    if args.only != "tmpfs":
+        capped_bench(args, l)
+
 
 if __name__ == "__main__":
     main()

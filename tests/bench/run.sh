@@ -10,14 +10,17 @@
 #   bash tests/bench/run.sh mirror           # the mirror benchmark (mirror.py)
 #   bash tests/bench/run.sh raid             # the raid benchmark (raid.py)
 #   bash tests/bench/run.sh raid5            # raid5/raid6 against striped (raid5.py)
-#   RUNTIME=1 ROUNDS=1 bash tests/bench/run.sh raid5   # the same, short (about a minute)
+#   RUNTIME=1 ROUNDS=1 bash tests/bench/run.sh raid5   # the same, short (about two minutes)
+#   bash tests/bench/run.sh raid5 --only capped          # its capped-legs part alone (about a minute)
 #   bash tests/bench/run.sh crypt            # the crypt and LUKS benchmark (crypt.py)
+#   DMNBD=/path/to/dmnbd bash tests/bench/run.sh raid5   # that binary, no build
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
 bash "$root/.ci/packages.sh" install bench   # the bench role of the one package list
-[ -x "$root/build/dmnbd" ] || bash "$root/.ci/quickstart" build
+dmnbd=${DMNBD:-$root/build/dmnbd}   # DMNBD given: that binary, never a build
+[ -n "${DMNBD:-}" ] || [ -x "$dmnbd" ] || bash "$root/.ci/quickstart" build
 
 dir=${BENCH_DIR:-/tmp/dmnbd-bench}
 mkdir -p "$dir"
@@ -30,4 +33,4 @@ trap cleanup EXIT
 script=bench.py
 case ${1:-} in snapshot|mirror|raid|raid5|crypt) script=$1.py; shift;; esac
 # The system python: fast to start, and the one with Debian's packages.
-/usr/bin/python3 "$here/$script" --dir "$dir" --dmnbd "$root/build/dmnbd" "$@"
+/usr/bin/python3 "$here/$script" --dir "$dir" --dmnbd "$dmnbd" "$@"
