@@ -10,8 +10,9 @@ which installs the tools and mounts the tmpfs.
   write-rows  sequential writes of 5 rows (960 KiB: 5 x 3 x 64 KiB), aligned
               to rows, QD4: full-row writes, parity from the new data alone
   write-1m    sequential 1 MiB writes, QD4: rows cut in two by the request ends
-  randwrite   4 KiB random writes, QD16: a read-modify-write of data and parity
-              each (4 leg I/Os where striped does 1; raid6: 6)
+  randwrite   4 KiB random writes, QD16: each a reconstruct-write (2 reads, of
+              the other data, and 2 writes: 4 leg I/Os over 4 legs where striped
+              does 1 over 3; raid6: 2 reads and 3 writes over 5)
   randread / read-1m   healthy reads (4 KiB QD16, 1 MiB QD4), and degraded:
               raid5 with leg 0 given as `- -` (a quarter of its chunks read as
               the XOR of the other three legs' chunks)
@@ -322,8 +323,8 @@ def main():
               + f"  (degraded / healthy raid5 {ratio(r, job, 'raid5-degraded', 'raid5-4'):.2f}x)")
     rw, sw = w[("randwrite", "raid5-4")]["iops"], w[("randwrite", "striped3")]["iops"]
     print(f"  4k random writes: raid5 {rw:.0f} IOPS, {rw / sw:.2f}x striped's {sw:.0f}, beside "
-          f"the 0.25x of its 4 leg I/Os per write (raid6 {ratio(w, 'randwrite', 'raid6-5'):.2f}x, "
-          "beside 6 I/Os: 0.17x)")
+          f"the 0.33x of its 4 leg I/Os over 4 legs (raid6 {ratio(w, 'randwrite', 'raid6-5'):.2f}x, "
+          "5 over 5: 0.33x)")
     print("  degraded 4k reads: a quarter of them read the 3 other legs, 1.5 leg reads a read "
           "(0.67x where the legs are the limit)")
     print("\nISA-L on one core, 64 KiB blocks, 3 data blocks (GB/s of data in): "
