@@ -33,11 +33,6 @@ struct WriteSegment {
   std::vector<std::pair<unsigned, const std::byte*>> written;  // device, new bytes
 };
 
-namespace {
-// Rows are done in columns of at most this many sectors (64 KiB a leg).
-constexpr uint64_t kColumnSectors = 128;
-}  // namespace
-
 bool RaidTarget::holds(unsigned dev, uint64_t sector, uint64_t sectors) const {
   const RaidDevice& d = *devs_[dev];
   return d.usable() && (d.in_sync || sector + sectors <= d.recovery_offset.load());

@@ -19,7 +19,6 @@ namespace dmnbd::raid {
 namespace {
 
 constexpr uint64_t kStripeSectors = 8;  // RAID5_STRIPE_SECTORS
-constexpr uint64_t kColumnSectors = 128;
 
 }  // namespace
 

@@ -122,6 +122,9 @@ class RaidTarget final : public Target {
   Task<std::optional<DeferredPass::Clock::time_point>> clear_bitmap_bits();
 
   // ---- parity_io.cpp: raid4/5/6
+  // Rows are read, rebuilt and written in columns of at most this many
+  // sectors (64 KiB a leg), which bounds the buffers of one request.
+  static constexpr uint64_t kColumnSectors = 128;
   // One row's blocks of some device sectors, one per leg, in one buffer.
   struct RowBuffers {
     RowBuffers(size_t disks, uint64_t sectors);
