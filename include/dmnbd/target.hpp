@@ -35,6 +35,10 @@ struct TargetContext {
   // resume; a target's presuspend may then requeue I/O it holds
   // (requeue_status()) instead of failing it. Any thread.
   std::function<bool()> noflush_suspending = [] { return false; };
+  // dm_table_get_md(): the device this table is loaded into (null where a
+  // table is built on its own, as in tests). thin-pool keys its pool by it,
+  // and a thin line finds the pool through the pool's device.
+  const BlockDevice* mapped_device = nullptr;
 
   // dm_get_device(): resolves `name`. The areas a target uses are checked
   // against their devices' sizes once it is built (Target::device_areas).

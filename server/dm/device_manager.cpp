@@ -119,8 +119,9 @@ void DeviceManager::check_name(const std::string& name) {
 Task<std::shared_ptr<Table>> DeviceManager::build_table(const std::shared_ptr<Device>& device,
                                                         const std::string& text) {
   Resolver resolver(*this, *device);
-  std::shared_ptr<Table> table = Table::build(text, resolver, device->read_only(),
-                                              device->event_callback(), device->noflush_callback());
+  std::shared_ptr<Table> table =
+      Table::build(text, resolver, device->read_only(), device->event_callback(),
+                   device->noflush_callback(), device.get());
   co_await table->open();
   co_return table;
 }

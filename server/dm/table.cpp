@@ -110,7 +110,8 @@ void check_device_areas(const Target& target, const NamingResolver& names) {
 
 std::shared_ptr<Table> Table::build(std::string_view text, DeviceResolver& resolver, bool read_only,
                                     std::function<void()> raise_event,
-                                    std::function<bool()> noflush_suspending) {
+                                    std::function<bool()> noflush_suspending,
+                                    const BlockDevice* mapped_device) {
   auto table = std::make_shared<Table>();
   NamingResolver naming(resolver);
   std::vector<TableLine> lines = parse_table_text(text);
@@ -133,7 +134,8 @@ std::shared_ptr<Table> Table::build(std::string_view text, DeviceResolver& resol
                       .read_only = read_only,
                       .resolver = naming,
                       .raise_event = raise_event,
-                      .noflush_suspending = noflush_suspending};
+                      .noflush_suspending = noflush_suspending,
+                      .mapped_device = mapped_device};
     try {
       std::unique_ptr<Target> target = type->create(ctx, line.args);
       check_device_areas(*target, naming);

@@ -37,7 +37,7 @@
 #include "raid_layout.hpp"
 #include "raid_params.hpp"
 #include "region_barrier.hpp"
-#include "stripe_lock.hpp"
+#include "dmnbd/key_locks.hpp"
 #include "write_intent_bitmap.hpp"
 
 namespace dmnbd::raid {
@@ -177,7 +177,7 @@ class RaidTarget final : public Target {
   std::vector<std::unique_ptr<RaidDevice>> devs_;
   Geometry geometry_;
   std::optional<ParityGeometry> parity_;  // raid4/5/6
-  StripeLocks stripe_locks_;
+  KeyLocks stripe_locks_;
   uint64_t dev_sectors_ = 0;    // md's dev_sectors
   uint64_t array_sectors_ = 0;  // md's array_sectors
   uint32_t layout_ = 0;         // md layout in use

@@ -14,7 +14,7 @@
 
 #include "../../targets/raid/parity_layout.hpp"
 #include "../../targets/raid/parity_math.hpp"
-#include "../../targets/raid/stripe_lock.hpp"
+#include "dmnbd/key_locks.hpp"
 #include "devices/crash_device.hpp"
 #include "dmnbd/when_all.hpp"
 #include "raid_fixture.hpp"
@@ -227,7 +227,7 @@ TEST(ParityMathTest, EveryOneOrTwoLostBlocksAreRebuiltAndRmwEqualsRecompute) {
 // ---- The stripe lock.
 
 TEST(StripeLockTest, OneRowAtATimeOtherRowsAlongside) {
-  raid::StripeLocks locks;
+  KeyLocks locks;
   std::vector<int> order;
   auto holder = [&](uint64_t row, int id, int ms) -> Task<Status> {
     auto guard = co_await locks.lock(row);

@@ -58,7 +58,8 @@ class Table {
   static std::shared_ptr<Table> build(
       std::string_view text, DeviceResolver& resolver, bool read_only,
       std::function<void()> raise_event = [] {},
-      std::function<bool()> noflush_suspending = [] { return false; });
+      std::function<bool()> noflush_suspending = [] { return false; },
+      const BlockDevice* mapped_device = nullptr);
   // Every target's open(), in line order. On a failure the table is torn
   // down (the kernel's dtr of what was constructed) and TableError names
   // the line.
