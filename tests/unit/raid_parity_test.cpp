@@ -14,8 +14,8 @@
 
 #include "../../targets/raid/parity_layout.hpp"
 #include "../../targets/raid/parity_math.hpp"
-#include "dmnbd/key_locks.hpp"
 #include "devices/crash_device.hpp"
+#include "dmnbd/key_locks.hpp"
 #include "dmnbd/when_all.hpp"
 #include "raid_fixture.hpp"
 
