@@ -30,6 +30,7 @@
 #include "dmnbd/deferred_pass.hpp"
 #include "dmnbd/group_commit.hpp"
 #include "dmnbd/kcopyd.hpp"
+#include "dmnbd/key_locks.hpp"
 #include "dmnbd/target.hpp"
 #include "metadata_format.hpp"
 #include "parity_layout.hpp"
@@ -37,7 +38,6 @@
 #include "raid_layout.hpp"
 #include "raid_params.hpp"
 #include "region_barrier.hpp"
-#include "dmnbd/key_locks.hpp"
 #include "write_intent_bitmap.hpp"
 
 namespace dmnbd::raid {
