@@ -41,4 +41,15 @@ class TargetError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A refusal that is the kernel's errno (a message's -EEXIST, -ENODATA, ...):
+// the control socket answers with that errno, the text is strerror's.
+class TargetErrno : public TargetError {
+ public:
+  explicit TargetErrno(int e) : TargetError(std::generic_category().message(e)), errno_(e) {}
+  int error_number() const { return errno_; }
+
+ private:
+  int errno_;
+};
+
 }  // namespace dmnbd

@@ -14,6 +14,7 @@
 #include "dmnbd/target.hpp"
 #include "luks/luks_volume.hpp"
 #include "luks_passphrase.hpp"
+#include "thin_check.hpp"
 
 namespace dmnbd::cli {
 namespace {
@@ -33,6 +34,9 @@ struct Options {
   std::string origin, cow;
   uint64_t cow_size = 0, chunk = 8;
   bool transient = false;
+  // thin
+  std::string pool, meta, data, of;
+  uint64_t block_size = 128, meta_size = 0, data_size = 0, thin_size = 0;
   // luks open
   std::string volume, key_file;
   bool allow_discards = false;
@@ -75,6 +79,40 @@ json luks_close_request(const Options& o) {
                       (type.empty() ? "nothing" : type) + ")");
     }
   return json{{"cmd", "remove"}, {"name", o.name}};
+}
+
+// `thin check`: a file is checked here; a pool's name is asked for its
+// metadata file, which is checked once the pool is suspended.
+int run_thin_check(const Options& o) {
+  std::error_code ec;
+  if (std::filesystem::exists(o.meta, ec)) return thin_check(o.meta, std::cout, std::cerr);
+  try {
+    const json answer = call(control_socket(o), json{{"cmd", "table"}, {"name", o.meta}});
+    if (!answer.value("ok", false)) throw Refused(answer.value("error", "failed"));
+    std::string start, length, type, metadata;
+    for (const auto& device : answer["devices"])
+      for (const auto& line : device["lines"]) {
+        std::istringstream words(line.get<std::string>());
+        words >> start >> length >> type >> metadata;
+      }
+    if (type != "thin-pool") throw Refused(o.meta + " is not a thin pool");
+    const json info = call(control_socket(o), json{{"cmd", "info"}, {"name", o.meta}});
+    bool suspended = false;
+    for (const auto& device : info.value("devices", json::array()))
+      suspended = suspended || device.value("state", "") == "SUSPENDED";
+    if (!suspended)
+      throw Refused(o.meta + " is live: suspend it first (its metadata changes under a check)");
+    std::filesystem::path path(metadata);
+    if (!std::filesystem::exists(path, ec))
+      throw Refused("the metadata " + metadata + " is not a file here: give its path");
+    return thin_check(metadata, std::cout, std::cerr);
+  } catch (const Unreachable& e) {
+    std::cerr << "dmnbd: " << e.what() << "\n";
+    return 3;
+  } catch (const Refused& e) {
+    std::cerr << "dmnbd thin check: " << e.what() << "\n";
+    return 1;
+  }
 }
 
 std::string read_table(const Options& o) {
@@ -419,6 +457,66 @@ std::function<int()> add_control_commands(CLI::App& app) {
       ->add_option("name", o->name, "The snapshot device")
       ->required();
 
+  // Thin volumes as lvcreate --thin and lvremove make them (the README's walk-through).
+  CLI::App* thin = app.add_subcommand("thin", "Thin pools and volumes, as LVM makes them");
+  thin->require_subcommand(1);
+  auto print_table = [](const json& r) { std::cout << r["table"].get<std::string>() << "\n"; };
+  auto* create_pool = verb_of(
+      *thin, "create-pool",
+      "Create pool NAME on a metadata and a data file (made, zeroed, when missing and sized), "
+      "over all of the data file's whole blocks",
+      [o] {
+        return json{{"cmd", "thin-create-pool"},
+                    {"name", o->name},
+                    {"meta", o->meta},
+                    {"data", o->data},
+                    {"block_size", o->block_size},
+                    {"meta_size", o->meta_size},
+                    {"data_size", o->data_size}};
+      },
+      print_table);
+  create_pool->add_option("name", o->name, "The pool device to create")->required();
+  create_pool->add_option("--meta", o->meta, "Metadata file or device")->required();
+  create_pool->add_option("--data", o->data, "Data file or device")->required();
+  create_pool->add_option("--block-size", o->block_size, "Data block in sectors (default 128)");
+  create_pool->add_option("--meta-size", o->meta_size, "Size of a new metadata file (e.g. 16M)")
+      ->transform(CLI::AsSizeValue(false));
+  create_pool->add_option("--data-size", o->data_size, "Size of a new data file (e.g. 10G)")
+      ->transform(CLI::AsSizeValue(false));
+  auto* thin_create = verb_of(
+      *thin, "create", "Create thin volume NAME of SIZE on POOL (the next free device id)",
+      [o] {
+        return json{
+            {"cmd", "thin-create"}, {"name", o->name}, {"pool", o->pool}, {"size", o->thin_size}};
+      },
+      print_table);
+  thin_create->add_option("name", o->name, "The thin device to create")->required();
+  thin_create->add_option("--pool", o->pool, "The pool device")->required();
+  thin_create->add_option("--size", o->thin_size, "Its size (e.g. 1G)")
+      ->required()
+      ->transform(CLI::AsSizeValue(false));
+  auto* thin_snap = verb_of(
+      *thin, "snapshot",
+      "Snapshot thin volume THIN as NAME: suspend THIN, create_snap, resume, create NAME",
+      [o] {
+        return json{{"cmd", "thin-snapshot"}, {"name", o->name}, {"of", o->of}};
+      },
+      print_table);
+  thin_snap->add_option("name", o->name, "The snapshot device to create")->required();
+  thin_snap->add_option("--of", o->of, "The thin volume to snapshot")->required();
+  verb_of(*thin, "remove", "Remove thin volume NAME and delete its device id from its pool",
+          [o] {
+            return json{{"cmd", "thin-remove"}, {"name", o->name}};
+          })
+      ->add_option("name", o->name, "The thin device")
+      ->required();
+  CLI::App* thin_check_cmd = thin->add_subcommand(
+      "check",
+      "Check a pool's metadata (a file or device, or POOL's metadata file when the pool is "
+      "suspended): every reference count, both space maps, the trees; no server needed for a file");
+  thin_check_cmd->add_option("metadata", o->meta, "Metadata file or device, or a pool's name")
+      ->required();
+
   // LUKS volumes, opened and closed as cryptsetup open and close do.
   CLI::App* luks =
       app.add_subcommand("luks", "Open or close a LUKS volume made by cryptsetup luksFormat");
@@ -447,7 +545,8 @@ std::function<int()> add_control_commands(CLI::App& app) {
       ->add_option("name", o->name, "The crypt device")
       ->required();
 
-  return [o, verbs] {
+  return [o, verbs, thin_check_cmd] {
+    if (*thin_check_cmd) return run_thin_check(*o);
     for (const auto& [sub, make_request, print, explain] : verbs) {
       if (!*sub) continue;
       const CLI::App* parent = sub->get_parent();

@@ -8,6 +8,7 @@
 #include "dmnbd/target.hpp"
 #include "request_fields.hpp"
 #include "snapshot_verbs.hpp"
+#include "thin_verbs.hpp"
 
 namespace dmnbd::control {
 namespace {
@@ -220,6 +221,22 @@ Task<json> verb_snapshot_remove(DeviceManager& devices, const json& req, Name) {
   co_return co_await snapshot_remove(devices, req);
 }
 
+Task<json> verb_thin_create_pool(DeviceManager& devices, const json& req, Name) {
+  co_return co_await thin_create_pool(devices, req);
+}
+
+Task<json> verb_thin_create(DeviceManager& devices, const json& req, Name) {
+  co_return co_await thin_create(devices, req);
+}
+
+Task<json> verb_thin_snapshot(DeviceManager& devices, const json& req, Name) {
+  co_return co_await thin_snapshot(devices, req);
+}
+
+Task<json> verb_thin_remove(DeviceManager& devices, const json& req, Name) {
+  co_return co_await thin_remove(devices, req);
+}
+
 struct Verb {
   const char* name;
   bool needs_name;  // a device 'name' is required (else optional: all devices)
@@ -247,6 +264,10 @@ constexpr Verb kVerbs[] = {
     {"snapshot-create", true, verb_snapshot_create},
     {"snapshot-merge", true, verb_snapshot_merge},
     {"snapshot-remove", true, verb_snapshot_remove},
+    {"thin-create-pool", true, verb_thin_create_pool},
+    {"thin-create", true, verb_thin_create},
+    {"thin-snapshot", true, verb_thin_snapshot},
+    {"thin-remove", true, verb_thin_remove},
 };
 
 Task<json> dispatch(DeviceManager& devices, const json& req) {

@@ -13,101 +13,12 @@
 
 #include "dm/table.hpp"
 #include "request_fields.hpp"
+#include "verb_steps.hpp"
 
 namespace dmnbd::control {
 namespace {
 
 namespace fs = std::filesystem;
-
-// One step of a verb, and how to take it back if a later step fails.
-struct Step {
-  std::string what;
-  std::function<Task<void>()> run;
-  std::function<Task<void>()> undo;  // none: nothing to take back
-};
-
-// The steps the verbs are made of. Each lambda keeps what it needs by value:
-// it lives in its Step, which outlives the coroutine it makes.
-Step suspend_step(DeviceManager& devices, const std::string& name) {
-  return {"suspend " + name,
-          [&devices, name]() -> Task<void> { co_await devices.suspend(name, false); },
-          [&devices, name]() -> Task<void> { co_await devices.resume(name); }};
-}
-
-Step resume_step(DeviceManager& devices, const std::string& name) {
-  return {"resume " + name, [&devices, name]() -> Task<void> { co_await devices.resume(name); },
-          nullptr};
-}
-
-// Into the inactive slot; undone by clearing it. `what` names the table.
-Step load_step(DeviceManager& devices, const std::string& name, const std::string& table,
-               const std::string& what) {
-  return {"load " + what + " into " + name,
-          [&devices, name, table]() -> Task<void> { co_await devices.load(name, table); },
-          [&devices, name]() -> Task<void> { co_await devices.clear(name); }};
-}
-
-// Taking it back removes the device again.
-Step create_step(DeviceManager& devices, const std::string& name, const std::string& table,
-                 const CreateOptions& options) {
-  return {"create " + name,
-          [&devices, name, table, options]() -> Task<void> {
-            co_await devices.create(name, table, options);
-          },
-          [&devices, name]() -> Task<void> { co_await devices.remove(name, false); }};
-}
-
-Step remove_step(DeviceManager& devices, const std::string& name) {
-  return {"remove " + name,
-          [&devices, name]() -> Task<void> { co_await devices.remove(name, false); }, nullptr};
-}
-
-// Runs the steps in order; on a failure, undoes the finished ones newest
-// first and throws the failure, naming its step.
-Task<void> run_steps(const std::string& verb, std::vector<Step>& steps) {
-  std::optional<ControlError> failure;
-  size_t done = 0;
-  for (; done < steps.size() && !failure; ++done) {
-    try {
-      co_await steps[done].run();
-    } catch (const ControlError& e) {
-      failure.emplace(e.error_number(), steps[done].what + ": " + e.what());
-    } catch (const TableError& e) {
-      failure.emplace(EINVAL, steps[done].what + ": " + e.what());
-    } catch (const std::exception& e) {
-      failure.emplace(EIO, steps[done].what + ": " + e.what());
-    }
-  }
-  if (!failure) co_return;
-  for (size_t i = done - 1; i-- > 0;) {
-    if (!steps[i].undo) continue;
-    std::optional<std::string> undo_failed;
-    try {
-      co_await steps[i].undo();
-    } catch (const std::exception& e) {
-      undo_failed = e.what();
-    }
-    if (undo_failed)
-      spdlog::error("{}: taking back '{}' failed: {}", verb, steps[i].what, *undo_failed);
-  }
-  throw *failure;
-}
-
-// A device's live table when it is one line: its target type and words.
-struct OneLine {
-  std::string type;
-  std::vector<std::string> words;
-};
-
-std::optional<OneLine> one_line(const Device& device) {
-  auto table = device.live_table();
-  if (!table || table->entries().size() != 1) return std::nullopt;
-  const Table::Entry& entry = table->entries().front();
-  OneLine line{entry.type, {}};
-  std::istringstream in(entry.target->table());
-  for (std::string w; in >> w;) line.words.push_back(w);
-  return line;
-}
 
 // The devices whose live table is a `type` line whose first word is `dev`.
 std::vector<std::shared_ptr<Device>> lines_on(DeviceManager& devices, const std::string& type,
@@ -142,28 +53,6 @@ SnapshotStack find_stack(DeviceManager& devices, const std::string& name) {
   if (auto real = devices.find(stack.real); siblings.empty() && real && real->live_table())
     stack.real_table_if_last = real->live_table()->table_text(Table::Keys::shown);
   return stack;
-}
-
-// Makes a new COW file of `bytes`: all zeroes, so the snapshot's first load
-// writes a fresh header. An existing file is used as it is (its snapshot,
-// if it holds one, is loaded), never truncated.
-bool create_cow_file(const fs::path& path, uint64_t bytes) {
-  std::error_code ec;
-  if (fs::exists(path, ec)) return false;
-  if (bytes == 0)
-    throw ControlError(EINVAL, path.string() + " does not exist: give its size to create it");
-  if (bytes % 512) throw ControlError(EINVAL, "the COW size must be a multiple of 512 bytes");
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0)
-    throw ControlError(errno, "cannot create " + path.string() + ": " + std::strerror(errno));
-  const bool sized = ::ftruncate(fd, static_cast<off_t>(bytes)) == 0;
-  const int err = errno;
-  ::close(fd);
-  if (!sized) {
-    fs::remove(path, ec);
-    throw ControlError(err, "cannot size " + path.string() + ": " + std::strerror(err));
-  }
-  return true;
 }
 
 // The merge's progress from the merging device's status line, as
@@ -222,16 +111,7 @@ Task<json> snapshot_create(DeviceManager& devices, const json& req) {
   const CreateOptions real_options{.read_only = origin->read_only()};
 
   std::vector<Step> steps;
-  steps.push_back({"create the COW file " + cow,
-                   [&]() -> Task<void> {
-                     if (!create_cow_file(cow_path, size)) steps[0].undo = nullptr;
-                     co_return;
-                   },
-                   [&]() -> Task<void> {
-                     std::error_code ec;
-                     fs::remove(cow_path, ec);
-                     co_return;
-                   }});
+  steps.push_back(new_file_step(cow_path, size, "the COW file " + cow));
   steps.push_back(suspend_step(devices, origin_name));
   if (!has_snapshots) steps.push_back(create_step(devices, real, real_table, real_options));
   steps.push_back(create_step(devices, name, snapshot_table, {}));

@@ -267,6 +267,8 @@ Task<std::string> DeviceManager::message(const std::string& name, uint64_t secto
   if (words.empty()) throw ControlError(EINVAL, name + ": Empty message received.");
   try {
     co_return co_await entry->target->message(std::move(words));
+  } catch (const TargetErrno& e) {
+    throw ControlError(e.error_number(), name + ": " + entry->type + ": " + e.what());
   } catch (const TargetError& e) {
     throw ControlError(EINVAL, name + ": " + entry->type + ": " + e.what());
   }

@@ -404,7 +404,7 @@ bool read_dev_id(const std::string& arg, uint32_t& id, bool warn) {
 void check_arg_count(const std::vector<std::string>& words, size_t required) {
   if (words.size() == required) return;
   spdlog::warn("thin: Message received with {} arguments instead of {}.", words.size(), required);
-  throw TargetError("Invalid argument");
+  throw TargetErrno(EINVAL);
 }
 
 }  // namespace
@@ -413,7 +413,7 @@ Task<std::string> Pool::message(std::vector<std::string> words) {
   if (mode() >= PoolMode::out_of_metadata_space) {
     spdlog::error("thin: {}: unable to service pool target messages in READ_ONLY or FAIL mode",
                   mapped_device_ ? mapped_device_->name() : "pool");
-    throw TargetError("Operation not supported");
+    throw TargetErrno(EOPNOTSUPP);
   }
   const std::string& verb = words.at(0);
   // The failure's words are logged as the kernel's DMWARN; the caller sees errno's.
@@ -421,11 +421,11 @@ Task<std::string> Pool::message(std::vector<std::string> words) {
   Status st;
   {
     auto guard = co_await lock_metadata();
-    if (!pmd_) throw TargetError("Input/output error");
+    if (!pmd_) throw TargetErrno(EIO);
     uint32_t id = 0, origin = 0;
     if (same_word(verb, "create_thin")) {
       check_arg_count(words, 2);
-      if (!read_dev_id(words[1], id, true)) throw TargetError("Invalid argument");
+      if (!read_dev_id(words[1], id, true)) throw TargetErrno(EINVAL);
       st = co_await pmd_->create_thin(id);
       if (st)
         failed =
@@ -433,14 +433,14 @@ Task<std::string> Pool::message(std::vector<std::string> words) {
     } else if (same_word(verb, "create_snap")) {
       check_arg_count(words, 3);
       if (!read_dev_id(words[1], id, true) || !read_dev_id(words[2], origin, true))
-        throw TargetError("Invalid argument");
+        throw TargetErrno(EINVAL);
       st = co_await pmd_->create_snap(id, origin);
       if (st)
         failed =
             fmt::format("Creation of new snapshot {} of device {} failed.", words[1], words[2]);
     } else if (same_word(verb, "delete")) {
       check_arg_count(words, 2);
-      if (!read_dev_id(words[1], id, true)) throw TargetError("Invalid argument");
+      if (!read_dev_id(words[1], id, true)) throw TargetErrno(EINVAL);
       if (open_thins_.count(id) && pmd_->device_exists(id))
         st = errno_status(EBUSY);
       else
@@ -451,11 +451,11 @@ Task<std::string> Pool::message(std::vector<std::string> words) {
       uint64_t current = 0, next = 0;
       if (!parse_u64(words[1], current)) {
         spdlog::warn("thin: set_transaction_id message: Unrecognised id {}.", words[1]);
-        throw TargetError("Invalid argument");
+        throw TargetErrno(EINVAL);
       }
       if (!parse_u64(words[2], next)) {
         spdlog::warn("thin: set_transaction_id message: Unrecognised new id {}.", words[2]);
-        throw TargetError("Invalid argument");
+        throw TargetErrno(EINVAL);
       }
       st = pmd_->set_transaction_id(current, next);
       if (st) {
@@ -478,13 +478,13 @@ Task<std::string> Pool::message(std::vector<std::string> words) {
       if (st) failed = "release_metadata_snap message failed.";
     } else {
       spdlog::warn("thin: Unrecognised thin pool target message received: {}", verb);
-      throw TargetError("Invalid argument");
+      throw TargetErrno(EINVAL);
     }
     if (!st) (void)co_await commit_locked();
   }
   if (st) {
     spdlog::warn("thin: {}", failed);
-    throw TargetError(std::generic_category().message(st.value()));
+    throw TargetErrno(st.value());
   }
   co_return std::string();
 }
