@@ -3,7 +3,7 @@
 # nbd-client / dmsetup / e2fsprogs, the host-built static /sbin/blkprobe).
 # Parameters come from /etc/nbdvm.env (written by run.sh):
 #   NBD_HOST NBD_PORT   where dmnbd answers (QEMU forwards it to the host's socket)
-#   RUN_E2E RUN_ORACLE RUN_LW RUN_SNAP RUN_MIRROR RUN_CRYPT RUN_RAID  1 or 0
+#   RUN_E2E RUN_ORACLE RUN_LW RUN_SNAP RUN_MIRROR RUN_CRYPT RUN_THIN RUN_RAID  1 or 0
 #   LW_SEQ              the log-writes sequence (run.sh's LW_SEQ; the host runs
 #                       the same one against dmnbd's log-writes)
 #   ERR_OUT             byte offset in /dev/vda for the copy of the error device
@@ -15,10 +15,12 @@
 #   MIR_D               1 when dmnbd wrote its mirror files (exports md-*)
 #   MIR_M               1 to resync the model's files too (exports mm-*; run.sh
 #                       sets 0 when dmnbd's files are byte-identical to them)
+#   THIN_POOL THIN_SECTORS  the thin check: pool and thin device sectors
 # Snapshot sequences: /etc/snap/ops, ops2, data.bin (snapshot.py prepare).
 # Mirror: /etc/mirror/a.bin (pattern A), leg1s.table, tables (mirror.py prepare).
 # Raid: /etc/raid/ (raid.py prepare; see raid() below).
 # Crypt: /etc/crypt/ (cryptvols.py prepare; see crypt() below).
+# Thin: /etc/thin/ops, data.bin (thin.py prepare; see thin() below).
 # Oracle plan: /etc/oracle/backing ("LETTER /dev/nbdN EXPORT" per line),
 # /etc/oracle/plan ("NAME OUT_OFFSET" per line), /etc/oracle/NAME.table.
 # Output protocol (serial console, parsed by run.sh / oracle.py):
@@ -32,6 +34,7 @@
 #   NBDVM-MIRROR dev|status|table|polls …    the kernel's mirror (mirror.py check)
 #   NBDVM-RAID dev|status|table|sha|…        the kernel's raid (raid.py check)
 #   NBDVM-CRYPT sha|wrote|verity|vstatus …   LUKS and verity (cryptvols.py check)
+#   NBDVM-THIN status|table|sha …            the kernel's thin-pool (thin.py check)
 #   NBDVM-RESULT: PASS|FAIL
 export DM_DISABLE_UDEV=1
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
@@ -543,6 +546,100 @@ crypt() {
   echo "NBDVM-TIME crypt $t -> $(up)"
 }
 
+# ------------------------------------------------------------------ thin
+# The kernel's dm-thin against dmnbd's thin-pool / thin (run.sh, thin.py).
+# /etc/thin/ops is the sequence, one op a line: "msg WORDS" (a pool
+# message), "create DEV ID" (a thin device of THIN_SECTORS), "w DEV SECTOR
+# COUNT DATA_OFFSET" (the payload at byte DATA_OFFSET of /etc/thin/data.bin;
+# one dd oflag=direct), "flush DEV" (fsync: an empty flush), "suspend DEV",
+# "resume DEV", "discard DEV SECTOR COUNT" (BLKDISCARD). Exports, each a file
+# on the host: th-dc-meta, th-dc-data (copies of the pool dmnbd wrote with
+# the sequence), th-k-meta, th-k-data (zeroed), on /dev/nbd0-3.
+#  K1. the pool over dmnbd's files, the same pool and thin tables
+#      ("0 THIN_POOL thin-pool META DATA 128 0", "0 THIN_SECTORS thin POOL
+#      ID"): the statuses, tables and sha256 of thin1 and thin2; removed.
+#  K2. a pool over the zeroed files: its first status; the sequence; the
+#      statuses, tables, sha256; removed (the kernel commits). After the
+#      boot dmnbd opens these files and writes to them.
+# The lines: NBDVM-THIN status STEP DEV first|end [LINE] | table STEP DEV
+# [LINE] | sha STEP DEV HEX, DEV pool|thin1|thin2 (thin.py check).
+thin_out() { echo "NBDVM-THIN $*"; }
+# thin_report STEP P PHASE: P-pool, P-thin1, P-thin2 (one dmsetup status and
+# one dmsetup table for all: a dmsetup call costs ~0.25 s under TCG; with
+# more than one device dmsetup puts "NAME: " first)
+thin_report() {
+  dmsetup status < /dev/null > /tmp/thin.st; dmsetup table < /dev/null > /tmp/thin.tb
+  awk -v st="$1" -v p="$2-" -v ph="$3" 'FNR == 1 {f++}
+    { n = $1; sub(/:$/, "", n); if (index(n, p) != 1) next; x = substr(n, length(p) + 1)
+      if (x != "pool" && x != "thin1" && x != "thin2") next
+      sub(/^[^:]*: /, "")
+      if (f == 1) print "NBDVM-THIN status " st " " x " " ph " [" $0 "]"
+      else print "NBDVM-THIN table " st " " x " [" $0 "]" }' /tmp/thin.st /tmp/thin.tb
+  for x in thin1 thin2; do
+    [ -e "/dev/mapper/$2-$x" ] && thin_out sha "$1" $x "$(sha "/dev/mapper/$2-$x")"
+  done
+}
+thin_remove() { # STEP P: the thins, then the pool, in one dmsetup call
+  rm_l=""
+  for x in thin2 thin1 pool; do [ -e "/dev/mapper/$2-$x" ] && rm_l="$rm_l $2-$x"; done
+  [ -n "$rm_l" ] && chk "thin-$1-remove" dmsetup remove $rm_l < /dev/null
+}
+thin_run() { # STEP P: /etc/thin/ops on P-pool
+  bad="" nw=0
+  while read -r op x y z o; do
+    case $op in
+      msg) dmsetup message "$2-pool" 0 $x $y $z;;
+      create) dmsetup create "$2-$x" --table "0 $THIN_SECTORS thin /dev/mapper/$2-pool $y";;
+      w) nw=$((nw + 1))
+         dd if=/etc/thin/data.bin of="/dev/mapper/$2-$x" bs=$((z * 512)) count=1 skip="$o" iflag=skip_bytes \
+            seek=$((y * 512)) oflag=seek_bytes,direct conv=notrunc status=none;;
+      flush) blkprobe flush "/dev/mapper/$2-$x";;
+      suspend|resume) dmsetup "$op" "$2-$x";;
+      discard) blkdiscard -o $((y * 512)) -l $((z * 512)) "/dev/mapper/$2-$x";;
+      *) echo "unknown op"; false;;
+    esac < /dev/null > /tmp/thin.out 2>&1 || bad="$bad [$op $x $y $z: $(tr '\n' ' ' < /tmp/thin.out)]"
+  done < /etc/thin/ops
+  if [ -z "$bad" ]; then res "thin-$1-sequence" PASS "($(wc -l < /etc/thin/ops) steps, $nw dd oflag=direct writes)"
+  else res "thin-$1-sequence" FAIL "(failed:$bad)"; fi
+}
+thin() {
+  t=$(up)
+  modprobe dm-thin-pool || { res modprobe-dm-thin-pool FAIL; return; }
+  # (in the background: nbd-client takes ~0.5 s of CPU under TCG)
+  n=0
+  for x in th-dc-meta th-dc-data th-k-meta th-k-data; do
+    (attach /dev/nbd$n $x -b 512 < /dev/null > /tmp/th$n.out 2>&1; echo $? > /tmp/th$n.rc) &
+    n=$((n + 1))
+  done
+  wait
+  n=0 thok=1
+  for x in th-dc-meta th-dc-data th-k-meta th-k-data; do
+    if [ "$(cat /tmp/th$n.rc)" = 0 ]; then res "thin-attach-$x" PASS
+    else sed 's/^/    | /' /tmp/th$n.out; res "thin-attach-$x" FAIL "(nbd$n)"; thok=0; fi
+    n=$((n + 1))
+  done
+  t0=$(up)
+  # K1. the kernel opens the pool dmnbd wrote
+  if [ $thok = 1 ] && chk thin-K1-create-pool dmsetup create r-pool --table "0 $THIN_POOL thin-pool /dev/nbd0 /dev/nbd1 128 0" < /dev/null; then
+    chk thin-K1-create-thin1 dmsetup create r-thin1 --table "0 $THIN_SECTORS thin /dev/mapper/r-pool 1" < /dev/null &&
+      chk thin-K1-create-thin2 dmsetup create r-thin2 --table "0 $THIN_SECTORS thin /dev/mapper/r-pool 2" < /dev/null &&
+      thin_report K1 r first
+    thin_remove K1 r
+  fi
+  t1=$(up)
+  # K2. the kernel runs the sequence on a new pool
+  if [ $thok = 1 ] && chk thin-K2-create-pool dmsetup create k-pool --table "0 $THIN_POOL thin-pool /dev/nbd2 /dev/nbd3 128 0" < /dev/null; then
+    thin_out status K2 pool first "[$(dmsetup status k-pool < /dev/null)]"
+    thin_run K2 k
+    thin_report K2 k end
+    thin_remove K2 k
+  fi
+  t2=$(up)
+  for n in 0 1 2 3; do detach /dev/nbd$n; done
+  dmesg | grep -E 'device-mapper: thin' | tail -10 | sed 's/^/NBDVM-DMESG thin /'
+  echo "NBDVM-TIME thin $t -> $(up) (attach: $t -> $t0, K1: $t0 -> $t1, K2: $t1 -> $t2, detach: $t2 -> $(up))"
+}
+
 # ------------------------------------------------------------------ raid
 # The kernel's dm-raid against dmnbd's raid (run.sh, raid.py). /etc/raid/:
 # sets ("SET LENGTH ROLES..."), SET.table and SET.degraded (placeholders $M0
@@ -898,6 +995,7 @@ raid() {
 [ "${RUN_SNAP:-1}" = 1 ] && snapshot
 [ "${RUN_MIRROR:-1}" = 1 ] && mirror
 [ "${RUN_CRYPT:-1}" = 1 ] && crypt
+[ "${RUN_THIN:-1}" = 1 ] && thin
 [ "${RUN_RAID:-1}" = 1 ] && raid
 echo "NBDVM-TARGETS $(dmsetup targets | tr '\n' ' ')"
 # kernel messages were kept off the console (loglevel=3); show the interesting ones

@@ -2,7 +2,7 @@
 # run.sh - dmnbd under the REAL Linux kernel: nbd client, ext4 and device-mapper
 # in a QEMU guest booted from Debian's own kernel package (ctest: kernel.vm).
 #
-#   bash tests/kernel/run.sh [--tables FILE]... [--only e2e|oracle|logwrites|snapshot|mirror|crypt|raid] [--keep]
+#   bash tests/kernel/run.sh [--tables FILE]... [--only e2e|oracle|logwrites|snapshot|mirror|crypt|thin|raid] [--keep]
 #
 # One guest boot runs everything:
 #  e2e     nbd-client attach (1 and 2 connections), mkfs.ext4, mount, write,
@@ -43,6 +43,16 @@
 #          dmnbd's read the same veritysetup trees (one intact, one with flipped
 #          data and hash bytes; also ignore_corruption): the same unreadable
 #          sectors and the same bytes elsewhere.
+#  thin    dmnbd's thin-pool/thin and the kernel's dm-thin (thin.py): dmnbd
+#          runs a write sequence (whole-block, partial, straddling writes,
+#          create_snap with the origin suspended, writes that break the
+#          sharing, discards, set_transaction_id) on a new pool before the
+#          boot; the kernel opens copies of its files with the same tables:
+#          the same bytes and status lines. The kernel runs the same
+#          sequence on a new pool; after the boot thin_check passes on its
+#          metadata, dmnbd reads it (the same bytes and statuses) and writes
+#          to it (thin_check again), and thin_dump of both writers' metadata
+#          must show the same devices, mappings, times and sharing.
 #  raid    dmnbd's raid and the kernel's dm-raid (raid.py): dmnbd writes a
 #          pattern through raid1, raid10 near/far/offset (with metadata),
 #          raid0, raid4, every raid5 and raid6 layout (without) and raid5_ls,
@@ -75,7 +85,7 @@ DMNBD=${DMNBD:-$HERE/../../build/dmnbd}
 PY=/usr/bin/python3
 TEST_NAME=kernel.vm
 LISTS=("$HERE/oracle-tables.txt")
-RUN_E2E=1 RUN_ORACLE=1 RUN_LW=1 RUN_SNAP=1 RUN_MIRROR=1 RUN_CRYPT=1 RUN_RAID=1
+RUN_E2E=1 RUN_ORACLE=1 RUN_LW=1 RUN_SNAP=1 RUN_MIRROR=1 RUN_CRYPT=1 RUN_THIN=1 RUN_RAID=1
 KEEP=${KEEP_WORK:-0}
 IFS=: read -r -a _extra <<< "${DMNBD_ORACLE_TABLES:-}"
 for f in "${_extra[@]}"; do [ -n "$f" ] && LISTS+=("$f"); done
@@ -83,12 +93,12 @@ while [ $# -gt 0 ]; do
   case $1 in
     --tables) LISTS+=("$2"); shift 2;;
     --only) case $2 in
-              e2e|oracle|logwrites|snapshot|mirror|crypt|raid)
-                RUN_E2E=0 RUN_ORACLE=0 RUN_LW=0 RUN_SNAP=0 RUN_MIRROR=0 RUN_CRYPT=0 RUN_RAID=0
+              e2e|oracle|logwrites|snapshot|mirror|crypt|thin|raid)
+                RUN_E2E=0 RUN_ORACLE=0 RUN_LW=0 RUN_SNAP=0 RUN_MIRROR=0 RUN_CRYPT=0 RUN_THIN=0 RUN_RAID=0
                 case $2 in
-                  e2e) RUN_E2E=1;; oracle) RUN_ORACLE=1;; logwrites) RUN_LW=1;; snapshot) RUN_SNAP=1;; mirror) RUN_MIRROR=1;; crypt) RUN_CRYPT=1;; raid) RUN_RAID=1;;
+                  e2e) RUN_E2E=1;; oracle) RUN_ORACLE=1;; logwrites) RUN_LW=1;; snapshot) RUN_SNAP=1;; mirror) RUN_MIRROR=1;; crypt) RUN_CRYPT=1;; thin) RUN_THIN=1;; raid) RUN_RAID=1;;
                 esac;;
-              *) echo "--only e2e|oracle|logwrites|snapshot|mirror|crypt|raid" >&2; exit 2;;
+              *) echo "--only e2e|oracle|logwrites|snapshot|mirror|crypt|thin|raid" >&2; exit 2;;
             esac; shift 2;;
     --keep) KEEP=1; shift;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d'; exit 0;;
@@ -108,7 +118,7 @@ ok() { echo "ok - $*"; PASSED=$((PASSED + 1)); }
 notok() { echo "not ok - $*"; FAILED=$((FAILED + 1)); FIRST_FAIL=${FIRST_FAIL:-$*}; }
 check() { local d=$1; shift; if "$@"; then ok "$d"; else notok "$d"; fi; }
 
-WORK="" SHM_DIR="" SERVER_PID="" SNAP_PID="" MIR_PID="" RAID_PID="" FINISHED=0
+WORK="" SHM_DIR="" SERVER_PID="" SNAP_PID="" MIR_PID="" THIN_PID="" RAID_PID="" FINISHED=0
 stop_server() { local pid=$SERVER_PID; SERVER_PID=""; stop_pid "$pid"; }
 stop_pid() { # SIGTERM by PID; the server must exit 0 within 15 s
   local pid=$1 rc i
@@ -125,6 +135,7 @@ on_exit() {
   [ -n "$SERVER_PID" ] && { stop_server || true; }
   [ -n "$SNAP_PID" ] && { stop_pid "$SNAP_PID" || true; }
   [ -n "$MIR_PID" ] && { stop_pid "$MIR_PID" || true; }
+  [ -n "$THIN_PID" ] && { stop_pid "$THIN_PID" || true; }
   [ -n "$RAID_PID" ] && { stop_pid "$RAID_PID" || true; }
   [ -n "$SHM_DIR" ] && rm -rf "$SHM_DIR"
   if [ "$FINISHED" = 0 ] && [ "$rc" != 77 ]; then
@@ -392,6 +403,63 @@ if [ "$RUN_CRYPT" = 1 ]; then
   fi
 fi
 
+# thin (thin.py; guest.sh thin()): THIN/d-*: dmnbd's pool, on which it runs
+# the sequence here, before the boot (D1); the guest's kernel opens copies
+# (dc-*, exports th-dc-*: K1) and runs the same sequence on zeroed files
+# (k-*, exports th-k-*: K2). After the boot dmnbd opens copies of its own
+# files (dr-*: Dr, its status of the bytes the kernel read) and of the
+# kernel's (kr-*: D2), and writes to the latter (D3). dmnbd's lines go to
+# THIN/dmnbd.out (thin.py's format).
+THIN=$WORK/thin
+thin_devices() { # PREFIX: a pool over THIN/PREFIX-meta.img, PREFIX-data.img, and thin1, thin2
+  printf '  - name: %spool\n    table: "0 %s thin-pool %s %s 128 0"\n' "$1" "$THIN_POOL" "$THIN/$1meta.img" "$THIN/$1data.img"
+  [ "${2:-}" = thins ] && printf '  - name: %sthin%s\n    table: "0 %s thin %spool %s"\n' "$1" 1 "$THIN_SECTORS" "$1" 1 "$1" 2 "$THIN_SECTORS" "$1" 2
+  return 0
+}
+thin_yaml() { # NAME PREFIX[:thins]...: THIN/NAME.yaml
+  local n=$1 p; shift
+  {
+    printf 'listen: [ "unix://%s" ]\ncontrol: %s\ndevices:\n' "$THIN/$n.sock" "$THIN/$n-ctl.sock"
+    for p in "$@"; do thin_devices "${p%%:*}" "$([ "${p#*:}" != "$p" ] && echo "${p#*:}")"; done
+  } > "$THIN/$n.yaml"
+}
+# thin_stop WHAT: SIGTERM; it must exit 0 within 15 s
+thin_stop() {
+  local pid=$THIN_PID
+  THIN_PID=""
+  if stop_pid "$pid"; then ok "$1 stopped cleanly on SIGTERM"; else notok "$1 did not exit 0 within 15 s of SIGTERM"; fi
+}
+# thin_check_ok WHAT FILE: thin_check (its output shown when it fails)
+thin_check_ok() {
+  if thin_check "$2" > "$THIN/thin_check.out" 2>&1; then ok "$1: thin_check ${2##*/} passes"
+  else sed 's/^/#   thin_check| /' "$THIN/thin_check.out" >&2; notok "$1: thin_check ${2##*/} fails"; fi
+}
+if [ "$RUN_THIN" = 1 ]; then
+  "$PY" "$HERE/thin.py" prepare "$WORK" > "$WORK/thin-prepare.out" || die "thin.py prepare failed"
+  read -r THIN_PARAMS < "$THIN/params"; eval "$THIN_PARAMS"
+  : > "$THIN/dmnbd.out"
+  thin_yaml d d-
+  TT=$(date +%s.%N)
+  if stage_serve "$THIN/d.yaml" "$THIN/d.sock" "$THIN/server.log" thin; then
+    THIN_PID=$SERVED_PID
+    timeout 120 "$PY" "$HERE/thin.py" run "$THIN/d.sock" "$THIN/d-ctl.sock" "$DMNBD" "$WORK" ops d- D1 \
+      >> "$THIN/dmnbd.out" 2> "$THIN/run.err"
+    rc=$?
+    check "thin D1: dmnbd ran the sequence on a new pool ($(cat "$WORK/thin-prepare.out"))$(
+      [ $rc != 0 ] && echo "; $(tail -1 "$THIN/dmnbd.out") $(tail -1 "$THIN/run.err")")" test $rc = 0
+    thin_stop "thin D1: dmnbd (the writer)"
+    thin_check_ok "thin D1: dmnbd's metadata after the sequence" "$THIN/d-meta.img"
+    thin_dump "$THIN/d-meta.img" > "$THIN/d.xml" 2>&1
+    for f in meta data; do
+      cp --sparse=always "$THIN/d-$f.img" "$THIN/dc-$f.img"; cp --sparse=always "$THIN/d-$f.img" "$THIN/dr-$f.img"
+    done
+    log "thin D1: dmnbd's pool after the sequence: $(sed -n 's/^status D1 pool end //p' "$THIN/dmnbd.out") ($(awk -v a="$TT" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s)"
+  else
+    notok "thin D1: dmnbd did not start with the thin-pool table (see $THIN/server.log)"
+    for f in meta data; do cp "$THIN/d-$f.img" "$THIN/dc-$f.img"; cp "$THIN/d-$f.img" "$THIN/dr-$f.img"; done
+  fi
+fi
+
 # raid (raid.py; guest.sh raid()): files RAID/PREFIX-SET-ROLE.img. d-*: dmnbd
 # writes pattern P through its raid sets here, before the boot (D1), and its
 # table strings for step 4 go over dt<i>-* (D4); the guest's kernel gets
@@ -551,11 +619,14 @@ MIR_REGION=${MIR_REGION:-0}
 MIR_D=$MIR_D
 MIR_M=$MIR_M
 RUN_CRYPT=$RUN_CRYPT
+RUN_THIN=$RUN_THIN
+THIN_POOL=${THIN_POOL:-0}
+THIN_SECTORS=${THIN_SECTORS:-0}
 RUN_RAID=$RUN_RAID
 export NBD_HOST NBD_PORT RUN_E2E RUN_ORACLE RUN_LW LW_SEQ ERR_OUT RUN_SNAP SNAP_SIZE
 export SNAP_D_SHA_S8 SNAP_D_SHA_S128 SNAP_D_SHA_BASE SNAP_D_STATUS_S8 SNAP_D_STATUS_S128
 export SNAP_C_SHA_S8 SNAP_C_SHA_S128 SNAP_C_SHA_BASE SNAP_C_STATUS_S8 SNAP_C_STATUS_S128
-export RUN_MIRROR MIR_L MIR_REGION MIR_D MIR_M RUN_CRYPT RUN_RAID
+export RUN_MIRROR MIR_L MIR_REGION MIR_D MIR_M RUN_CRYPT RUN_THIN THIN_POOL THIN_SECTORS RUN_RAID
 EOF
 
 # ------------------------------------------------------------ dmnbd
@@ -646,6 +717,12 @@ EOF
     for e in luks1 luks2 luks2k kvol vdata vhash vbad vbadhash; do
       f=$CRYPT/$e.img
       printf '  - name: c-%s\n    table: "0 %s linear %s 0"\n' "$e" $(($(stat -c %s "$f") / 512)) "$f" >> "$WORK/cfg.yaml"
+    done
+  fi
+  if [ "$RUN_THIN" = 1 ]; then
+    for e in dc-meta dc-data k-meta k-data; do
+      f=$THIN/$e.img
+      printf '  - name: th-%s\n    table: "0 %s linear %s 0"\n' "$e" $(($(stat -c %s "$f") / 512)) "$f" >> "$WORK/cfg.yaml"
     done
   fi
   [ "$RUN_ORACLE" = 1 ] && "$PY" "$HERE/oracle.py" config "$WORK" >> "$WORK/cfg.yaml"
@@ -1020,6 +1097,42 @@ if [ "$RUN_CRYPT" = 1 ]; then
   else
     notok "crypt: dmnbd did not start over the kernel's files (see $CRYPT/server.log)"
   fi
+fi
+
+if [ "$RUN_THIN" = 1 ]; then
+  TT=$(date +%s.%N)
+  # K2: the kernel's metadata as it left it; D2, D3: dmnbd opens copies of
+  # the kernel's files, reads them, writes OPS2; Dr: dmnbd reopens copies of
+  # its own (what K1 read)
+  thin_check_ok "thin K2: the kernel's metadata after the sequence" "$THIN/k-meta.img"
+  thin_dump "$THIN/k-meta.img" > "$THIN/k.xml" 2>&1
+  if cmp -s "$THIN/dc-meta.img" "$THIN/dr-meta.img"; then log "thin K1: the kernel left dmnbd's metadata (dc-meta.img) unchanged"
+  else log "thin K1: the kernel changed dmnbd's metadata (dc-meta.img) when it opened it: $(cmp "$THIN/dc-meta.img" "$THIN/dr-meta.img" | head -1)"; fi
+  for f in meta data; do cp --sparse=always "$THIN/k-$f.img" "$THIN/kr-$f.img"; done
+  cp "$THIN/dr-meta.img" "$THIN/dr-meta.before"
+  thin_yaml r dr-:thins kr-:thins
+  if stage_serve "$THIN/r.yaml" "$THIN/r.sock" "$THIN/server.log" thin; then
+    THIN_PID=$SERVED_PID
+    timeout 60 "$PY" "$HERE/thin.py" read "$THIN/r.sock" "$THIN/r-ctl.sock" "$DMNBD" dr- Dr >> "$THIN/dmnbd.out" 2> "$THIN/run.err" \
+      || notok "thin Dr: thin.py read failed: $(tail -1 "$THIN/run.err")"
+    timeout 60 "$PY" "$HERE/thin.py" read "$THIN/r.sock" "$THIN/r-ctl.sock" "$DMNBD" kr- D2 >> "$THIN/dmnbd.out" 2> "$THIN/run.err" \
+      || notok "thin D2: thin.py read failed: $(tail -1 "$THIN/run.err")"
+    timeout 120 "$PY" "$HERE/thin.py" run "$THIN/r.sock" "$THIN/r-ctl.sock" "$DMNBD" "$WORK" ops2 kr- D3 >> "$THIN/dmnbd.out" 2> "$THIN/run.err"
+    rc=$?
+    check "thin D3: dmnbd wrote to the kernel's pool (a new block for thin1, a copy on write for thin2)$(
+      [ $rc != 0 ] && echo "; $(tail -1 "$THIN/dmnbd.out") $(tail -1 "$THIN/run.err")")" test $rc = 0
+    thin_stop "thin D2: dmnbd (over the kernel's pool and its own)"
+  else
+    notok "thin D2: dmnbd did not start over the kernel's pool (see $THIN/server.log)"
+  fi
+  thin_check_ok "thin D3: the kernel's metadata after dmnbd's writes" "$THIN/kr-meta.img"
+  thin_dump "$THIN/kr-meta.img" > "$THIN/kr.xml" 2>&1
+  thin_check_ok "thin Dr: dmnbd's metadata after it reopened it" "$THIN/dr-meta.img"
+  cmp -s "$THIN/dr-meta.img" "$THIN/dr-meta.before" || log "thin Dr: dmnbd rewrote its metadata when it only read it: $(cmp "$THIN/dr-meta.img" "$THIN/dr-meta.before" | head -1)"
+  sed 's/^/#   dmnbd thin| /' "$THIN/dmnbd.out" >&2
+  "$PY" "$HERE/thin.py" check "$WORK" "$C" > "$WORK/thin.out" 2>&1
+  tally "$WORK/thin.out" thin
+  log "thin: the host's part after the boot took $(awk -v a="$TT" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
 fi
 
 if [ "$RUN_RAID" = 1 ]; then
