@@ -10,6 +10,7 @@
 
 #include "../../targets/thin/btree.hpp"
 #include "../../targets/thin/btree_node.hpp"
+#include "../../targets/thin/metadata_checker.hpp"
 #include "../../targets/thin/pool_metadata.hpp"
 #include "devices/crash_device.hpp"
 #include "devices/memory_device.hpp"
@@ -233,6 +234,15 @@ class PoolMetadataTest : public ::testing::Test {
     const std::string out = run_tool("thin_check " + extra + " " + meta_path_.string(), rc);
     EXPECT_EQ(rc, 0) << out;
   }
+  MetadataCheck own_check() {
+    auto dev = FileDevice::open(meta_path_, true);
+    return run_sync(check_metadata(*dev));
+  }
+  static std::string joined(const MetadataCheck& c) {
+    std::string out;
+    for (const auto& e : c.errors) out += e + "\n";
+    return out;
+  }
   std::string thin_dump(const std::string& extra = "") {
     int rc = 0;
     std::string out = run_tool("thin_dump " + extra + " " + meta_path_.string(), rc);
@@ -295,6 +305,11 @@ TEST_F(PoolMetadataTest, MappingsSnapshotsAndDeletesAreWhatThinDumpShows) {
   ASSERT_FALSE(run_sync(pmd->commit()));
   pmd.reset();
   expect_thin_check_passes();
+  const MetadataCheck own = own_check();
+  EXPECT_TRUE(own.ok()) << joined(own);
+  EXPECT_EQ(own.devices, 1u);
+  EXPECT_EQ(own.mappings, 500u);
+  EXPECT_EQ(own.data_used, 500u);
   const std::string xml = thin_dump();
   EXPECT_NE(xml.find("transaction=\"9\""), std::string::npos) << xml;
   EXPECT_EQ(xml.find("dev_id=\"1\""), std::string::npos) << xml;
@@ -308,6 +323,27 @@ TEST_F(PoolMetadataTest, MappingsSnapshotsAndDeletesAreWhatThinDumpShows) {
   ASSERT_FALSE(run_sync(pmd->highest_mapped(2, highest)));
   EXPECT_EQ(highest, 1198u);
   EXPECT_EQ(pmd->usage().data_free, 1000u - 500u);
+}
+
+// thin_check 0.9.0 does not count data blocks; the project's check does.
+TEST_F(PoolMetadataTest, TheOwnCheckFindsALeakedDataBlockThinCheckMisses) {
+  auto pmd = open();
+  ASSERT_TRUE(pmd);
+  ASSERT_FALSE(pmd->resize_data(100));
+  ASSERT_FALSE(run_sync(pmd->create_thin(1)));
+  uint64_t d = 0;
+  ASSERT_FALSE(pmd->alloc_data_block(d));
+  ASSERT_FALSE(run_sync(pmd->insert_block(1, 7, d)));
+  ASSERT_FALSE(pmd->inc_data_block(d));  // one holder too many
+  ASSERT_FALSE(run_sync(pmd->commit()));
+  pmd.reset();
+  expect_thin_check_passes();
+  const MetadataCheck own = own_check();
+  ASSERT_FALSE(own.ok());
+  EXPECT_NE(joined(own).find("data space map: block " + std::to_string(d) +
+                             " has count 2, its references make 1"),
+            std::string::npos)
+      << joined(own);
 }
 
 // Power lost after every number of metadata writes in turn: the pool opens
@@ -355,6 +391,8 @@ TEST(ThinCrashTest, APoolLosingPowerAtAnyWriteOpensAtItsLastCommit) {
     EXPECT_GE(again->mapped_blocks(1), committed.size());
     EXPECT_LE(again->mapped_blocks(1), inserted.size());
     again.reset();
+    const MetadataCheck own = run_sync(check_metadata(*disk));
+    ASSERT_TRUE(own.ok()) << "after " << writes << " writes: " << own.errors.front();
     if (check) {
       const auto path = dir / "meta";
       std::ofstream(path, std::ios::binary)
