@@ -191,9 +191,13 @@ Task<void> DeviceManager::reload(const std::string& name, const std::string& tab
   co_await load(name, table);
   auto device = get(name);
   auto users = users_of(*device);
+  // The devices above are suspended without flushing (as the kernel's pool
+  // suspends its thins): I/O a target holds, such as a thin write waiting
+  // for the pool to grow, goes round again once they resume, on top of the
+  // new table, instead of holding this suspend up.
   for (const auto& upper : users) {
     const std::string upper_name = upper->name();  // no temporaries in co_await (GCC 12)
-    co_await suspend(upper_name, false);
+    co_await suspend(upper_name, true);
   }
   std::exception_ptr failure;
   try {

@@ -526,9 +526,12 @@ void Pool::wake_space_waiters() {
 // once with error_if_no_space, else it waits for space (a grown pool
 // resumed) for up to no_space_timeout, then fails as the kernel's timer
 // makes it (and the pool errors from then on, until it has space again).
-Task<Status> Pool::wait_for_space() {
+Task<Status> Pool::wait_for_space(const std::function<bool()>* noflush_suspending) {
   for (;;) {
     if (mode() != PoolMode::out_of_data_space) co_return ok();
+    // thin_presuspend() with noflush: the write waits in the device instead,
+    // for the table live after the resume (the pool grown, maybe).
+    if (noflush_suspending && (*noflush_suspending)()) co_return requeue_status();
     {
       std::lock_guard lk(state_mutex_);
       if (pf_.error_if_no_space) co_return errno_status(ENOSPC);
@@ -546,7 +549,8 @@ Task<Status> Pool::wait_for_space() {
 
 // alloc_data_block(): the low water event, a commit when the space map
 // looks full (blocks freed this transaction come back), then out of space.
-Task<Status> Pool::alloc_data_block(uint64_t& out) {
+Task<Status> Pool::alloc_data_block(uint64_t& out,
+                                    const std::function<bool()>* noflush_suspending) {
   for (;;) {
     Status st;
     {
@@ -567,15 +571,14 @@ Task<Status> Pool::alloc_data_block(uint64_t& out) {
     }
     if (!st) co_return ok();
     if (mode() >= PoolMode::out_of_metadata_space) co_return errno_status(EIO);
-    st = co_await wait_for_space();
+    st = co_await wait_for_space(noflush_suspending);
     if (st) co_return st;
   }
 }
 
-Task<Status> Pool::write_unserviceable(bool shared) {
-  (void)shared;
+Task<Status> Pool::write_unserviceable(const std::function<bool()>* noflush_suspending) {
   const PoolMode m = mode();
-  if (m == PoolMode::out_of_data_space) co_return co_await wait_for_space();
+  if (m == PoolMode::out_of_data_space) co_return co_await wait_for_space(noflush_suspending);
   co_return errno_status(EIO);
 }
 
@@ -622,9 +625,10 @@ Task<Status> Pool::fill_around(const Bio& bio, uint64_t vblock, uint64_t data_bl
 // write put in it, the write, then the mapping (durable at the next commit).
 Task<Status> Pool::provision(uint32_t id, uint64_t vblock, const Bio& bio,
                              std::optional<uint64_t> old, BlockDevice* origin,
-                             uint64_t origin_sectors) {
+                             uint64_t origin_sectors,
+                             const std::function<bool()>* noflush_suspending) {
   uint64_t data_block = 0;
-  Status st = co_await alloc_data_block(data_block);
+  Status st = co_await alloc_data_block(data_block, noflush_suspending);
   if (st) co_return st;
   st = co_await fill_around(bio, vblock, data_block, old, origin, origin_sectors);
   if (!st) {
@@ -650,7 +654,8 @@ Task<Status> Pool::provision(uint32_t id, uint64_t vblock, const Bio& bio,
   co_return ok();
 }
 
-Task<Status> Pool::thin_io(uint32_t id, Bio bio, BlockDevice* origin, uint64_t origin_sectors) {
+Task<Status> Pool::thin_io(uint32_t id, Bio bio, BlockDevice* origin, uint64_t origin_sectors,
+                           const std::function<bool()>* noflush_suspending) {
   if (mode() == PoolMode::fail) co_return errno_status(EIO);
   if (bio.op == BioOp::flush) co_return co_await thin_flush(id);
   if (bio.op == BioOp::discard) co_return co_await discard(id, bio);
@@ -693,12 +698,12 @@ Task<Status> Pool::thin_io(uint32_t id, Bio bio, BlockDevice* origin, uint64_t o
   for (;;) {
     const PoolMode m = mode();
     if (m == PoolMode::write) break;
-    Status st = co_await write_unserviceable(mapping.has_value());
+    Status st = co_await write_unserviceable(noflush_suspending);
     if (st) co_return st;
   }
   std::optional<uint64_t> old;
   if (mapping) old = mapping->data_block;
-  Status st = co_await provision(id, vblock, bio, old, origin, origin_sectors);
+  Status st = co_await provision(id, vblock, bio, old, origin, origin_sectors, noflush_suspending);
   if (st) co_return st;
   if (bio.flags & kBioFua) co_return co_await commit_for(id);
   co_return ok();

@@ -85,7 +85,10 @@ class Pool : public std::enable_shared_from_this<Pool> {
   Status open_thin(uint32_t id);      // ENODATA for an unknown id
   Task<void> load_thin(uint32_t id);  // its highest mapped block, for status
   void close_thin(uint32_t id);
-  Task<Status> thin_io(uint32_t id, Bio bio, BlockDevice* origin, uint64_t origin_sectors);
+  // `noflush_suspending` is the thin line's: a write waiting for data space
+  // goes back to the device (requeued) when a noflush suspend begins.
+  Task<Status> thin_io(uint32_t id, Bio bio, BlockDevice* origin, uint64_t origin_sectors,
+                       const std::function<bool()>* noflush_suspending = nullptr);
   Task<Status> thin_flush(uint32_t id);
   std::string thin_status(uint32_t id) const;
   Task<Status> thin_block_status(uint32_t id, uint64_t sector, uint64_t count, ExtentList& out);
@@ -95,13 +98,14 @@ class Pool : public std::enable_shared_from_this<Pool> {
        std::shared_ptr<BlockDevice> data, uint32_t block_sectors);
 
   struct Provision;
-  Task<Status> write_unserviceable(bool shared);
+  Task<Status> write_unserviceable(const std::function<bool()>* noflush_suspending);
   Task<Status> provision(uint32_t id, uint64_t vblock, const Bio& bio, std::optional<uint64_t> old,
-                         BlockDevice* origin, uint64_t origin_sectors);
+                         BlockDevice* origin, uint64_t origin_sectors,
+                         const std::function<bool()>* noflush_suspending);
   Task<Status> fill_around(const Bio& bio, uint64_t vblock, uint64_t data_block,
                            std::optional<uint64_t> old, BlockDevice* origin,
                            uint64_t origin_sectors);
-  Task<Status> alloc_data_block(uint64_t& out);
+  Task<Status> alloc_data_block(uint64_t& out, const std::function<bool()>* noflush_suspending);
   Task<Status> discard(uint32_t id, const Bio& bio);
   Task<Status> commit_for(uint32_t id);
   Task<Status> commit_locked();  // under meta_lock_
@@ -110,7 +114,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   Task<void> metadata_failed(const char* op, Status st);
   void check_low_water(uint64_t free_blocks);
   uint64_t metadata_threshold() const;
-  Task<Status> wait_for_space();
+  Task<Status> wait_for_space(const std::function<bool()>* noflush_suspending);
   // The metadata lock; releasing it refreshes what status() shows.
   class MetaGuard {
    public:

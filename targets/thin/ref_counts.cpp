@@ -118,11 +118,13 @@ void RefCounts::extend(uint64_t nr_blocks) {
   bitmaps_.resize((nr_blocks + kPerBitmap - 1) / kPerBitmap);
   const uint64_t old_blocks = nr_blocks_;
   nr_blocks_ = nr_blocks;
-  // The last old bitmap gains entries; new bitmaps start empty and dirty.
+  // The last old bitmap gains entries, so its index entry (nr_free) must be
+  // written again: it counts as changed. New bitmaps start empty and dirty.
   if (old_bitmaps > 0) {
     Bitmap& last = bitmaps_[old_bitmaps - 1];
     last.nr_free += entries_in(old_bitmaps - 1) -
                     static_cast<uint32_t>(old_blocks - (old_bitmaps - 1) * kPerBitmap);
+    last.dirty = true;
   }
   for (uint64_t i = old_bitmaps; i < bitmaps_.size(); ++i) bitmaps_[i].nr_free = entries_in(i);
 }

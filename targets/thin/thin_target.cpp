@@ -11,7 +11,7 @@ namespace {
 
 class ThinTarget final : public Target {
  public:
-  ThinTarget(const TargetContext& ctx, TargetArgs args) {
+  ThinTarget(const TargetContext& ctx, TargetArgs args) : noflush_(ctx.noflush_suspending) {
     if (args.size() != 2 && args.size() != 3) throw TargetError("Invalid argument count");
     if (args.size() == 3) {
       if (args[0] == args[2]) throw TargetError("Error setting origin device");
@@ -48,7 +48,8 @@ class ThinTarget final : public Target {
   Task<void> open() override { co_await pool_->load_thin(id_); }
 
   Task<Status> map(Bio bio) override {
-    co_return co_await pool_->thin_io(id_, bio, origin_.get(), origin_ ? origin_->sectors() : 0);
+    co_return co_await pool_->thin_io(id_, bio, origin_.get(), origin_ ? origin_->sectors() : 0,
+                                      &noflush_);
   }
   Task<Status> flush() override { co_return co_await pool_->thin_flush(id_); }
   Task<Status> block_status(uint64_t sector, uint64_t count, ExtentList& out) override {
@@ -79,6 +80,7 @@ class ThinTarget final : public Target {
   uint32_t id_ = 0;
   std::shared_ptr<BlockDevice> pool_dev_, origin_;
   std::shared_ptr<Pool> pool_;
+  const std::function<bool()> noflush_;
 };
 
 }  // namespace

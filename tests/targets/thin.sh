@@ -9,7 +9,8 @@
 #    block), a discard on it frees only what the origin does not share;
 # 4. messages and constructors refused in the kernel's words;
 # 5. out of data space with error_if_no_space: ENOSPC, status
-#    out_of_data_space, then the pool grown by a reload is rw again;
+#    out_of_data_space, then the pool grown by a reload is rw again; without
+#    it a write waits until the pool grows, then goes through;
 # 6. kill -9 under fio's writes: the pool opens again, thin_check passes,
 #    and what fio wrote and flushed before the kill reads back;
 # 7. after a clean stop: thin_check and the project's own check (dmnbd thin
@@ -58,11 +59,15 @@ files:
   - { path: data.img, size: 64MiB }
   - { path: meta2.img, size: 4MiB }
   - { path: data2.img, size: 2MiB }
+  - { path: meta4.img, size: 4MiB }
+  - { path: data4.img, size: 2MiB }
 devices:
   - name: pool
     table: "0 131072 thin-pool meta.img data.img 128 0"
   - name: pool2
     table: "0 2048 thin-pool meta2.img data2.img 128 0 1 error_if_no_space"
+  - name: pool4
+    table: "0 2048 thin-pool meta4.img data4.img 128 0"
   - name: pool3
     table: "0 131072 thin-pool meta3.img data3.img 128 0"
 YAML
@@ -151,6 +156,23 @@ check "grow pool2 by a reload" quiet dm reload pool2 --table \
 check "  rw again with 32 blocks" is "$(dm status pool2 | awk '{print $6, $8}')" "16/32 rw"
 check "  the write goes through now" is "$(EXPORT=small nbdio write:1048576:4096:0x45)" ok
 
+# pool4 queues instead (queue_if_no_space, the default): the write waits
+# until the pool grows.
+check "create_thin 1 on pool4" quiet dm message pool4 0 create_thin 1
+check "  its thin device" quiet dm create queued --table "0 4096 thin pool4 1"
+# shellcheck disable=SC2086
+check "16 blocks fill pool4" is "$(EXPORT=queued nbdio $writes | sort -u)" ok
+EXPORT=queued nbdio write:1048576:4096:0x47 > "$WORK/queued.out" &
+queued_pid=$!
+sleep 1
+check "the 17th write waits" is "$(cat "$WORK/queued.out")" ""
+check "  status out_of_data_space, queue_if_no_space" is \
+  "$(dm status pool4 | awk '{print $8, $10}')" "out_of_data_space queue_if_no_space"
+check "grow pool4" quiet dm reload pool4 --table "0 4096 thin-pool meta4.img data4.img 128 0"
+wait "$queued_pid"
+check "  the waiting write went through" is "$(cat "$WORK/queued.out")" ok
+check "  and reads back" is "$(EXPORT=queued nbdio read:1048576:512 | cut -d' ' -f2)" 4747474747474747
+
 # ---- 6. kill -9 under fio's writes
 check "a thin for fio" quiet dm message pool 0 create_thin 3
 check "  and its device" quiet dm create fiothin --table "0 65536 thin pool 3"
@@ -159,7 +181,7 @@ check "fio's verified writes to a thin device" fio_wait load
 check "  saw no error" fio_clean load
 check "a flushed write before the kill" is "$(EXPORT=fiothin nbdio write:20971520:4096:0x5a flush | tr '\n' ' ')" "ok ok "
 kill_under_fio fiothin 16M
-sed -i 's/0 2048 thin-pool meta2.img/0 4096 thin-pool meta2.img/' "$WORK/cfg.yaml"  # grown in 5.
+sed -i 's/0 2048 thin-pool meta\([24]\).img/0 4096 thin-pool meta\1.img/' "$WORK/cfg.yaml"  # grown in 5.
 check "thin_check of the killed pool's metadata" thin_check_ok meta.img
 dmnbd_start "$WORK/cfg.yaml"
 for _ in $(seq 50); do [ -S "$WORK/ctl.sock" ] && break; sleep 0.1; done
@@ -218,10 +240,10 @@ check "  resumes" quiet dm resume vp
 # ---- 7. after a clean stop
 dmnbd_stop || fail "$STOP_REASON"
 own_check_ok() { quiet "$DMNBD" thin check "$WORK/$1"; }
-for m in meta.img meta2.img meta3.img vmeta.img; do
+for m in meta.img meta2.img meta3.img meta4.img vmeta.img; do
   check "thin_check of $m" thin_check_ok "$m"
 done
-for m in meta.img meta2.img meta3.img vmeta.img; do
+for m in meta.img meta2.img meta3.img meta4.img vmeta.img; do
   check "dmnbd thin check of $m" own_check_ok "$m"
 done
 check "  (thin_restore's hints were rewritten by dmnbd's commits)" is "$(tail -1 "$WORK/quiet.log")" clean
