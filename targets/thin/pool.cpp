@@ -235,7 +235,7 @@ Task<Status> Pool::commit() {
 Task<Status> Pool::commit_for(uint32_t id) {
   uint64_t ticket = 0;
   {
-    auto guard = co_await lock_metadata();
+    auto guard = co_await meta_lock_.lock();  // reads only: status unchanged
     if (!changed_.count(id)) co_return ok();
     ticket = commits_.next();
   }
@@ -319,7 +319,7 @@ Task<void> Pool::resume() {
     BackgroundJob::Step step = [this](uint64_t, const CancelToken&) -> Task<JobStep> {
       bool due = false;
       {
-        auto guard = co_await lock_metadata();
+        auto guard = co_await meta_lock_.lock();  // reads only: status unchanged
         due = pmd_ && pmd_->changed() && mode() < PoolMode::out_of_metadata_space;
       }
       if (due) (void)co_await commits_.wait(commits_.next());
@@ -665,7 +665,7 @@ Task<Status> Pool::thin_io(uint32_t id, Bio bio, BlockDevice* origin, uint64_t o
   auto cell = co_await cells_.lock(cell_key(id, vblock));
   std::optional<PoolMetadata::Mapping> mapping;
   {
-    auto guard = co_await lock_metadata();
+    auto guard = co_await meta_lock_.lock();  // reads only: status unchanged
     if (!pmd_) co_return errno_status(EIO);
     Status st = co_await pmd_->find_block(id, vblock, mapping);
     if (st) {
@@ -714,7 +714,7 @@ Task<Status> Pool::thin_io(uint32_t id, Bio bio, BlockDevice* origin, uint64_t o
 Task<Status> Pool::thin_flush(uint32_t id) {
   bool changed = false;
   {
-    auto guard = co_await lock_metadata();
+    auto guard = co_await meta_lock_.lock();  // reads only: status unchanged
     changed = changed_.count(id) != 0;
   }
   if (!changed) co_return co_await flush_device(*data_);
@@ -735,7 +735,7 @@ Task<Status> Pool::discard(uint32_t id, const Bio& bio) {
     uint64_t found = 0;
     std::optional<PoolMetadata::Mapping> mapping;
     {
-      auto guard = co_await lock_metadata();
+      auto guard = co_await meta_lock_.lock();  // reads only: status unchanged
       if (!pmd_) co_return errno_status(EIO);
       Status st = co_await pmd_->next_mapped(id, v, found, mapping);
       if (st) co_return errno_status(EIO);
@@ -796,7 +796,7 @@ Task<Status> Pool::thin_block_status(uint32_t id, uint64_t sector, uint64_t coun
     uint64_t found = 0;
     std::optional<PoolMetadata::Mapping> mapping;
     {
-      auto guard = co_await lock_metadata();
+      auto guard = co_await meta_lock_.lock();  // reads only: status unchanged
       if (!pmd_) co_return errno_status(EIO);
       Status st = co_await pmd_->next_mapped(id, at / block_sectors_, found, mapping);
       if (st) co_return st;

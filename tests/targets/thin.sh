@@ -57,15 +57,17 @@ control: $WORK/ctl.sock
 files:
   - { path: meta.img, size: 4MiB }
   - { path: data.img, size: 64MiB }
-  - { path: meta2.img, size: 4MiB }
+  - { path: meta2.img, size: 8MiB }
   - { path: data2.img, size: 2MiB }
   - { path: meta4.img, size: 4MiB }
   - { path: data4.img, size: 2MiB }
 devices:
   - name: pool
     table: "0 131072 thin-pool meta.img data.img 128 0"
+  - name: m2
+    table: "0 8192 linear meta2.img 0"
   - name: pool2
-    table: "0 2048 thin-pool meta2.img data2.img 128 0 1 error_if_no_space"
+    table: "0 2048 thin-pool m2 data2.img 128 0 1 error_if_no_space"
   - name: pool4
     table: "0 2048 thin-pool meta4.img data4.img 128 0"
   - name: pool3
@@ -82,7 +84,7 @@ check "fresh pool status" is "$(dm status pool)" \
   "0 131072 thin-pool 0 111/1024 0/1024 - rw discard_passdown queue_if_no_space - 256 "
 check "pool table" is "$(dm table pool)" "0 131072 thin-pool meta.img data.img 128 0 0 "
 check "pool2 table keeps its feature" is "$(dm table pool2)" \
-  "0 2048 thin-pool meta2.img data2.img 128 0 1 error_if_no_space "
+  "0 2048 thin-pool m2 data2.img 128 0 1 error_if_no_space "
 
 # ---- 2. a thin device
 check "create_thin 1" quiet dm message pool 0 create_thin 1
@@ -152,9 +154,15 @@ check "  status out_of_data_space" is "$(dm status pool2 | awk '{print $6, $8}')
   "16/16 out_of_data_space"
 check "  rewriting a provisioned block still works" is "$(EXPORT=small nbdio write:0:4096:0x46)" ok
 check "grow pool2 by a reload" quiet dm reload pool2 --table \
-  "0 4096 thin-pool meta2.img data2.img 128 0 1 error_if_no_space"
+  "0 4096 thin-pool m2 data2.img 128 0 1 error_if_no_space"
 check "  rw again with 32 blocks" is "$(dm status pool2 | awk '{print $6, $8}')" "16/32 rw"
 check "  the write goes through now" is "$(EXPORT=small nbdio write:1048576:4096:0x45)" ok
+# A file's size is taken when a table first opens it: the metadata grows
+# through a device whose table grows (an LV, as lvextend of the metadata).
+check "a longer metadata device" quiet dm reload m2 --table "0 16384 linear meta2.img 0"
+check "  the pool reloaded" quiet dm reload pool2 --table \
+  "0 4096 thin-pool m2 data2.img 128 0 1 error_if_no_space"
+check "  2048 metadata blocks" is "$(dm status pool2 | awk '{split($5, a, "/"); print a[2]}')" 2048
 
 # pool4 queues instead (queue_if_no_space, the default): the write waits
 # until the pool grows.
@@ -181,7 +189,8 @@ check "fio's verified writes to a thin device" fio_wait load
 check "  saw no error" fio_clean load
 check "a flushed write before the kill" is "$(EXPORT=fiothin nbdio write:20971520:4096:0x5a flush | tr '\n' ' ')" "ok ok "
 kill_under_fio fiothin 16M
-sed -i 's/0 2048 thin-pool meta\([24]\).img/0 4096 thin-pool meta\1.img/' "$WORK/cfg.yaml"  # grown in 5.
+sed -i -e 's/0 2048 thin-pool/0 4096 thin-pool/' -e 's/0 8192 linear meta2/0 16384 linear meta2/' \
+  "$WORK/cfg.yaml"  # grown in 5.
 check "thin_check of the killed pool's metadata" thin_check_ok meta.img
 dmnbd_start "$WORK/cfg.yaml"
 for _ in $(seq 50); do [ -S "$WORK/ctl.sock" ] && break; sleep 0.1; done
