@@ -102,43 +102,17 @@ Task<Status> BTree::lookup(uint64_t root, uint64_t key, std::byte* value, bool& 
   co_return corrupt();
 }
 
-// The first entry >= key under `block`: the child that may hold it, then
-// the next child (whose keys are all greater) if it held none.
+// The first entry a walk from `key` meets.
 Task<Status> BTree::lookup_next(uint64_t root, uint64_t key, uint64_t& found_key, std::byte* value,
                                 bool& found) {
   found = false;
-  struct Level {
-    uint64_t block;
-    int depth;
+  const Visitor first = [&](uint64_t k, const std::byte* v) {
+    found_key = k;
+    std::memcpy(value, v, type_.size);
+    found = true;
+    return false;
   };
-  std::vector<Level> todo;
-  todo.push_back({root, 0});
-  while (!todo.empty()) {
-    const Level at = todo.back();
-    todo.pop_back();
-    if (at.depth >= kMaxDepth) co_return corrupt();
-    Ref ref;
-    bool leaf = false;
-    Status st = co_await read_node(at.block, leaf, ref);
-    if (st) co_return st;
-    const NodeView n(ref.data());
-    const int i = std::max(0, n.lower_bound(key));
-    if (leaf) {
-      for (uint32_t j = static_cast<uint32_t>(i); j < n.nr(); ++j) {
-        if (n.key(j) >= key) {
-          found_key = n.key(j);
-          std::memcpy(value, n.value(j), type_.size);
-          found = true;
-          co_return ok();
-        }
-      }
-      continue;
-    }
-    // Later children go below, to be tried only if the earlier ones hold nothing.
-    for (uint32_t j = n.nr(); j-- > static_cast<uint32_t>(i);)
-      todo.push_back({n.child(j), at.depth + 1});
-  }
-  co_return ok();
+  co_return co_await walk(root, first, key);
 }
 
 Task<Status> BTree::highest_key(uint64_t root, uint64_t& key, bool& found) {

@@ -283,25 +283,19 @@ Task<Status> PoolMetadata::release_metadata_snap() {
 }
 
 Task<Status> PoolMetadata::find_block(uint32_t id, uint64_t vblock, std::optional<Mapping>& out) {
-  out.reset();
-  auto dev = details_.find(id);
-  if (dev == details_.end()) co_return errno_status(ENODATA);
-  uint64_t root = 0;
-  bool found = false;
-  Status st = co_await subtree_root(id, root, found);
-  if (st || !found) co_return st ? st : errno_status(ENODATA);
-  BTree bottom(*tm_, block_time_type_);
-  std::byte value[8];
-  st = co_await bottom.lookup(root, vblock, value, found);
-  if (!st && found) {
-    const uint64_t v = get_le64(value);
-    out = Mapping{unpack_block(v), dev->second.details.snapshotted_time > unpack_time(v)};
-  }
-  co_return st;
+  uint64_t found_block = 0;
+  co_return co_await lookup_mapping(id, vblock, false, found_block, out);
 }
 
 Task<Status> PoolMetadata::next_mapped(uint32_t id, uint64_t vblock, uint64_t& found_block,
                                        std::optional<Mapping>& out) {
+  co_return co_await lookup_mapping(id, vblock, true, found_block, out);
+}
+
+// The mapping of `vblock` (or with `next`, of the first mapped block from
+// it on), shared if the device was snapshotted after it was made.
+Task<Status> PoolMetadata::lookup_mapping(uint32_t id, uint64_t vblock, bool next,
+                                          uint64_t& found_block, std::optional<Mapping>& out) {
   out.reset();
   auto dev = details_.find(id);
   if (dev == details_.end()) co_return errno_status(ENODATA);
@@ -311,7 +305,12 @@ Task<Status> PoolMetadata::next_mapped(uint32_t id, uint64_t vblock, uint64_t& f
   if (st || !found) co_return st ? st : errno_status(ENODATA);
   BTree bottom(*tm_, block_time_type_);
   std::byte value[8];
-  st = co_await bottom.lookup_next(root, vblock, found_block, value, found);
+  if (next) {
+    st = co_await bottom.lookup_next(root, vblock, found_block, value, found);
+  } else {
+    found_block = vblock;
+    st = co_await bottom.lookup(root, vblock, value, found);
+  }
   if (!st && found) {
     const uint64_t v = get_le64(value);
     out = Mapping{unpack_block(v), dev->second.details.snapshotted_time > unpack_time(v)};

@@ -100,6 +100,8 @@ class PoolMetadata {
   Task<Status> format(uint64_t nr_metadata_blocks);
   Task<Status> load(std::span<const std::byte> super, std::string& error);
   Task<Status> subtree_root(uint32_t id, uint64_t& root, bool& found);
+  Task<Status> lookup_mapping(uint32_t id, uint64_t vblock, bool next, uint64_t& found_block,
+                              std::optional<Mapping>& out);
   // Shadows the top level's path to `id` (so the subtree root below it has
   // its right count), then `change` gets the subtree root to update.
   Task<Status> change_subtree(uint32_t id, const std::function<Task<Status>(uint64_t&)>& change);

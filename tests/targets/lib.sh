@@ -17,6 +17,11 @@
 #                                       fio_verify while each device LEG is reloaded with
 #                                       the error target: fio must see no error
 #   raid_field DEV N / raid_wait_idle DEV   a raid status field / until it is idle, in sync
+#   fuse_attach EXPORT DIR              nbdfuse of EXPORT on DIR (its PID in
+#                                       $WORK/nbdfuse-EXPORT.pid)
+#   snap_teardown                       undoes a second attachment: SNAP_MOUNTED
+#                                       ($WORK/mnt2), SNAP_LOOP, SNAP_FUSE_MOUNTED
+#                                       ($WORK/fuse2), SNAP_FUSE_PID
 #   $TARGETS_DIR/regions.py             region checks for the resync tests (its docstring)
 
 # The directory of these scripts (regions.py), whatever the caller's cwd.
@@ -147,4 +152,22 @@ for cmd in sys.argv[3:]:
     sys.stdout.flush()
 h.shutdown()
 PYEOF
+}
+
+# A second export through the kernel's block layer beside protocol/lib.sh's
+# one (a snapshot beside its origin): the same steps, its own variables.
+SNAP_FUSE_PID="" SNAP_LOOP="" SNAP_MOUNTED=0 SNAP_FUSE_MOUNTED=0
+snap_teardown() {
+  [ "$SNAP_MOUNTED" = 1 ] && timeout 30 umount "$WORK/mnt2" && SNAP_MOUNTED=0
+  [ -n "$SNAP_LOOP" ] && timeout 30 losetup -d "$SNAP_LOOP" && SNAP_LOOP=""
+  [ "$SNAP_FUSE_MOUNTED" = 1 ] && timeout 30 umount "$WORK/fuse2" && SNAP_FUSE_MOUNTED=0
+  [ -n "$SNAP_FUSE_PID" ] && kill -0 "$SNAP_FUSE_PID" 2>/dev/null && kill "$SNAP_FUSE_PID"
+  SNAP_FUSE_PID=""
+  return 0
+}
+fuse_attach() { # EXPORT DIR
+  local i pidfile="$WORK/nbdfuse-$1.pid"
+  nbdfuse -P "$pidfile" "$2" "nbd+unix:///$1?socket=$WORK/nbd.sock" >> "$WORK/nbdfuse.log" 2>&1 &
+  for i in $(seq 100); do [ -s "$pidfile" ] && break; sleep 0.1; done
+  [ -e "$2/nbd" ] || fail "nbdfuse for $1 did not come up: $(cat "$WORK/nbdfuse.log")"
 }

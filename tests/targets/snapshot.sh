@@ -255,22 +255,6 @@ dmnbd_start "$WORK/cfg5.yaml"
 mkdir -p "$WORK/fuse" "$WORK/fuse2" "$WORK/mnt" "$WORK/mnt2"
 on_cleanup fuse_teardown
 on_cleanup snap_teardown
-SNAP_FUSE_PID="" SNAP_LOOP="" SNAP_MOUNTED=0 SNAP_FUSE_MOUNTED=0
-snap_teardown() {
-  [ "$SNAP_MOUNTED" = 1 ] && timeout 30 umount "$WORK/mnt2" && SNAP_MOUNTED=0
-  [ -n "$SNAP_LOOP" ] && timeout 30 losetup -d "$SNAP_LOOP" && SNAP_LOOP=""
-  [ "$SNAP_FUSE_MOUNTED" = 1 ] && timeout 30 umount "$WORK/fuse2" && SNAP_FUSE_MOUNTED=0
-  [ -n "$SNAP_FUSE_PID" ] && kill -0 "$SNAP_FUSE_PID" 2>/dev/null && kill "$SNAP_FUSE_PID"
-  SNAP_FUSE_PID=""
-  return 0
-}
-# fuse_attach EXPORT DIR: nbdfuse + loop; prints the loop device.
-fuse_attach() {
-  local i pidfile="$WORK/nbdfuse-$1.pid"
-  nbdfuse -P "$pidfile" "$2" "nbd+unix:///$1?socket=$WORK/nbd.sock" >> "$WORK/nbdfuse.log" 2>&1 &
-  for i in $(seq 100); do [ -s "$pidfile" ] && break; sleep 0.1; done
-  [ -e "$2/nbd" ] || fail "nbdfuse for $1 did not come up: $(cat "$WORK/nbdfuse.log")"
-}
 fuse_attach vol "$WORK/fuse"; FUSE_PID=$(cat "$WORK/nbdfuse-vol.pid"); FUSE_MOUNTED=1
 LOOP=$(timeout 30 losetup -f --show "$WORK/fuse/nbd") || fail "losetup failed"
 timeout 120 mkfs.ext4 -q -F "$LOOP" || fail "mkfs.ext4 failed"

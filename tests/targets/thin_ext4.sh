@@ -33,24 +33,7 @@ check "a 1 GiB thin volume on 256 MiB of data" quiet dm thin create vol --pool p
 mkdir -p "$WORK/fuse" "$WORK/fuse2" "$WORK/mnt" "$WORK/mnt2"
 on_cleanup fuse_teardown
 on_cleanup snap_teardown
-SNAP_FUSE_PID="" SNAP_LOOP="" SNAP_MOUNTED=0
-snap_teardown() {
-  [ "$SNAP_MOUNTED" = 1 ] && timeout 30 umount "$WORK/mnt2" && SNAP_MOUNTED=0
-  [ -n "$SNAP_LOOP" ] && timeout 30 losetup -d "$SNAP_LOOP" && SNAP_LOOP=""
-  mountpoint -q "$WORK/fuse2" && timeout 30 umount "$WORK/fuse2"
-  [ -n "$SNAP_FUSE_PID" ] && kill -0 "$SNAP_FUSE_PID" 2>/dev/null && kill "$SNAP_FUSE_PID"
-  SNAP_FUSE_PID=""
-  return 0
-}
-attach() { # EXPORT DIR: nbdfuse of EXPORT in DIR; prints nbdfuse's PID
-  local i pidfile="$WORK/nbdfuse-$1.pid"
-  nbdfuse -P "$pidfile" "$2" "nbd+unix:///$1?socket=$WORK/nbd.sock" >> "$WORK/nbdfuse.log" 2>&1 &
-  for i in $(seq 100); do [ -s "$pidfile" ] && break; sleep 0.1; done
-  [ -e "$2/nbd" ] || fail "nbdfuse for $1 did not come up: $(cat "$WORK/nbdfuse.log")"
-  cat "$pidfile"
-}
-
-FUSE_PID=$(attach vol "$WORK/fuse"); FUSE_MOUNTED=1
+fuse_attach vol "$WORK/fuse"; FUSE_PID=$(cat "$WORK/nbdfuse-vol.pid"); FUSE_MOUNTED=1
 LOOP=$(timeout 30 losetup -f --show "$WORK/fuse/nbd") || fail "losetup failed"
 check "mkfs.ext4 (discarding the whole volume first)" quiet timeout 120 mkfs.ext4 -q -F "$LOOP"
 timeout 30 mount -t ext4 "$LOOP" "$WORK/mnt" && MOUNTED=1 || fail "mount failed"
@@ -70,7 +53,7 @@ rm -f "$WORK/mnt/a.bin"
 dd if=/dev/urandom of="$WORK/mnt/b.bin" bs=1M count=4 status=none
 sync
 
-SNAP_FUSE_PID=$(attach snap "$WORK/fuse2")
+fuse_attach snap "$WORK/fuse2"; SNAP_FUSE_PID=$(cat "$WORK/nbdfuse-snap.pid"); SNAP_FUSE_MOUNTED=1
 SNAP_LOOP=$(timeout 30 losetup -f --show "$WORK/fuse2/nbd") || fail "losetup of the snapshot failed"
 check "e2fsck -fn of the snapshot: clean" quiet timeout 120 e2fsck -fn "$SNAP_LOOP"
 timeout 30 mount -t ext4 -o ro "$SNAP_LOOP" "$WORK/mnt2" && SNAP_MOUNTED=1 || fail "mounting the snapshot failed"
