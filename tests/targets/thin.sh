@@ -142,6 +142,27 @@ check "an unknown feature: refused" refused create p3 --table "0 2048 thin-pool 
 check "  with the reason" grep -q "Unrecognised pool feature requested" "$WORK/err"
 check "a second pool on the same metadata: refused" refused create p3 --table "0 2048 thin-pool meta.img data.img 128 0"
 check "  with the reason" grep -q "metadata device already in use by a pool" "$WORK/err"
+# The rest of pool_ctr's and thin_ctr's refusals, in their words.
+while IFS='|' read -r table reason; do
+  check "'$table': refused" refused create p3 --table "$table"
+  check "  $reason" grep -q "$reason" "$WORK/err"
+done <<'TABLES'
+0 2048 thin-pool meta2.img data2.img 128|Invalid argument count
+0 2048 thin-pool data2.img data2.img 128 0|Error setting metadata or data device
+0 2048 thin-pool meta2.img data2.img 128 x|Invalid low water mark
+0 2048 thin-pool meta2.img data2.img 128 0 5 a b c d e|Invalid number of pool feature arguments
+0 2048 thin-pool meta2.img data2.img 128 0 2 skip_block_zeroing|Invalid number of pool feature arguments
+0 2048 thin-pool missing.img data2.img 128 0|Error opening metadata block device
+0 2048 thin pool|Invalid argument count
+0 2048 thin pool 16777216|Invalid device id
+0 2048 thin thin1 1|Couldn't find pool object
+0 2048 thin pool 1 pool|Error setting origin device
+TABLES
+check "ignore_discard on a reload of a live pool: refused" refused reload pool --table \
+  "0 131072 thin-pool meta.img data.img 128 0 1 ignore_discard"
+check "  Discard support cannot be disabled once enabled" \
+  grep -q "Discard support cannot be disabled once enabled" "$WORK/err"
+check "  and the pool is as it was" is "$(dm table pool)" "0 131072 thin-pool meta.img data.img 128 0 0 "
 
 # ---- 5. out of data space (pool2: 16 blocks of 64 KiB, error_if_no_space)
 check "create_thin 1 on pool2" quiet dm message pool2 0 create_thin 1
