@@ -12,7 +12,8 @@
 #    out_of_data_space, then the pool grown by a reload is rw again; without
 #    it a write waits until the pool grows, then goes through;
 # 6. kill -9 under fio's writes: the pool opens again, thin_check passes,
-#    and what fio wrote and flushed before the kill reads back;
+#    and what was written and flushed before the kill reads back, and so
+#    does a write that was not flushed but came a periodic commit before;
 # 7. after a clean stop: thin_check and the project's own check (dmnbd thin
 #    check), and thin_dump shows the devices;
 # 8. metadata thin_restore wrote (a snapshot sharing blocks, internal nodes)
@@ -209,6 +210,8 @@ fio_verify load fiothin 16M
 check "fio's verified writes to a thin device" fio_wait load
 check "  saw no error" fio_clean load
 check "a flushed write before the kill" is "$(EXPORT=fiothin nbdio write:20971520:4096:0x5a flush | tr '\n' ' ')" "ok ok "
+check "a write with no flush, 2 s before the kill" is "$(EXPORT=fiothin nbdio write:25165824:4096:0x5b)" ok
+sleep 2  # the periodic commit (every second) makes its mapping durable
 kill_under_fio fiothin 16M
 sed -i -e 's/0 2048 thin-pool/0 4096 thin-pool/' -e 's/0 8192 linear meta2/0 16384 linear meta2/' \
   "$WORK/cfg.yaml"  # grown in 5.
@@ -218,6 +221,8 @@ for _ in $(seq 50); do [ -S "$WORK/ctl.sock" ] && break; sleep 0.1; done
 check "the pool opens again" quiet dm create fiothin --table "0 65536 thin pool 3"
 check "  the flushed write is there" is "$(EXPORT=fiothin nbdio read:20971520:512 | cut -d' ' -f2)" \
   5a5a5a5a5a5a5a5a
+check "  and the unflushed one, committed within a second" is \
+  "$(EXPORT=fiothin nbdio read:25165824:512 | cut -d' ' -f2)" 5b5b5b5b5b5b5b5b
 check "  the origin thin's data too" quiet dm create thin1 --table "0 131072 thin pool 1"
 check "  reads back" is "$(nbdio read:8192:512 read:327680:512 | cut -d' ' -f2 | tr '\n' ' ')" \
   "3333333333333333 2222222222222222 "
