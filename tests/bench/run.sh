@@ -14,7 +14,7 @@
 #   bash tests/bench/run.sh raid5 --only capped          # its capped-legs part alone (about a minute)
 #   bash tests/bench/run.sh crypt            # the crypt and LUKS benchmark (crypt.py)
 #   bash tests/bench/run.sh thin             # thin-pool and thin against linear and qcow2 (thin.py)
-#   RUNTIME=1 ROUNDS=1 bash tests/bench/run.sh thin    # the same, short (about two minutes)
+#   RUNTIME=1 ROUNDS=1 bash tests/bench/run.sh thin    # the same, short (about a minute and a half)
 #   bash tests/bench/run.sh thin --only memory          # one part: provisioned, first, snapshot, memory
 #   DMNBD=/path/to/dmnbd bash tests/bench/run.sh raid5   # that binary, no build
 set -euo pipefail
