@@ -13,6 +13,9 @@
 #   RUNTIME=1 ROUNDS=1 bash tests/bench/run.sh raid5   # the same, short (about two minutes)
 #   bash tests/bench/run.sh raid5 --only capped          # its capped-legs part alone (about a minute)
 #   bash tests/bench/run.sh crypt            # the crypt and LUKS benchmark (crypt.py)
+#   bash tests/bench/run.sh thin             # thin-pool and thin against linear and qcow2 (thin.py)
+#   RUNTIME=1 ROUNDS=1 bash tests/bench/run.sh thin    # the same, short (about a minute and a half)
+#   bash tests/bench/run.sh thin --only memory          # one part: provisioned, first, snapshot, memory
 #   DMNBD=/path/to/dmnbd bash tests/bench/run.sh raid5   # that binary, no build
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +34,6 @@ fi
 cleanup() { [ "$mounted" = 1 ] && umount "$dir"; }
 trap cleanup EXIT
 script=bench.py
-case ${1:-} in snapshot|mirror|raid|raid5|crypt) script=$1.py; shift;; esac
+case ${1:-} in snapshot|mirror|raid|raid5|crypt|thin) script=$1.py; shift;; esac
 # The system python: fast to start, and the one with Debian's packages.
 /usr/bin/python3 "$here/$script" --dir "$dir" --dmnbd "$dmnbd" "$@"
