@@ -102,9 +102,13 @@ class BlockCache {
   struct WriteRun;
 
   Task<Status> get(uint64_t block, bool read_it, Ref& out);
-  void hold(Buffer& b);    // under mutex_
-  void unhold(Buffer& b);  // under mutex_
-  void trim();             // under mutex_: drops clean blocks over the bound
+  void hold(Buffer& b);                      // under mutex_
+  void unhold(Buffer& b);                    // under mutex_
+  void trim();                               // under mutex_: drops clean blocks over the bound
+  bool loading_now(const Buffer& b) const {  // a cache hit needs no wait unless still loading
+    std::lock_guard lk(mutex_);
+    return b.loading;
+  }
   std::vector<WriteRun> take_for_write(const uint64_t* skip, const uint64_t* only);
   Task<Status> write_runs(std::vector<WriteRun>& runs, uint32_t flags);
 

@@ -5,6 +5,14 @@
 namespace dmnbd {
 
 Task<AsyncMutex::Guard> AsyncMutex::lock() {
+  {
+    // Not held: taken at once, without a trip through the event loop.
+    std::lock_guard lk(state_mutex_);
+    if (!locked_) {
+      locked_ = true;
+      co_return Guard(this);
+    }
+  }
   co_await park_until_woken([this](std::function<void()> wake) {
     std::unique_lock lk(state_mutex_);
     if (!locked_) {

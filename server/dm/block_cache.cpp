@@ -132,8 +132,8 @@ Task<Status> BlockCache::get(uint64_t block, bool read_it, Ref& out) {
       if (st) buffers_.erase(block);
     }
     for (auto& wake : waiters) wake();
-  } else {
-    // Someone else may be reading it: share that read.
+  } else if (loading_now(*b)) {
+    // Someone else is reading it: share that read.
     co_await park_until_woken([this, &b](std::function<void()> wake) {
       std::unique_lock lk(mutex_);
       if (b->loading) {

@@ -5,6 +5,11 @@
 namespace dmnbd {
 
 Task<KeyLocks::Guard> KeyLocks::lock(uint64_t key) {
+  {
+    // Not held: taken at once, without a trip through the event loop.
+    std::lock_guard lk(mutex_);
+    if (keys_.try_emplace(key).second) co_return Guard(this, key);
+  }
   co_await park_until_woken([this, key](std::function<void()> wake) {
     std::unique_lock lk(mutex_);
     auto [it, fresh] = keys_.try_emplace(key);

@@ -351,8 +351,16 @@ void Pool::snapshot_status() {
     return;
   }
   shown_ = {true, pmd_->transaction_id(), pmd_->usage(), pmd_->held_root(), pmd_->needs_check()};
-  shown_thins_.clear();
-  for (const auto& [id, highest] : highest_) shown_thins_[id] = {pmd_->mapped_blocks(id), highest};
+  // Only the devices this section touched: I/O to one of many open thins
+  // costs the same as to the only one.
+  for (uint32_t id : shown_stale_) {
+    auto h = highest_.find(id);
+    if (h == highest_.end())
+      shown_thins_.erase(id);
+    else
+      shown_thins_[id] = {pmd_->mapped_blocks(id), h->second};
+  }
+  shown_stale_.clear();
 }
 
 PoolFeatures Pool::features() const {
@@ -503,14 +511,19 @@ Task<void> Pool::load_thin(uint32_t id) {
   auto guard = co_await lock_metadata();
   std::optional<uint64_t> highest;
   if (pmd_ && !co_await pmd_->highest_mapped(id, highest)) highest_[id] = highest;
+  shown_stale_.insert(id);
 }
 
 void Pool::close_thin(uint32_t id) {
   auto it = open_thins_.find(id);
-  if (it != open_thins_.end() && --it->second == 0) {
-    open_thins_.erase(it);
-    highest_.erase(id);
-  }
+  if (it != open_thins_.end() && --it->second == 0) open_thins_.erase(it);
+}
+
+Task<void> Pool::unload_thin(uint32_t id) {
+  auto guard = co_await lock_metadata();
+  if (open_thins_.count(id)) co_return;  // another line still has it
+  highest_.erase(id);
+  shown_stale_.insert(id);
 }
 
 void Pool::wake_space_waiters() {
@@ -649,6 +662,7 @@ Task<Status> Pool::provision(uint32_t id, uint64_t vblock, const Bio& bio,
     co_return errno_status(EIO);
   }
   changed_[id] = true;
+  shown_stale_.insert(id);
   if (auto h = highest_.find(id); h != highest_.end() && (!h->second || *h->second < vblock))
     h->second = vblock;
   co_return ok();
@@ -759,6 +773,7 @@ Task<Status> Pool::discard(uint32_t id, const Bio& bio) {
           co_return errno_status(EIO);
         }
         changed_[id] = true;
+        shown_stale_.insert(id);
         if (auto h = highest_.find(id); h != highest_.end() && h->second == found) {
           std::optional<uint64_t> highest;
           if (!co_await pmd_->highest_mapped(id, highest)) h->second = highest;

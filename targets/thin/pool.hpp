@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "dmnbd/async_mutex.hpp"
@@ -85,6 +86,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   Status open_thin(uint32_t id);      // ENODATA for an unknown id
   Task<void> load_thin(uint32_t id);  // its highest mapped block, for status
   void close_thin(uint32_t id);
+  Task<void> unload_thin(uint32_t id);  // after close_thin: what load_thin kept goes
   // `noflush_suspending` is the thin line's: a write waiting for data space
   // goes back to the device (requeued) when a noflush suspend begins.
   Task<Status> thin_io(uint32_t id, Bio bio, BlockDevice* origin, uint64_t origin_sectors,
@@ -172,6 +174,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
     bool needs_check = false;
   };
   std::map<uint32_t, std::optional<uint64_t>> highest_;  // open thins (under meta_lock_)
+  // Open thins whose status changed since the last snapshot (under meta_lock_).
+  std::set<uint32_t> shown_stale_;
   mutable std::mutex shown_mutex_;
   Shown shown_;
   std::map<uint32_t, ThinShown> shown_thins_;

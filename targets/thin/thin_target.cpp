@@ -65,6 +65,7 @@ class ThinTarget final : public Target {
 
   Task<void> teardown() override {
     pool_->close_thin(id_);
+    co_await pool_->unload_thin(id_);
     co_await pool_->release();
   }
 
