@@ -19,7 +19,10 @@
 # 8. metadata thin_restore wrote (a snapshot sharing blocks, internal nodes)
 #    opens in dmnbd: the same bytes, and a write to a shared block copies it;
 # 9. the LVM-style verbs: thin create-pool, create, snapshot, remove, and a
-#    failing one leaves everything as it was.
+#    failing one leaves everything as it was;
+# 10. a thin device with an external origin (reads the origin where it has
+#    not written, zeroes past the origin's end, a partial write copies the
+#    origin's block first) and a pool reloaded read_only.
 source "$(dirname "$0")/../protocol/lib.sh"
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/../../.ci/packages.sh"
@@ -51,6 +54,15 @@ import sys
 with open(sys.argv[1], "wb") as f:
     for i in range(1024):
         f.write(bytes([i % 251 + 1]) * 65536)
+PYEOF
+# 10.'s external origin: 200 KiB (three 64 KiB blocks and an eighth), its
+# 64 KiB block i all byte 0xe0 + i.
+"$PY" - "$WORK/ext.img" <<'PYEOF'
+import sys
+with open(sys.argv[1], "wb") as f:
+    for i in range(3):
+        f.write(bytes([0xe0 + i]) * 65536)
+    f.write(bytes([0xe3]) * 8192)
 PYEOF
 cat > "$WORK/cfg.yaml" <<YAML
 listen: [ "unix://$WORK/nbd.sock" ]
@@ -272,6 +284,35 @@ check "dmnbd thin check of a suspended pool" quiet bash -c \
   "cd '$WORK' && timeout 60 '$DMNBD' --control '$WORK/ctl.sock' suspend vp && timeout 60 '$DMNBD' --control '$WORK/ctl.sock' thin check vp"
 check "  resumes" quiet dm resume vp
 
+# ---- 10. an external origin, a read-only pool
+check "create_thin 10" quiet dm message pool 0 create_thin 10
+check "a thin of 1 MiB over a 200 KiB external origin" quiet dm create ext --table \
+  "0 2048 thin pool 10 ext.img"
+check "  reads the origin where it wrote nothing" is \
+  "$(EXPORT=ext nbdio read:0:512 read:131072:512 | cut -d' ' -f2 | tr '\n' ' ')" \
+  "e0e0e0e0e0e0e0e0 e2e2e2e2e2e2e2e2 "
+check "  the origin's last part, zeroes after it in that block" is \
+  "$(EXPORT=ext nbdio read:200704:512 read:204800:512 | cut -d' ' -f2 | tr '\n' ' ')" \
+  "e3e3e3e3e3e3e3e3 0000000000000000 "
+check "  and zeroes past the origin" is "$(EXPORT=ext nbdio read:262144:512 | cut -d' ' -f2)" \
+  0000000000000000
+check "a partial write over the origin" is "$(EXPORT=ext nbdio write:69632:4096:0x99 flush | tr '\n' ' ')" "ok ok "
+check "  reads back, the rest of its block the origin's" is \
+  "$(EXPORT=ext nbdio read:69632:512 read:65536:512 read:126976:512 | cut -d' ' -f2 | tr '\n' ' ')" \
+  "9999999999999999 e1e1e1e1e1e1e1e1 e1e1e1e1e1e1e1e1 "
+check "  the origin file is untouched" is "$(od -An -tx1 -j 69632 -N 4 "$WORK/ext.img" | tr -d ' ')" e1e1e1e1
+check "  status: one block" is "$(dm status ext)" "0 2048 thin 128 255"
+check "pool3 reloaded read_only" quiet dm reload pool3 --table \
+  "0 131072 thin-pool meta3.img data3.img 128 0 1 read_only"
+check "  status ro" is "$(dm status pool3 | awk '{print $8}')" ro
+# thin 2's block 5 was written after its snapshot (8.): it alone maps it.
+check "  a rewrite of a block thin 2 alone maps works" is "$(EXPORT=r2 nbdio write:327680:512:0x55)" ok
+check "  a write that needs a new block fails" is "$(EXPORT=r1 nbdio write:19660800:512:0x55)" EIO
+check "  a write to a shared block fails" is "$(EXPORT=r1 nbdio write:65536:512:0x55)" EIO
+check "  messages are refused" refused message pool3 0 create_thin 7
+check "  back to rw" quiet dm reload pool3 --table "0 131072 thin-pool meta3.img data3.img 128 0"
+check "  status rw" is "$(dm status pool3 | awk '{print $8}')" rw
+
 # ---- 7. after a clean stop
 dmnbd_stop || fail "$STOP_REASON"
 own_check_ok() { quiet "$DMNBD" thin check "$WORK/$1"; }
@@ -285,8 +326,8 @@ check "  (thin_restore's hints were rewritten by dmnbd's commits)" is "$(tail -1
 
 thin_dump "$WORK/meta.img" > "$WORK/dump.xml" 2>&1
 check "thin_dump: transaction 5" grep -q 'transaction="5"' "$WORK/dump.xml"
-check "  devices 1, 2 and 3" is "$(grep -o 'dev_id="[0-9]*"' "$WORK/dump.xml" | tr '\n' ' ')" \
-  'dev_id="1" dev_id="2" dev_id="3" '
+check "  devices 1, 2, 3 and 10" is "$(grep -o 'dev_id="[0-9]*"' "$WORK/dump.xml" | tr '\n' ' ')" \
+  'dev_id="1" dev_id="2" dev_id="3" dev_id="10" '
 check "  the snapshot's one block is the origin's old one" quiet \
   grep -A1 'dev_id="2"' "$WORK/dump.xml"
 pass
