@@ -156,7 +156,7 @@ void Pool::set_mode(PoolMode new_mode) {
                !oods      ? ""
                : error_io ? " (error IO)"
                           : " (queue IO)");
-  raise_event_();
+  fire_event();
   if (new_mode == PoolMode::write) wake_space_waiters();
 }
 
@@ -184,6 +184,22 @@ Task<void> Pool::metadata_failed(const char* op, Status st) {
   set_mode(PoolMode::read_only);
 }
 
+// __set_metadata_reserve(): blocks kept back for the commit that turns a
+// full pool read-only (under meta_lock_).
+uint64_t Pool::metadata_reserve() const {
+  return std::min<uint64_t>(4096, pmd_->usage().metadata_total / 10);
+}
+
+// Free metadata blocks below which no more data is provisioned: the
+// kernel's reserve, and what a commit of ours takes besides (it writes the
+// space maps' changed bitmaps at the commit, where the kernel moves them as
+// they change), with room for the mapping inserts of the writes in flight.
+// A pool turns read-only that much earlier than the kernel's (under meta_lock_).
+uint64_t Pool::metadata_headroom() const {
+  constexpr uint64_t kInsertsInFlight = 32;
+  return metadata_reserve() + pmd_->commit_blocks() + kInsertsInFlight;
+}
+
 uint64_t Pool::metadata_threshold() const {
   return std::min<uint64_t>(1024, std::min(metadata_dev_->sectors(),
                                            space_map::kMaxMetadataBlocks * kMetadataBlockSectors) /
@@ -200,7 +216,7 @@ void Pool::check_low_water(uint64_t free_blocks) {
   if (!fire) return;
   spdlog::warn("thin: {}: reached low water mark for data device: sending event.",
                mapped_device_ ? mapped_device_->name() : "pool");
-  raise_event_();
+  fire_event();
 }
 
 // ---- commits ----
@@ -215,8 +231,7 @@ Task<Status> Pool::commit_locked() {
   changed_.clear();
   // check_for_metadata_space() and check_for_data_space().
   const auto usage = pmd_->usage();
-  const uint64_t reserve = std::min<uint64_t>(4096, usage.metadata_total / 10);
-  if (usage.metadata_free <= reserve && mode() < PoolMode::out_of_metadata_space) {
+  if (usage.metadata_free <= metadata_headroom() && mode() < PoolMode::out_of_metadata_space) {
     spdlog::error("thin: No free metadata blocks");
     set_mode(PoolMode::out_of_metadata_space);
   }
@@ -344,6 +359,30 @@ Task<Pool::MetaGuard> Pool::lock_metadata() {
   co_return MetaGuard(this, std::move(guard));
 }
 
+// dm_table_event() of the pool's table, as bound at the last preresume.
+void Pool::fire_event() {
+  std::function<void()> raise;
+  {
+    std::lock_guard lk(state_mutex_);
+    raise = raise_event_;
+  }
+  raise();
+}
+
+// sm-metadata's check_threshold(): one event when free metadata blocks
+// fall to the threshold, again only after they rose above it.
+void Pool::metadata_changed() {
+  snapshot_status();
+  if (!pmd_) return;
+  const bool low = pmd_->usage().metadata_free <= metadata_threshold();
+  if (low && !metadata_low_) {
+    spdlog::warn("thin: {}: reached low water mark for metadata device: sending event.",
+                 mapped_device_ ? mapped_device_->name() : "pool");
+    fire_event();
+  }
+  metadata_low_ = low;
+}
+
 void Pool::snapshot_status() {
   std::lock_guard lk(shown_mutex_);
   if (!pmd_) {
@@ -377,7 +416,7 @@ std::string Pool::status() const {
   }
   if (!s.valid) return "Error";
   const auto& u = s.usage;
-  const uint64_t reserve = std::min<uint64_t>(4096, u.metadata_total / 10);
+  const uint64_t reserve = std::min<uint64_t>(4096, u.metadata_total / 10);  // metadata_reserve()
   const uint64_t meta_free = u.metadata_free > reserve ? u.metadata_free - reserve : 0;
   std::string out = fmt::format("{} {}/{} {}/{} ", s.transaction_id, u.metadata_total - meta_free,
                                 u.metadata_total, u.data_total - u.data_free, u.data_total);
@@ -545,16 +584,18 @@ Task<Status> Pool::wait_for_space(const std::function<bool()>* noflush_suspendin
     // thin_presuspend() with noflush: the write waits in the device instead,
     // for the table live after the resume (the pool grown, maybe).
     if (noflush_suspending && (*noflush_suspending)()) co_return requeue_status();
+    bool timed_out = false;
     {
       std::lock_guard lk(state_mutex_);
       if (pf_.error_if_no_space) co_return errno_status(ENOSPC);
-      if (std::chrono::steady_clock::now() - out_of_space_since_ >= kNoSpaceTimeout) {
-        pf_.error_if_no_space = true;
-        spdlog::info("thin: {}: switching pool to out-of-data-space (error IO) mode",
-                     mapped_device_ ? mapped_device_->name() : "pool");
-        raise_event_();
-        co_return errno_status(ENOSPC);
-      }
+      timed_out = std::chrono::steady_clock::now() - out_of_space_since_ >= kNoSpaceTimeout;
+      if (timed_out) pf_.error_if_no_space = true;
+    }
+    if (timed_out) {
+      spdlog::info("thin: {}: switching pool to out-of-data-space (error IO) mode",
+                   mapped_device_ ? mapped_device_->name() : "pool");
+      fire_event();
+      co_return errno_status(ENOSPC);
     }
     co_await sleep_for(kSpacePoll);
   }
@@ -568,6 +609,12 @@ Task<Status> Pool::alloc_data_block(uint64_t& out,
     Status st;
     {
       auto guard = co_await lock_metadata();
+      // "Let's commit before we use up the metadata reserve": the commit
+      // then finds only the headroom left and turns the pool read-only.
+      if (mode() == PoolMode::write && pmd_->usage().metadata_free <= metadata_headroom()) {
+        st = co_await commit_locked();
+        if (st) co_return st;
+      }
       if (mode() != PoolMode::write) {
         st = errno_status(ENOSPC);
       } else {

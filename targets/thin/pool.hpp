@@ -116,6 +116,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   Task<void> metadata_failed(const char* op, Status st);
   void check_low_water(uint64_t free_blocks);
   uint64_t metadata_threshold() const;
+  uint64_t metadata_reserve() const;
+  uint64_t metadata_headroom() const;
   Task<Status> wait_for_space(const std::function<bool()>* noflush_suspending);
   // The metadata lock; releasing it refreshes what status() shows.
   class MetaGuard {
@@ -125,7 +127,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
         : pool_(std::exchange(o.pool_, nullptr)), guard_(std::move(o.guard_)) {}
     MetaGuard& operator=(MetaGuard&&) = delete;
     ~MetaGuard() {
-      if (pool_) pool_->snapshot_status();  // before guard_ lets go
+      if (pool_) pool_->metadata_changed();  // before guard_ lets go
     }
 
    private:
@@ -133,7 +135,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
     AsyncMutex::Guard guard_;
   };
   Task<MetaGuard> lock_metadata();
-  void snapshot_status();  // under meta_lock_
+  void fire_event();
+  void metadata_changed();  // under meta_lock_: the status snapshot, the metadata low water
+  void snapshot_status();   // under meta_lock_
   void wake_space_waiters();
 
   const BlockDevice* mapped_device_;
@@ -161,6 +165,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::vector<std::function<void()>> space_waiters_;
   std::chrono::steady_clock::time_point out_of_space_since_;
   unsigned holders_ = 0;
+  bool metadata_low_ = false;  // free metadata at or under the threshold (under meta_lock_)
 
   struct ThinShown {
     uint64_t mapped_blocks = 0;

@@ -393,8 +393,14 @@ Status PoolMetadata::resize_metadata(uint64_t nr_blocks) {
 }
 
 PoolMetadata::Usage PoolMetadata::usage() const {
-  return {metadata_.counts().nr_blocks(), metadata_.counts().nr_free(), data_.counts().nr_blocks(),
-          data_.counts().nr_free()};
+  return {metadata_.counts().nr_blocks(), metadata_.counts().nr_allocatable(),
+          data_.counts().nr_blocks(), data_.counts().nr_free()};
+}
+
+uint64_t PoolMetadata::commit_blocks() const {
+  // The details tree: a path shadowed, and a split on each level at worst.
+  constexpr uint64_t kDetailsPath = 8;
+  return data_.commit_blocks() + metadata_.commit_blocks() + kDetailsPath;
 }
 
 Task<Status> PoolMetadata::write_details() {

@@ -28,7 +28,8 @@ class PoolMetadata {
     bool shared = false;  // the device was snapshotted since the block was mapped
   };
 
-  // The numbers the pool's status line and low-water checks use.
+  // The numbers the pool's status line and low-water checks use: free
+  // metadata blocks as allocatable now, free data blocks as counted now.
   struct Usage {
     uint64_t metadata_total = 0, metadata_free = 0;
     uint64_t data_total = 0, data_free = 0;
@@ -82,6 +83,9 @@ class PoolMetadata {
 
   // ---- transactions ----
   bool changed() const { return changed_; }
+  // Metadata blocks the next commit may take (both space maps' and the
+  // details tree's), which must stay free for it.
+  uint64_t commit_blocks() const;
   // Data flushed (pre-commit), then every new metadata block written and
   // flushed, then the superblock. Nothing to do if nothing changed.
   Task<Status> commit();

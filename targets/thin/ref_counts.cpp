@@ -31,6 +31,7 @@ Status RefCounts::count(uint64_t b, uint32_t& out) const {
 }
 
 void RefCounts::change(uint64_t b, uint32_t old_count, uint32_t new_count) {
+  const bool free_then = free_at_commit(b);
   Bitmap& bm = bitmaps_[b / kPerBitmap];
   const auto j = static_cast<uint32_t>(b % kPerBitmap);
   const uint32_t old_stored = std::min(old_count, 3u), new_stored = std::min(new_count, 3u);
@@ -49,9 +50,11 @@ void RefCounts::change(uint64_t b, uint32_t old_count, uint32_t new_count) {
   if (old_count == 0 && new_count != 0) {
     --bm.nr_free;
     ++nr_allocated_;
+    if (free_then) ++allocated_since_commit_;
   } else if (old_count != 0 && new_count == 0) {
     ++bm.nr_free;
     --nr_allocated_;
+    if (free_then) --allocated_since_commit_;
   }
 }
 
@@ -162,6 +165,8 @@ void RefCounts::loaded() {
 }
 
 void RefCounts::committed() {
+  allocated_at_commit_ = nr_allocated_;
+  allocated_since_commit_ = 0;
   for (Bitmap& bm : bitmaps_) {
     bm.at_commit.reset();
     bm.dirty = false;

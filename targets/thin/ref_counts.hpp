@@ -33,6 +33,12 @@ class RefCounts {
   uint64_t nr_blocks() const { return nr_blocks_; }
   uint64_t nr_allocated() const { return nr_allocated_; }
   uint64_t nr_free() const { return nr_blocks_ - nr_allocated_; }
+  // Free now and at the last commit, so that allocate() can hand them out
+  // (the kernel's sm_metadata_get_nr_free()): blocks freed since the commit
+  // are not counted.
+  uint64_t nr_allocatable() const {
+    return nr_blocks_ - allocated_at_commit_ - allocated_since_commit_;
+  }
 
   // A block past the end: EINVAL (the kernel's "out of bounds" in sm_ll).
   Status count(uint64_t b, uint32_t& out) const;
@@ -87,6 +93,8 @@ class RefCounts {
 
   uint64_t nr_blocks_ = 0;
   uint64_t nr_allocated_ = 0;
+  uint64_t allocated_at_commit_ = 0;
+  uint64_t allocated_since_commit_ = 0;  // free at the commit, in use now
   uint64_t cursor_ = 0;
   std::vector<Bitmap> bitmaps_;
   std::map<uint64_t, uint32_t> overflow_;  // counts >= 3

@@ -206,6 +206,14 @@ Task<Status> SpaceMap::commit(TransactionManager& tm) {
   co_return ok();
 }
 
+uint64_t SpaceMap::commit_blocks() const {
+  uint64_t dirty = 0;
+  for (uint64_t i = 0; i < counts_.nr_bitmaps(); ++i)
+    dirty += counts_.dirty(i) || i >= bitmap_blocks_.size() || bitmap_blocks_[i] == 0;
+  const uint64_t overflow = counts_.overflow_dirty() ? overflow_nodes_.size() + 2 : 0;
+  return dirty * (kind_ == Kind::metadata ? 2 : 1) + index_nodes_.size() + 2 + overflow;
+}
+
 SpaceMapRoot SpaceMap::root() const {
   return {counts_.nr_blocks(), counts_.nr_allocated(), index_root_, overflow_root_};
 }

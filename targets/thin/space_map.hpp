@@ -35,6 +35,10 @@ class SpaceMap {
   // Writes what changed since the last commit (or everything, for a map
   // never written); the counts then become the committed ones.
   Task<Status> commit(TransactionManager& tm);
+  // At most the metadata blocks the next commit() takes: a block for each
+  // changed bitmap (twice, for the metadata map: moving one can change
+  // another), the index anew, the overflow tree anew if it changed.
+  uint64_t commit_blocks() const;
   // The root for the superblock, after commit().
   SpaceMapRoot root() const;
 

@@ -20,6 +20,9 @@
 #    opens in dmnbd: the same bytes, and a write to a shared block copies it;
 # 9. the LVM-style verbs: thin create-pool, create, snapshot, remove, and a
 #    failing one leaves everything as it was;
+# 11. out of metadata space: a 1024-block metadata device fills; an event at
+#    its low water mark, the pool goes read-only when only the headroom is
+#    left, and a longer metadata device brings it back to rw;
 # 10. a thin device with an external origin (reads the origin where it has
 #    not written, zeroes past the origin's end, a partial write copies the
 #    origin's block first) and a pool reloaded read_only.
@@ -74,6 +77,8 @@ files:
   - { path: data2.img, size: 2MiB }
   - { path: meta4.img, size: 4MiB }
   - { path: data4.img, size: 2MiB }
+  - { path: meta5.img, size: 8MiB }
+  - { path: data5.img, size: 8GiB }
 devices:
   - name: pool
     table: "0 131072 thin-pool meta.img data.img 128 0"
@@ -83,6 +88,10 @@ devices:
     table: "0 2048 thin-pool m2 data2.img 128 0 1 error_if_no_space"
   - name: pool4
     table: "0 2048 thin-pool meta4.img data4.img 128 0"
+  - name: m5
+    table: "0 8192 linear meta5.img 0"
+  - name: pool5
+    table: "0 16777216 thin-pool m5 data5.img 128 0 1 skip_block_zeroing"
   - name: pool3
     table: "0 131072 thin-pool meta3.img data3.img 128 0"
 YAML
@@ -313,13 +322,46 @@ check "  messages are refused" refused message pool3 0 create_thin 7
 check "  back to rw" quiet dm reload pool3 --table "0 131072 thin-pool meta3.img data3.img 128 0"
 check "  status rw" is "$(dm status pool3 | awk '{print $8}')" rw
 
+# ---- 11. out of metadata space (pool5: 1024 metadata blocks, low water 256)
+check "create_thin 1 on pool5" quiet dm message pool5 0 create_thin 1
+check "  its thin device" quiet dm create full --table "0 16777216 thin pool5 1"
+"$PY" - "$WORK/nbd.sock" > "$WORK/fill.out" <<'PYEOF'
+import sys
+import nbd
+h = nbd.NBD(); h.set_export_name("full"); h.connect_unix(sys.argv[1])
+done = 0
+try:
+    for block in range(131072):  # one 512-byte write in each 64 KiB block, a flush each 256
+        h.pwrite(b"\x66" * 512, block * 65536)
+        done += 1
+        if done % 256 == 0:
+            h.flush()
+except nbd.Error as e:
+    print(done, e.errno)
+    sys.exit(0)
+print(done, 0)
+PYEOF
+read -r filled fill_errno < "$WORK/fill.out"
+check "writes until the metadata is full ($filled blocks), then EIO" is "$fill_errno" EIO
+check "  a metadata low water event" test \
+  "$(grep -c 'pool5: reached low water mark for metadata device' "$WORK/server.log")" -ge 1
+check "  status ro" is "$(dm status pool5 | awk '{print $8}')" ro
+check "  No free metadata blocks, logged" grep -q "No free metadata blocks" "$WORK/server.log"
+check "  a provisioned block still reads" is "$(EXPORT=full nbdio read:0:512 | cut -d' ' -f2)" \
+  6666666666666666
+check "a longer metadata device" quiet dm reload m5 --table "0 16384 linear meta5.img 0"
+check "  the pool reloaded" quiet dm reload pool5 --table \
+  "0 16777216 thin-pool m5 data5.img 128 0 1 skip_block_zeroing"
+check "  rw again" is "$(dm status pool5 | awk '{print $8}')" rw
+check "  and writes provision again" is "$(EXPORT=full nbdio write:$((filled * 65536)):512:0x67)" ok
+
 # ---- 7. after a clean stop
 dmnbd_stop || fail "$STOP_REASON"
 own_check_ok() { quiet "$DMNBD" thin check "$WORK/$1"; }
-for m in meta.img meta2.img meta3.img meta4.img vmeta.img; do
+for m in meta.img meta2.img meta3.img meta4.img meta5.img vmeta.img; do
   check "thin_check of $m" thin_check_ok "$m"
 done
-for m in meta.img meta2.img meta3.img meta4.img vmeta.img; do
+for m in meta.img meta2.img meta3.img meta4.img meta5.img vmeta.img; do
   check "dmnbd thin check of $m" own_check_ok "$m"
 done
 check "  (thin_restore's hints were rewritten by dmnbd's commits)" is "$(tail -1 "$WORK/quiet.log")" clean
