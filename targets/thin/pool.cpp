@@ -12,6 +12,11 @@
 namespace dmnbd::thin {
 namespace {
 
+// __set_metadata_reserve(): min(4096, blocks / 10).
+uint64_t reserve_of(uint64_t metadata_blocks) {
+  return std::min<uint64_t>(4096, metadata_blocks / 10);
+}
+
 // The kernel's no_space_timeout module parameter (seconds; 0 = forever).
 constexpr auto kNoSpaceTimeout = std::chrono::seconds(60);
 constexpr auto kCommitPeriod = std::chrono::milliseconds(1000);  // COMMIT_PERIOD
@@ -61,8 +66,7 @@ Pool::~Pool() = default;
 std::shared_ptr<Pool> Pool::find_or_create(const BlockDevice* mapped_device,
                                            std::shared_ptr<BlockDevice> metadata,
                                            std::shared_ptr<BlockDevice> data,
-                                           uint32_t block_sectors, bool read_only, bool& created) {
-  (void)read_only;
+                                           uint32_t block_sectors, bool& created) {
   std::lock_guard lk(registry_mutex);
   std::erase_if(registry, [](const std::weak_ptr<Pool>& p) { return p.expired(); });
   for (const auto& weak : registry) {
@@ -129,13 +133,16 @@ Task<void> Pool::release() {
   if (pmd_ && mode() < PoolMode::out_of_metadata_space) (void)co_await commit();
 }
 
+std::string Pool::name() const {
+  return mapped_device_ ? mapped_device_->name() : "pool";
+}
+
 // ---- modes ----
 
 void Pool::set_mode(PoolMode new_mode) {
   const PoolMode old_mode = mode_.load();
   if (new_mode == PoolMode::write && pmd_ && pmd_->needs_check()) {
-    spdlog::error("thin: {}: unable to switch pool to write mode until repaired.",
-                  mapped_device_ ? mapped_device_->name() : "pool");
+    spdlog::error("thin: {}: unable to switch pool to write mode until repaired.", name());
     new_mode = old_mode != new_mode ? old_mode : PoolMode::read_only;
   }
   if (old_mode == PoolMode::fail) new_mode = old_mode;
@@ -151,8 +158,7 @@ void Pool::set_mode(PoolMode new_mode) {
   mode_ = new_mode;
   if (old_mode == new_mode) return;
   const bool oods = new_mode == PoolMode::out_of_data_space;
-  spdlog::info("thin: {}: switching pool to {}{} mode",
-               mapped_device_ ? mapped_device_->name() : "pool", mode_name(new_mode),
+  spdlog::info("thin: {}: switching pool to {}{} mode", name(), mode_name(new_mode),
                !oods      ? ""
                : error_io ? " (error IO)"
                           : " (queue IO)");
@@ -163,21 +169,21 @@ void Pool::set_mode(PoolMode new_mode) {
 // metadata_operation_failed() and abort_transaction(): back to the last
 // commit, needs_check set, read-only; fail mode if even that fails.
 Task<void> Pool::metadata_failed(const char* op, Status st) {
-  const std::string name = mapped_device_ ? mapped_device_->name() : "pool";
-  spdlog::error("thin: {}: metadata operation '{}' failed: error = {}", name, op, -st.value());
-  spdlog::error("thin: {}: aborting current metadata transaction", name);
+  const std::string pool = name();
+  spdlog::error("thin: {}: metadata operation '{}' failed: error = {}", pool, op, -st.value());
+  spdlog::error("thin: {}: aborting current metadata transaction", pool);
   pmd_.reset();
   changed_.clear();
   std::string error;
   Status reopen = co_await PoolMetadata::open(metadata_dev_, block_sectors_, false, pmd_, error);
   if (reopen) {
-    spdlog::error("thin: {}: failed to abort metadata transaction", name);
+    spdlog::error("thin: {}: failed to abort metadata transaction", pool);
     set_mode(PoolMode::fail);
     co_return;
   }
   pmd_->set_pre_commit([this]() -> Task<Status> { co_return co_await flush_device(*data_); });
   if (co_await pmd_->set_needs_check()) {
-    spdlog::error("thin: {}: failed to set 'needs_check' flag in metadata", name);
+    spdlog::error("thin: {}: failed to set 'needs_check' flag in metadata", pool);
     set_mode(PoolMode::fail);
     co_return;
   }
@@ -187,7 +193,7 @@ Task<void> Pool::metadata_failed(const char* op, Status st) {
 // __set_metadata_reserve(): blocks kept back for the commit that turns a
 // full pool read-only (under meta_lock_).
 uint64_t Pool::metadata_reserve() const {
-  return std::min<uint64_t>(4096, pmd_->usage().metadata_total / 10);
+  return reserve_of(pmd_->usage().metadata_total);
 }
 
 // Free metadata blocks below which no more data is provisioned: the
@@ -214,8 +220,7 @@ void Pool::check_low_water(uint64_t free_blocks) {
       fire = low_water_triggered_ = true;
   }
   if (!fire) return;
-  spdlog::warn("thin: {}: reached low water mark for data device: sending event.",
-               mapped_device_ ? mapped_device_->name() : "pool");
+  spdlog::warn("thin: {}: reached low water mark for data device: sending event.", name());
   fire_event();
 }
 
@@ -276,20 +281,20 @@ void Pool::bind(const PoolFeatures& requested, uint64_t low_water_blocks,
 Task<Status> Pool::preresume(uint64_t data_blocks, std::string& error) {
   auto guard = co_await lock_metadata();
   if (!pmd_) co_return errno_status(EIO);
-  const std::string name = mapped_device_ ? mapped_device_->name() : "pool";
+  const std::string pool = name();
   bool grown = false;
   const uint64_t sb_data = pmd_->data_blocks();
   if (data_blocks < sb_data) {
-    error = fmt::format("{}: pool target ({} blocks) too small: expected {}", name, data_blocks,
+    error = fmt::format("{}: pool target ({} blocks) too small: expected {}", pool, data_blocks,
                         sb_data);
     co_return errno_status(EINVAL);
   }
   if (data_blocks > sb_data) {
     if (pmd_->needs_check()) {
-      spdlog::error("thin: {}: unable to grow the data device until repaired.", name);
+      spdlog::error("thin: {}: unable to grow the data device until repaired.", pool);
     } else {
       if (sb_data)
-        spdlog::info("thin: {}: growing the data device from {} to {} blocks", name, sb_data,
+        spdlog::info("thin: {}: growing the data device from {} to {} blocks", pool, sb_data,
                      data_blocks);
       Status st = pmd_->resize_data(data_blocks);
       if (st) co_return st;
@@ -300,15 +305,15 @@ Task<Status> Pool::preresume(uint64_t data_blocks, std::string& error) {
       std::min(metadata_dev_->sectors() / kMetadataBlockSectors, space_map::kMaxMetadataBlocks);
   const uint64_t sb_meta = pmd_->metadata_blocks();
   if (meta_blocks < sb_meta) {
-    error = fmt::format("{}: metadata device ({} blocks) too small: expected {}", name, meta_blocks,
+    error = fmt::format("{}: metadata device ({} blocks) too small: expected {}", pool, meta_blocks,
                         sb_meta);
     co_return errno_status(EINVAL);
   }
   if (meta_blocks > sb_meta) {
     if (pmd_->needs_check()) {
-      spdlog::error("thin: {}: unable to grow the metadata device until repaired.", name);
+      spdlog::error("thin: {}: unable to grow the metadata device until repaired.", pool);
     } else {
-      spdlog::info("thin: {}: growing the metadata device from {} to {} blocks", name, sb_meta,
+      spdlog::info("thin: {}: growing the metadata device from {} to {} blocks", pool, sb_meta,
                    meta_blocks);
       if (mode() == PoolMode::out_of_metadata_space) set_mode(PoolMode::write);
       Status st = pmd_->resize_metadata(meta_blocks);
@@ -376,8 +381,7 @@ void Pool::metadata_changed() {
   if (!pmd_) return;
   const bool low = pmd_->usage().metadata_free <= metadata_threshold();
   if (low && !metadata_low_) {
-    spdlog::warn("thin: {}: reached low water mark for metadata device: sending event.",
-                 mapped_device_ ? mapped_device_->name() : "pool");
+    spdlog::warn("thin: {}: reached low water mark for metadata device: sending event.", name());
     fire_event();
   }
   metadata_low_ = low;
@@ -416,7 +420,7 @@ std::string Pool::status() const {
   }
   if (!s.valid) return "Error";
   const auto& u = s.usage;
-  const uint64_t reserve = std::min<uint64_t>(4096, u.metadata_total / 10);  // metadata_reserve()
+  const uint64_t reserve = reserve_of(u.metadata_total);
   const uint64_t meta_free = u.metadata_free > reserve ? u.metadata_free - reserve : 0;
   std::string out = fmt::format("{} {}/{} {}/{} ", s.transaction_id, u.metadata_total - meta_free,
                                 u.metadata_total, u.data_total - u.data_free, u.data_total);
@@ -459,7 +463,7 @@ void check_arg_count(const std::vector<std::string>& words, size_t required) {
 Task<std::string> Pool::message(std::vector<std::string> words) {
   if (mode() >= PoolMode::out_of_metadata_space) {
     spdlog::error("thin: {}: unable to service pool target messages in READ_ONLY or FAIL mode",
-                  mapped_device_ ? mapped_device_->name() : "pool");
+                  name());
     throw TargetErrno(EOPNOTSUPP);
   }
   const std::string& verb = words.at(0);
@@ -592,8 +596,7 @@ Task<Status> Pool::wait_for_space(const std::function<bool()>* noflush_suspendin
       if (timed_out) pf_.error_if_no_space = true;
     }
     if (timed_out) {
-      spdlog::info("thin: {}: switching pool to out-of-data-space (error IO) mode",
-                   mapped_device_ ? mapped_device_->name() : "pool");
+      spdlog::info("thin: {}: switching pool to out-of-data-space (error IO) mode", name());
       fire_event();
       co_return errno_status(ENOSPC);
     }

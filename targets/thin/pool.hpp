@@ -45,8 +45,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   static std::shared_ptr<Pool> find_or_create(const BlockDevice* mapped_device,
                                               std::shared_ptr<BlockDevice> metadata,
                                               std::shared_ptr<BlockDevice> data,
-                                              uint32_t block_sectors, bool read_only,
-                                              bool& created);
+                                              uint32_t block_sectors, bool& created);
   // The pool a thin line's pool device serves, if any.
   static std::shared_ptr<Pool> of_device(const BlockDevice* mapped_device);
   ~Pool();
@@ -115,6 +114,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void set_mode(PoolMode mode);
   Task<void> metadata_failed(const char* op, Status st);
   void check_low_water(uint64_t free_blocks);
+  std::string name() const;  // the pool device's, for the log
   uint64_t metadata_threshold() const;
   uint64_t metadata_reserve() const;
   uint64_t metadata_headroom() const;
@@ -147,7 +147,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
 
   AsyncMutex meta_lock_;  // every metadata call
   std::unique_ptr<PoolMetadata> pmd_;
-  std::map<uint32_t, unsigned> open_thins_;  // dev id -> thin lines using it (under meta_lock_)
+  // dev id -> thin lines using it (the control thread's: constructors, teardowns, messages)
+  std::map<uint32_t, unsigned> open_thins_;
   // Devices whose mappings changed since the last commit: a flush to one commits.
   std::map<uint32_t, bool> changed_;
 

@@ -87,7 +87,7 @@ class PoolTarget final : public Target {
     if (!parse_u64(args[3], low_water_blocks_)) throw TargetError("Invalid low water mark");
     bool created = false;
     pool_ = Pool::find_or_create(ctx.mapped_device, metadata_, data_, static_cast<uint32_t>(block),
-                                 ctx.read_only, created);
+                                 created);
     if (!created && requested_.discard_enabled != pool_->features().discard_enabled)
       throw TargetError("Discard support cannot be disabled once enabled");
     pool_->hold();
